@@ -1,0 +1,168 @@
+"""Command line: python -m rlsd_min {data,warmstart,train,eval,demo} ...
+
+    python -m rlsd_min data                       # write data/arith/{train,validation,test,ood}.jsonl
+    python -m rlsd_min warmstart                  # supervised warm start -> data/base
+    python -m rlsd_min train --method grpo --profile cpu --out runs/grpo
+    python -m rlsd_min eval --ckpt runs/grpo/checkpoint --split test
+    python -m rlsd_min demo                       # what `make demo` runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+from .config import (BASE_CHECKPOINT, DATA_DIR, PROFILES, ModelConfig, SFTConfig, TaskConfig,
+                     TrainConfig, pick_device, train_config)
+
+DEMO_METHODS = ("grpo",)
+
+
+def _parse_sets(pairs: list[str]) -> dict:
+    """--set key=value pairs, typed like the TrainConfig field they name."""
+    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        if key not in types:
+            raise ValueError(f"unknown TrainConfig field {key!r} in --set {pair!r}")
+        kind = {"int": int, "float": float, "str": str}.get(str(types[key]), str)
+        try:
+            out[key] = kind(value)
+        except ValueError:
+            raise ValueError(f"--set {pair!r}: {value!r} is not a valid {kind.__name__}") from None
+    return out
+
+
+def cmd_data(args) -> None:
+    from .tasks import SPLITS, build_datasets
+
+    existing = [s for s in SPLITS if os.path.exists(os.path.join(args.out, f"{s}.jsonl"))]
+    if existing and not args.force:
+        raise SystemExit(f"{args.out} already holds {existing}; pass --force to overwrite them")
+    paths = build_datasets(TaskConfig(seed=args.seed), args.out, args.seed)
+    print("\n".join(f"{k}: {v}" for k, v in paths.items()))
+
+
+def ensure_data(data_dir: str) -> None:
+    from .tasks import build_datasets
+
+    if not os.path.exists(os.path.join(data_dir, "train.jsonl")):
+        print(f"building data files in {data_dir}")
+        build_datasets(TaskConfig(), data_dir, TaskConfig().seed)
+
+
+def cmd_warmstart(args) -> None:
+    from .sft import warm_start
+
+    if os.path.exists(os.path.join(args.out, "config.json")) and not args.force:
+        raise SystemExit(f"{args.out} already holds a checkpoint; pass --force to replace it")
+    ensure_data(args.data)
+    s = warm_start(args.out, args.data, ModelConfig(), TaskConfig(),
+                   SFTConfig(target_acc=args.target_acc, seed=args.seed), device=pick_device())
+    print(f"warm start: {s['steps']} steps, {s['seconds']} s, {s['params']} parameters, "
+          f"validation accuracy sampled {s['val_acc_sampled']:.3f} / greedy {s['val_acc_greedy']:.3f} -> {args.out}")
+
+
+def cmd_train(args) -> None:
+    from .train import last_eval, train
+
+    cfg = train_config(args.profile, method=args.method, **_parse_sets(args.set))
+    ensure_data(cfg.data_dir)
+    out = args.out or os.path.join("runs", f"{cfg.method}-{cfg.profile}-seed{cfg.seed}")
+    history = train(cfg, out)
+    print(f"{cfg.method}: validation accuracy {history[0]['eval_acc']:.3f} -> {last_eval(history):.3f}; run in {out}")
+
+
+def cmd_eval(args) -> None:
+    from .evaluate import evaluate
+    from .model import load
+    from .tasks import load_splits, problems_of
+
+    model, tok = load(args.ckpt, pick_device())
+    problems = problems_of(load_splits(args.data)[args.split])
+    acc = evaluate(model, tok, problems, samples=args.samples, seed=args.seed)
+    greedy = evaluate(model, tok, problems, greedy=True)
+    print(f"{args.ckpt} on {args.split} ({len(problems)} problems): "
+          f"sampled accuracy {acc:.3f} ({args.samples} per problem), greedy accuracy {greedy:.3f}")
+
+
+def cmd_demo(args) -> None:
+    """Warm start if needed, then each demo method from the same base; plot and print."""
+    import matplotlib.pyplot as plt
+
+    from .plots import plot_eval_curves
+    from .train import last_eval, train
+
+    t0 = time.time()
+    ensure_data(str(DATA_DIR))
+    if not os.path.exists(os.path.join(BASE_CHECKPOINT, "config.json")):
+        cmd_warmstart(argparse.Namespace(out=str(BASE_CHECKPOINT), data=str(DATA_DIR), target_acc=0.45,
+                                         seed=0, force=False))
+    histories = {}
+    for method in DEMO_METHODS:
+        cfg = train_config(args.profile, method=method)
+        histories[method] = train(cfg, os.path.join(args.out, method))
+    ax = plot_eval_curves(histories, title=f"{args.profile} profile, from the same warm start")
+    path = os.path.join(args.out, "demo.png")
+    ax.figure.savefig(path, bbox_inches="tight")
+    plt.close(ax.figure)
+    print(f"\nwarm start validation accuracy (sampled): {histories[DEMO_METHODS[0]][0]['eval_acc']:.3f}")
+    for method, history in histories.items():
+        print(f"after {history[-1]['step']} steps of {method:5s}: {last_eval(history):.3f}")
+    print(f"plot: {path}   ({time.time() - t0:.0f} s)")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rlsd_min", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="write the data files")
+    p.add_argument("--out", default=str(DATA_DIR))
+    p.add_argument("--seed", type=int, default=TaskConfig().seed)
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("warmstart", help="supervised warm start of a fresh model")
+    p.add_argument("--out", default=str(BASE_CHECKPOINT))
+    p.add_argument("--data", default=str(DATA_DIR))
+    p.add_argument("--target-acc", type=float, default=SFTConfig().target_acc)
+    p.add_argument("--seed", type=int, default=SFTConfig().seed)
+    p.add_argument("--force", action="store_true", help="replace an existing checkpoint")
+    p.set_defaults(func=cmd_warmstart)
+
+    p = sub.add_parser("train", help="RL from the warm start")
+    p.add_argument("--method", default="grpo")
+    p.add_argument("--profile", default=None, help=f"one of {PROFILES} (default: $RLSD_PROFILE, else gpu with CUDA, else cpu)")
+    p.add_argument("--out", default=None, help="run folder (resumed if it holds a checkpoint)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override TrainConfig fields")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="accuracy of a checkpoint on a split")
+    p.add_argument("--ckpt", default=str(BASE_CHECKPOINT))
+    p.add_argument("--data", default=str(DATA_DIR))
+    p.add_argument("--split", default="test", choices=["train", "validation", "test", "ood"])
+    p.add_argument("--samples", type=int, default=4, help="sampled completions per problem")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="warm start if needed, RL from it, plot")
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--out", default=os.path.join("runs", "demo"))
+    p.set_defaults(func=cmd_demo)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

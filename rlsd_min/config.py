@@ -1,0 +1,215 @@
+"""Configuration: one dataclass per job, and the three profiles (ci, cpu, gpu).
+
+Every field has a docstring that says what it controls; `python -m rlsd_min train
+--help` lists the overridable ones. Profiles size the same job for three budgets:
+
+    ci   seconds on a 2-core CPU (the test suite and the notebooks under nbval)
+    cpu  a few minutes on a laptop CPU (`make demo`)
+    gpu  a classroom GPU lab (one GPU, one class period)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO_ROOT / "data" / "arith"
+BASE_CHECKPOINT = REPO_ROOT / "data" / "base"
+PROFILES = ("ci", "cpu", "gpu")
+AGGREGATIONS = ("token-mean", "seq-mean", "group-token-mean")
+ADV_SCALES = ("group", "batch", "none")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+@dataclass
+class ModelConfig:
+    hidden_size: int = 128
+    """width of the residual stream"""
+    intermediate_size: int = 512
+    """width of the MLP"""
+    num_layers: int = 2
+    """transformer blocks"""
+    num_heads: int = 4
+    """attention heads"""
+    max_positions: int = 128
+    """longest sequence (prompt + completion) the model accepts"""
+
+
+@dataclass
+class TaskConfig:
+    ops: tuple = ("add",)
+    """operations to draw problems from: any of 'add', 'sub', 'mul'"""
+    digits: int = 3
+    """operand digits of train/validation/test problems (difficulty)"""
+    ood_digits: int = 4
+    """operand digits of the out-of-distribution split"""
+    n_train: int = 2000
+    """training prompts for RL"""
+    n_validation: int = 256
+    """held-out prompts for evaluation during training"""
+    n_test: int = 512
+    """held-out prompts for the final report"""
+    n_ood: int = 256
+    """harder held-out prompts with more digits"""
+    seed: int = 0
+    """seed of the data files"""
+
+
+@dataclass
+class SFTConfig:
+    """Supervised warm start (`rlsd_min.sft`)."""
+    lr: float = 3e-3
+    """AdamW learning rate after warm-up"""
+    batch_size: int = 128
+    """sequences per step"""
+    warmup_steps: int = 50
+    """linear learning-rate warm-up"""
+    max_steps: int = 3000
+    """give up after this many steps even if target_acc is not reached"""
+    eval_every: int = 25
+    """steps between evaluations of sampled accuracy"""
+    eval_problems: int = 256
+    """validation problems per evaluation"""
+    target_acc: float = 0.45
+    """stop once sampled (T=1) validation accuracy reaches this: RL needs a policy that is
+    right sometimes but not always, else every group has equal rewards and no signal"""
+    privileged_frac: float = 0.5
+    """fraction of training sequences shown with the privileged (teacher) prompt, so the
+    same weights learn to use the reference when it is given"""
+    seed: int = 0
+    """seed of initialisation, problem draws and sampling"""
+
+
+@dataclass
+class TrainConfig:
+    """One RL run (`rlsd_min.train`)."""
+    method: str = "grpo"
+    """which method: see rlsd_min.methods.METHODS"""
+    profile: str = "cpu"
+    """the profile these defaults came from (informational)"""
+    steps: int = 100
+    """RL steps (one batch of prompts each)"""
+    prompts_per_step: int = 16
+    """distinct prompts per step"""
+    group_size: int = 8
+    """completions sampled per prompt (G); at least 2 for group advantages"""
+    max_new_tokens: int = 40
+    """completion length limit"""
+    temperature: float = 1.0
+    """sampling temperature; 1.0 samples exactly from pi_theta"""
+    lr: float = 1e-4
+    """AdamW learning rate (constant). A fresh Adam moves every weight by about lr on its
+    first step: 1e-3 wrecks the 0.5M warm start in one step, 1e-4 is safe"""
+    max_grad_norm: float = 1.0
+    """gradient clipping"""
+    num_iterations: int = 1
+    """policy updates per sampled batch (>1 makes the PPO ratio and clip act)"""
+    eps_low: float = 0.2
+    """PPO clip: ratio floor 1 - eps_low"""
+    eps_high: float = 0.2
+    """PPO clip: ratio ceiling 1 + eps_high (DAPO / RLSD code: 0.28)"""
+    loss_agg: str = "token-mean"
+    """token aggregation: token-mean, seq-mean or group-token-mean"""
+    adv_scale: str = "group"
+    """advantage normalisation: group, batch or none (Dr. GRPO)"""
+    adv_eps: float = 1e-6
+    """eps added to the std in the advantage (TRL: 1e-4; RLSD, SDPG: 1e-6)"""
+    kl_coef: float = 0.0
+    """alpha, weight of the reference-policy KL (0 = no reference model)"""
+    kl_estimator: str = "k3"
+    """reference KL estimator: k1, k2 or k3"""
+    eval_every: int = 10
+    """steps between held-out evaluations"""
+    eval_problems: int = 256
+    """validation problems per evaluation"""
+    checkpoint_every: int = 20
+    """steps between checkpoints (and at the end)"""
+    seed: int = 0
+    """seed of the prompt order, sampling and evaluation"""
+    base_checkpoint: str = str(BASE_CHECKPOINT)
+    """warm-started model to start from"""
+    data_dir: str = str(DATA_DIR)
+    """folder of the data files"""
+
+    def validate(self) -> "TrainConfig":
+        """Raise a ValueError naming the first bad value; return self."""
+        from .methods import METHODS
+
+        checks = [
+            (self.method in METHODS, f"unknown method {self.method!r}; choose from {sorted(METHODS)}"),
+            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
+            (self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}"),
+            (self.group_size >= 2, f"group_size must be >= 2 for group advantages, got {self.group_size}"),
+            (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}"),
+            (self.num_iterations >= 1, f"num_iterations must be >= 1, got {self.num_iterations}"),
+            (0 <= self.eps_low < 1, f"eps_low must be in [0, 1), got {self.eps_low}"),
+            (self.eps_high >= 0, f"eps_high must be >= 0, got {self.eps_high}"),
+            (self.loss_agg in AGGREGATIONS, f"unknown loss_agg {self.loss_agg!r}; choose from {AGGREGATIONS}"),
+            (self.adv_scale in ADV_SCALES, f"unknown adv_scale {self.adv_scale!r}; choose from {ADV_SCALES}"),
+            (self.adv_eps >= 0, f"adv_eps must be >= 0, got {self.adv_eps}"),
+            (self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"),
+            (self.kl_estimator in KL_ESTIMATORS, f"unknown kl_estimator {self.kl_estimator!r}; choose from {KL_ESTIMATORS}"),
+            (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
+            (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_PROFILE_OVERRIDES = {
+    "ci": dict(steps=4, prompts_per_step=4, group_size=4, eval_every=2, eval_problems=16,
+               checkpoint_every=2),
+    "cpu": dict(),
+    "gpu": dict(steps=200, prompts_per_step=64, group_size=8, eval_every=10, eval_problems=512,
+                checkpoint_every=50),
+}
+
+
+def default_profile() -> str:
+    """RLSD_PROFILE if set, else 'gpu' when CUDA is present, else 'cpu'."""
+    name = os.environ.get("RLSD_PROFILE") or ("gpu" if torch.cuda.is_available() else "cpu")
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r} (from RLSD_PROFILE); choose from {PROFILES}")
+    return name
+
+
+def train_config(profile: str | None = None, **overrides) -> TrainConfig:
+    """The TrainConfig of a profile, with field overrides; validated."""
+    profile = profile or default_profile()
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose from {PROFILES}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown TrainConfig field(s) {unknown}")
+    values = {**_PROFILE_OVERRIDES[profile], "profile": profile, **overrides}
+    return TrainConfig(**values).validate()
+
+
+def save_json(obj, path) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """CUDA when present, else CPU (an explicit `device` wins)."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,101 @@
+"""Character tokenizer and a tiny Llama-style causal LM, built from a `transformers` config.
+
+The vocabulary is every character the tasks use plus four special tokens, so a
+completion is one token per character and the teacher-student comparison is
+token-by-token readable. The model is a real `LlamaForCausalLM` (RoPE, RMSNorm,
+SwiGLU), just small: 0.5M parameters by default (MEASURED.md: a 2-core CPU trains
+it on the 3-digit scratchpad in about a minute). Nothing is downloaded: the
+tokenizer is built here and the weights start random.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from .config import ModelConfig
+
+SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+CHARS = list("0123456789+-*= \n|")
+"""'|' closes the privileged block of the teacher prompt (rlsd_min.teacher)."""
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per character; <bos> is prepended to every encoded text; pad != eos."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+        unk_token="<unk>", padding_side="left")
+
+
+def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
+    """A randomly initialised tiny Llama with tied input/output embeddings."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def n_params(model: torch.nn.Module) -> int:
+    """Parameters, counting tied weights once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def save(model, tokenizer, path: str, extra: dict | None = None) -> None:
+    """save_pretrained (safetensors) for model and tokenizer, written atomically.
+
+    Everything goes to `path.tmp` first and is renamed over `path` only once complete,
+    so an interrupted save never leaves a half-written checkpoint in place of a good one.
+    `extra` maps file names to objects saved beside them with torch.save.
+    """
+    path = str(path).rstrip("/")
+    tmp, old = f"{path}.tmp", f"{path}.old"
+    for stale in (tmp, old):
+        _rmtree(stale)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    for name, obj in (extra or {}).items():
+        torch.save(obj, os.path.join(tmp, name))
+    if os.path.exists(path):
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _rmtree(old)
+
+
+def load(path: str, device: str | torch.device = "cpu"):
+    """(model, tokenizer) from a save() folder; a clear error if it is not one."""
+    path = str(path)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(
+            f"no checkpoint at {path!r} (expected a save_pretrained folder with config.json); "
+            "make the warm-started base with `python -m rlsd_min warmstart`")
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).to(device)
+    return model, tokenizer
+
+
+def _rmtree(path: str) -> None:
+    import shutil
+
+    if os.path.isdir(path):
+        shutil.rmtree(path)

@@ -1,0 +1,134 @@
+"""Group sampling and per-token log-probabilities of completions.
+
+Layout used everywhere in the package: prompts are LEFT-padded to a common width P
+and completions RIGHT-padded to a common width T, so completion token t of every
+row sits in column P + t, and the logits that predict it sit in column P + t - 1:
+
+    [pad pad <bos> 1 2 3 + 0 4 5 =][3 + 5 + 0 = 0 8 ... 1 6 8 <eos> pad pad]
+     <------------ P ------------->  <---------------- T ----------------->
+
+The teacher (rlsd_min.teacher) uses the same layout with a longer prompt, which is
+what makes its log-probs line up with the student's column by column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Rollout:
+    """G completions for each of B prompts, N = B * G rows (group members adjacent)."""
+    prompt_ids: torch.Tensor       # (N, P) left-padded, starts with <bos>
+    prompt_mask: torch.Tensor      # (N, P) 1 on real prompt tokens
+    completion_ids: torch.Tensor   # (N, T) right-padded with <pad> after the first <eos>
+    completion_mask: torch.Tensor  # (N, T) 1 up to and including the first <eos>
+    texts: list                    # N decoded completions, special tokens removed
+    group_size: int
+
+
+def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded (ids, mask) of shape (B, P), each prompt starting with <bos>."""
+    if tokenizer.padding_side != "left":
+        raise ValueError("prompts must be left-padded: set tokenizer.padding_side = 'left'")
+    enc = tokenizer(list(prompts), padding=True, return_tensors="pt")
+    return enc.input_ids.to(device), enc.attention_mask.to(device)
+
+
+def encode_completions(tokenizer, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (ids, mask) of shape (N, T) for given completions, <eos> appended."""
+    rows = [tokenizer(t, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for t in texts]
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+        mask[i, :len(r)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """1 on every token up to and including the first <eos>, 0 after it."""
+    is_eos = (completion_ids == eos_id).long()               # (N, T)
+    eos_before = torch.cumsum(is_eos, dim=1) - is_eos        # (N, T) eos strictly before t
+    return (eos_before == 0).long()                          # (N, T)
+
+
+def check_fits(model, prompt_len: int, max_new_tokens: int) -> None:
+    """A clear error when prompt + completion would exceed the model's context."""
+    limit = model.config.max_position_embeddings
+    if prompt_len + max_new_tokens > limit:
+        raise ValueError(
+            f"prompt of {prompt_len} tokens + max_new_tokens={max_new_tokens} exceeds the "
+            f"model's context of {limit} positions; shorten the prompts or max_new_tokens")
+
+
+def sample_group(model, tokenizer, prompts: list[str], group_size: int, max_new_tokens: int,
+                 temperature: float = 1.0, greedy: bool = False) -> Rollout:
+    """Sample G = group_size completions per prompt from pi_theta (KV-cached generate).
+
+    Pure ancestral sampling: temperature 1 with top_k=0 and top_p=1 draws exactly from
+    the model's distribution, which the policy gradient assumes. Rows of one group are
+    adjacent: row i belongs to prompt i // G. greedy=True decodes the argmax instead
+    (for evaluation only).
+    """
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    device = next(model.parameters()).device
+    ids, mask = encode_prompts(tokenizer, prompts, device)                  # (B, P)
+    check_fits(model, ids.shape[1], max_new_tokens)
+    ids = ids.repeat_interleave(group_size, dim=0)                          # (N, P)
+    mask = mask.repeat_interleave(group_size, dim=0)                        # (N, P)
+    # transformers defaults to top_k=50: switch every truncation off explicitly
+    decoding = dict(do_sample=False) if greedy else dict(
+        do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, **decoding,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    completion = out[:, ids.shape[1]:].clone()  # (N, T); clone: a normal tensor for autograd
+    cmask = completion_mask(completion, tokenizer.eos_token_id)             # (N, T)
+    completion = completion.masked_fill(cmask == 0, tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(completion, skip_special_tokens=True)
+    return Rollout(ids, mask, completion, cmask, texts, group_size)
+
+
+def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """Logits (N, T, V) that predict each completion token, one forward pass.
+
+    Position ids count real tokens only, so a left-padded row is numbered exactly as
+    it would be alone (RoPE then sees the same positions for student and teacher).
+    """
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)              # (N, P+T)
+    attn = torch.cat([prompt_mask, completion_mask], dim=1)                 # (N, P+T)
+    position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)                    # (N, P+T)
+    logits = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids).logits
+    P, T = prompt_ids.shape[1], completion_ids.shape[1]
+    return logits[:, P - 1:P - 1 + T].float() / temperature                # (N, T, V)
+
+
+def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[token] at each position: (N, T, V), (N, T) -> (N, T)."""
+    return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def token_logprobs(model, rollout: Rollout, temperature: float = 1.0):
+    """(log pi(y_t | x, y_<t) of shape (N, T), logits of shape (N, T, V)) for a rollout."""
+    logits = completion_logits(model, rollout.prompt_ids, rollout.prompt_mask,
+                               rollout.completion_ids, rollout.completion_mask, temperature)
+    return gather_logprobs(logits, rollout.completion_ids), logits
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the next-token distribution at each position: (N, T, V) -> (N, T)."""
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x over positions where mask is 1."""
+    return (x * mask).sum() / mask.sum().clamp(min=1)

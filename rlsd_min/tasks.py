@@ -1,0 +1,227 @@
+"""Arithmetic tasks: problems, the scratchpad format, privileged context, verifier, data files.
+
+A problem is `a OP b` with zero-padded operands so every prompt of a task has the
+same length. The completion is a worked scratchpad, least significant digit first
+(the order in which a person carries), then the final answer on its own line:
+
+    prompt      "123+045="
+    completion  "3+5+0=08 2+4+0=06 1+0+0=01\\n168"   (+ <eos>)
+
+Each step is `digit OP digit OP carry = carry digit`: for addition the carry, for
+subtraction the borrow, for one-digit multiplication the carry (two digits wide
+then, as 9*9+8 = 89). Writing the digits backwards is the trick minGPT's adder
+uses too: the model then produces every digit after the digits it depends on.
+
+The privileged context `c` that the teacher sees comes in two forms (METHODS.md,
+"Teacher conditioning"): `answer` (the final answer only, RLSD's minimal
+requirement) and `solution` (the full reference completion, as in OPSD and SDPG).
+
+Simplifications: subtraction keeps `a >= b` so answers are never negative, and
+multiplication is by a one-digit number (`b` has one digit).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from dataclasses import dataclass
+
+OPS = ("add", "sub", "mul")
+_SYMBOL = {"add": "+", "sub": "-", "mul": "*"}
+SPLITS = ("train", "validation", "test", "ood")
+
+
+@dataclass(frozen=True)
+class Problem:
+    op: str
+    a: int
+    b: int
+    digits: int
+
+    @property
+    def prompt(self) -> str:
+        """The question x, e.g. '123+045='."""
+        width_b = 1 if self.op == "mul" else self.digits
+        return f"{self.a:0{self.digits}d}{_SYMBOL[self.op]}{self.b:0{width_b}d}="
+
+    @property
+    def answer(self) -> int:
+        return {"add": self.a + self.b, "sub": self.a - self.b, "mul": self.a * self.b}[self.op]
+
+    @property
+    def solution(self) -> str:
+        """The reference completion (without eos): scratchpad, newline, answer."""
+        return scratchpad(self.op, self.a, self.b, self.digits) + "\n" + str(self.answer)
+
+    def context(self, kind: str) -> str:
+        """Privileged context c: 'answer' (final answer only) or 'solution' (full reference)."""
+        if kind == "answer":
+            return str(self.answer)
+        if kind == "solution":
+            return self.solution
+        raise ValueError(f"unknown privileged context kind {kind!r}; choose 'answer' or 'solution'")
+
+    def to_row(self) -> dict:
+        return {"op": self.op, "a": self.a, "b": self.b, "digits": self.digits,
+                "prompt": self.prompt, "answer": self.answer, "solution": self.solution}
+
+    @staticmethod
+    def from_row(row: dict) -> "Problem":
+        return Problem(row["op"], int(row["a"]), int(row["b"]), int(row["digits"]))
+
+
+def scratchpad(op: str, a: int, b: int, digits: int) -> str:
+    """Digit-by-digit steps, least significant first: 'x OP y OP carry=carry digit'."""
+    steps, carry = [], 0
+    for i in range(digits):
+        x = (a // 10**i) % 10
+        if op == "add":
+            y = (b // 10**i) % 10
+            total = x + y + carry
+            new_carry, digit = divmod(total, 10)
+            steps.append(f"{x}+{y}+{carry}={new_carry}{digit}")
+        elif op == "sub":
+            y = (b // 10**i) % 10
+            diff = x - y - carry
+            new_carry, digit = (1, diff + 10) if diff < 0 else (0, diff)
+            steps.append(f"{x}-{y}-{carry}={new_carry}{digit}")
+        elif op == "mul":
+            total = x * b + carry
+            new_carry = total // 10
+            steps.append(f"{x}*{b}+{carry}={total:02d}")
+        else:
+            raise ValueError(f"unknown op {op!r}; choose from {OPS}")
+        carry = new_carry
+    return " ".join(steps)
+
+
+def max_completion_chars(op: str, digits: int) -> int:
+    """Length of the longest reference completion for (op, digits), without eos.
+
+    Every step ('3+5+0=08', '3*7+0=21') has 8 characters, steps are joined by spaces,
+    then a newline and an answer of at most digits + 1 characters.
+    """
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; choose from {OPS}")
+    return (9 * digits - 1) + 1 + (digits + 1)
+
+
+# --- verifier -------------------------------------------------------------------------
+
+_INT = re.compile(r"-?\d+")
+
+
+def parse_answer(text) -> int | None:
+    """The final answer in a completion: the last line, stripped, if it is an integer.
+
+    Works on arbitrary model output without eval: anything that is not a string, or
+    whose last line is not exactly an integer, gives None.
+    """
+    if not isinstance(text, str):
+        return None
+    last = text.rstrip("\n").split("\n")[-1].strip()
+    if not _INT.fullmatch(last) or len(last) > 32:
+        return None
+    return int(last)
+
+
+def verify(completion, answer: int) -> float:
+    """Verifier reward R in {0, 1}: 1.0 iff the parsed final answer equals `answer`."""
+    parsed = parse_answer(completion)
+    return 1.0 if parsed is not None and parsed == int(answer) else 0.0
+
+
+# --- problem generation and data files -------------------------------------------------
+
+def n_distinct(op: str, digits: int) -> int:
+    """How many distinct problems (op, digits) has."""
+    n = 10**digits
+    if op == "add":
+        return n * n
+    if op == "sub":
+        return n * (n + 1) // 2
+    if op == "mul":
+        return n * 10
+    raise ValueError(f"unknown op {op!r}; choose from {OPS}")
+
+
+def random_problem(rng: random.Random, ops: tuple[str, ...], digits: int) -> Problem:
+    op = rng.choice(ops)
+    a = rng.randrange(10**digits)
+    b = rng.randrange(10) if op == "mul" else rng.randrange(10**digits)
+    if op == "sub" and b > a:
+        a, b = b, a
+    return Problem(op, a, b, digits)
+
+
+def sample_problems(rng: random.Random, n: int, ops, digits: int, exclude=frozenset()) -> list[Problem]:
+    """n distinct problems not in `exclude`; a clear error if the task has too few."""
+    for op in ops:
+        if op not in OPS:
+            raise ValueError(f"unknown op {op!r}; choose from {OPS}")
+    available = sum(n_distinct(op, digits) for op in ops) - len(exclude)
+    if n > available:
+        raise ValueError(
+            f"cannot draw {n} distinct problems: ops={tuple(ops)} with digits={digits} has only "
+            f"{available} left (after excluding {len(exclude)}); use more digits or fewer problems")
+    if n > available // 2:  # dense: enumerate, shuffle, take
+        pool = [p for op in ops for p in _all_problems(op, digits) if p not in exclude]
+        rng.shuffle(pool)
+        return pool[:n]
+    seen, out = set(exclude), []
+    while len(out) < n:
+        p = random_problem(rng, tuple(ops), digits)
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out
+
+
+def _all_problems(op: str, digits: int) -> list[Problem]:
+    n = 10**digits
+    bs = range(10) if op == "mul" else range(n)
+    return [Problem(op, a, b, digits) for a in range(n) for b in bs if not (op == "sub" and b > a)]
+
+
+def build_datasets(task, out_dir: str, seed: int) -> dict[str, str]:
+    """Write train/validation/test/ood JSONL files with `datasets`; return their paths.
+
+    Deterministic from `seed`. validation and test are disjoint from train, and the
+    warm start never sees them either (`heldout_problems`). `ood` has `task.ood_digits`.
+    """
+    from datasets import Dataset
+
+    rng = random.Random(seed)
+    sizes = {"test": task.n_test, "validation": task.n_validation, "train": task.n_train}
+    total = sum(sizes.values())
+    drawn = sample_problems(rng, total, task.ops, task.digits)
+    splits, i = {}, 0
+    for name, n in sizes.items():
+        splits[name] = drawn[i:i + n]
+        i += n
+    splits["ood"] = sample_problems(rng, task.n_ood, task.ops, task.ood_digits)
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {}
+    for name in SPLITS:
+        path = os.path.join(out_dir, f"{name}.jsonl")
+        Dataset.from_list([p.to_row() for p in splits[name]]).to_json(path, lines=True)
+        paths[name] = path
+    return paths
+
+
+def load_splits(data_dir: str) -> dict:
+    """Load the JSONL files of `build_datasets` back with `datasets.load_dataset` (local only)."""
+    from datasets import load_dataset
+
+    files = {name: os.path.join(data_dir, f"{name}.jsonl") for name in SPLITS}
+    missing = [f for f in files.values() if not os.path.exists(f)]
+    if missing:
+        raise FileNotFoundError(
+            f"data files missing: {missing}; build them with `python -m rlsd_min data --out {data_dir}`")
+    return load_dataset("json", data_files=files)
+
+
+def problems_of(split) -> list[Problem]:
+    """A `datasets` split (or list of rows) as Problems."""
+    return [Problem.from_row(row) for row in split]

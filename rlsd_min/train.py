@@ -1,0 +1,199 @@
+"""The RL loop: sample a group per prompt, score, compute advantages, update. Every method.
+
+One step, top to bottom:
+    1. draw `prompts_per_step` training problems (deterministic from seed and step)
+    2. sample G completions each from the current policy            (rlsd_min.sampling)
+    3. reward them with the verifier, group-normalise               (rlsd_min.advantages)
+    4. score them once under the reference policy, if kl_coef > 0   (rlsd_min.reference_kl)
+    5. `num_iterations` updates of the method's loss                (rlsd_min.methods)
+
+Simplifications, as in nanochat's chat_rl: one optimiser step per iteration on the
+whole batch (no minibatches), a constant learning rate, and no value function. With
+num_iterations = 1 the PPO ratio is exactly 1 and the clip never acts; the first
+iteration's own forward pass provides the old log-probs, so nothing is computed twice.
+
+A run lives in one folder: config.json, metrics.jsonl (one line per step), metrics.csv,
+and checkpoint/ (model, tokenizer, optimiser and RNG state), written atomically every
+`checkpoint_every` steps. Calling `train` again on the folder resumes from the last
+checkpoint with the same config; a different config is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from . import model as model_io
+from .advantages import frac_zero_std, group_advantages
+from .config import TrainConfig, pick_device, save_json
+from .evaluate import evaluate
+from .methods import METHODS, StepBatch
+from .sampling import entropy, masked_mean, sample_group, token_logprobs
+from .tasks import load_splits, problems_of, verify
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient became inf/nan; training stopped before the bad update."""
+
+
+def batch_problems(problems: list, step: int, cfg: TrainConfig) -> list:
+    """The prompts of one step: a pure function of (seed, step), so a resumed run sees the same."""
+    return random.Random(cfg.seed * 1_000_003 + step).sample(problems, cfg.prompts_per_step)
+
+
+def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg: TrainConfig, step: int) -> dict:
+    """One RL step on `problems`; returns the step's metrics."""
+    t0 = time.perf_counter()
+    rollout = sample_group(policy, tokenizer, [p.prompt for p in problems], cfg.group_size,
+                           cfg.max_new_tokens, cfg.temperature)
+    answers = [p.answer for p in problems for _ in range(cfg.group_size)]
+    rewards = torch.tensor([verify(t, a) for t, a in zip(rollout.texts, answers)],
+                           device=rollout.completion_ids.device)                   # (N,)
+    advantages = group_advantages(rewards, cfg.group_size, cfg.adv_scale, cfg.adv_eps)  # (N,)
+    ref_logp = None
+    if ref_model is not None:
+        with torch.inference_mode():
+            ref_logp = token_logprobs(ref_model, rollout, cfg.temperature)[0].clone()   # (N, T)
+
+    loss_fn, mask = METHODS[cfg.method], rollout.completion_mask
+    batch = None
+    for _ in range(cfg.num_iterations):
+        logp, logits = token_logprobs(policy, rollout, cfg.temperature)             # (N, T), (N, T, V)
+        if batch is None:  # first update: the weights are still the sampling policy's
+            batch = StepBatch(rollout, rewards, advantages, logp.detach(), ref_logp)
+        loss, metrics = loss_fn(logp, batch, cfg, step)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            raise NonFiniteLossError(f"non-finite gradient norm at step {step}")
+        optimizer.step()
+    with torch.no_grad():
+        ent = masked_mean(entropy(logits), mask).item()
+    return {
+        "step": step + 1, "loss": loss.item(), **metrics,
+        "reward_mean": rewards.mean().item(),
+        "frac_zero_std": frac_zero_std(rewards, cfg.group_size),
+        "entropy": ent,
+        "completion_len": mask.sum(1).float().mean().item(),
+        "grad_norm": grad_norm.item(),
+        "step_time_s": time.perf_counter() - t0,
+    }
+
+
+class RunDir:
+    """A run's folder: config check, metrics files, atomic checkpoints."""
+
+    def __init__(self, path: str, cfg: TrainConfig):
+        self.path, self.cfg = str(path), cfg
+        self.ckpt = os.path.join(self.path, "checkpoint")
+        os.makedirs(self.path, exist_ok=True)
+        cfg_path = os.path.join(self.path, "config.json")
+        if os.path.exists(cfg_path):
+            with open(cfg_path) as f:
+                old = json.load(f)
+            diff = sorted(k for k in set(old) | set(cfg.to_dict()) if old.get(k) != cfg.to_dict().get(k))
+            if diff:
+                raise ValueError(
+                    f"{self.path} holds a run with a different config (fields {diff} differ); "
+                    "resume it with the same config, or pass a new output folder")
+        else:
+            save_json(cfg.to_dict(), cfg_path)
+
+    def has_checkpoint(self) -> bool:
+        return os.path.isfile(os.path.join(self.ckpt, "state.pt"))
+
+    def save(self, policy, tokenizer, optimizer, history: list) -> None:
+        state = {"optimizer": optimizer.state_dict(), "history": history,
+                 "torch_rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        model_io.save(policy, tokenizer, self.ckpt, extra={"state.pt": state})
+        self._write_metrics(history)
+
+    def load_state(self) -> dict:
+        return torch.load(os.path.join(self.ckpt, "state.pt"), weights_only=False)
+
+    def append(self, row: dict) -> None:
+        with open(os.path.join(self.path, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _write_metrics(self, history: list) -> None:
+        """Rewrite metrics.jsonl and metrics.csv from the checkpointed history."""
+        with open(os.path.join(self.path, "metrics.jsonl"), "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in history)
+        keys = list(dict.fromkeys(k for row in history for k in row))
+        with open(os.path.join(self.path, "metrics.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(history)
+
+
+def train(cfg: TrainConfig, out_dir: str, device=None, progress: bool = True) -> list[dict]:
+    """Run (or resume) RL in `out_dir`; return the metrics history (one dict per step).
+
+    Step 0 of the history is the evaluation of the starting policy.
+    """
+    cfg.validate()
+    device = pick_device(device)
+    run = RunDir(out_dir, cfg)
+    resuming = run.has_checkpoint()
+    policy, tokenizer = model_io.load(run.ckpt if resuming else cfg.base_checkpoint, device)
+    splits = load_splits(cfg.data_dir)
+    train_set, val_set = problems_of(splits["train"]), problems_of(splits["validation"])[:cfg.eval_problems]
+    if cfg.prompts_per_step > len(train_set):
+        raise ValueError(f"prompts_per_step={cfg.prompts_per_step} exceeds the {len(train_set)} training problems")
+    ref_model = None
+    if cfg.kl_coef > 0:  # pi_ref: the frozen starting policy (the base, also when resuming)
+        ref_model = model_io.load(cfg.base_checkpoint, device)[0].eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    policy.train()
+
+    def evaluation() -> dict:
+        return {"eval_acc": evaluate(policy, tokenizer, val_set, seed=cfg.seed),
+                "eval_acc_greedy": evaluate(policy, tokenizer, val_set, greedy=True)}
+
+    if resuming:
+        state = run.load_state()
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        history = state["history"]
+        run._write_metrics(history)  # drop lines written after the checkpoint
+    else:
+        torch.manual_seed(cfg.seed)
+        history = [{"step": 0, **evaluation()}]
+        run.append(history[0])
+    start = history[-1]["step"]
+    bar = tqdm(range(start, cfg.steps), desc=f"{cfg.method}", initial=start, total=cfg.steps,
+               disable=not progress)
+    for step in bar:
+        row = rl_step(policy, tokenizer, ref_model, optimizer, batch_problems(train_set, step, cfg), cfg, step)
+        if row["step"] % cfg.eval_every == 0 or row["step"] == cfg.steps:
+            row.update(evaluation())
+            bar.set_postfix(reward=f"{row['reward_mean']:.2f}", acc=f"{row['eval_acc']:.2f}")
+        history.append(row)
+        run.append(row)
+        if row["step"] % cfg.checkpoint_every == 0 or row["step"] == cfg.steps:
+            run.save(policy, tokenizer, optimizer, history)
+    return history
+
+
+def read_metrics(out_dir: str) -> list[dict]:
+    """The metrics history of a run folder (metrics.jsonl)."""
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def last_eval(history: list[dict]) -> float:
+    """Held-out sampled accuracy at the last evaluated step."""
+    return [row["eval_acc"] for row in history if "eval_acc" in row][-1]
+
