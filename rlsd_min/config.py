@@ -19,13 +19,17 @@ from pathlib import Path
 
 import torch
 
+from .teacher import PRIVILEGED_TEMPLATE
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data" / "arith"
 BASE_CHECKPOINT = REPO_ROOT / "data" / "base"
 PROFILES = ("ci", "cpu", "gpu")
 AGGREGATIONS = ("token-mean", "seq-mean", "group-token-mean")
 ADV_SCALES = ("group", "batch", "none")
-KL_ESTIMATORS = ("k1", "k2", "k3")
+KL_ESTIMATORS = ("k1", "k2", "k3", "urkl", "ufkl")
+DIVERGENCES = ("reverse", "forward", "jsd", "sampled")
+
 
 
 @dataclass
@@ -121,10 +125,49 @@ class TrainConfig:
     """advantage normalisation: group, batch or none (Dr. GRPO)"""
     adv_eps: float = 1e-6
     """eps added to the std in the advantage (TRL: 1e-4; RLSD, SDPG: 1e-6)"""
+    dual_clip: float = 0.0
+    """C of the dual clip bounding the loss at C*|A| for A < 0 (0 = off; RLSD code 3, SDPG code 10)"""
     kl_coef: float = 0.0
     """alpha, weight of the reference-policy KL (0 = no reference model)"""
     kl_estimator: str = "k3"
-    """reference KL estimator: k1, k2 or k3"""
+    """reference KL estimator: k1, k2, k3, or SDPG's names urkl (= k2), ufkl (= k3)"""
+    # --- self-distillation (teacher = the same model shown the reference) ---
+    teacher_mode: str = ""
+    """live, frozen, synced or ema; '' = the method's default (rlsd_min.methods.METHODS)"""
+    teacher_context: str = ""
+    """privileged context: answer or solution; '' = the method's default"""
+    privileged_template: str = PRIVILEGED_TEMPLATE
+    """teacher prompt template with {context} and {prompt} placeholders"""
+    sync_every: int = 10
+    """synced teacher: steps between refreshes from the student (RLSD: 10 paper, 20 code)"""
+    ema_rate: float = 0.05
+    """ema teacher: rate of the moving average (SDPO: 0.05)"""
+    divergence: str = "reverse"
+    """OPSD-style term: reverse, forward, jsd (full vocabulary) or sampled (OPSD Eq. 9 estimator)"""
+    jsd_beta: float = 0.5
+    """beta of the generalised JSD"""
+    entry_clip: float = 0.0
+    """forward KL: clip each vocabulary entry at this value (0 = off; OPSD v3)"""
+    token_clip: float = 0.0
+    """clip the per-token divergence at this value (0 = off; SDPG code: 20)"""
+    distill_coef: float = 0.0
+    """beta: weight of the distillation term (SDPG: beta_base of the schedule)"""
+    rlsd_lam: float = 0.5
+    """RLSD: initial mixing weight lam of the teacher's per-token weight"""
+    rlsd_lam_steps: int = 50
+    """RLSD: steps over which lam decays linearly to 0 (paper 50, code 60)"""
+    rlsd_eps_w: float = 0.2
+    """RLSD: clip of the per-token weight w_t to [1 - eps_w, 1 + eps_w]"""
+    sdpg_outcome: str = "reinforce"
+    """SDPG outcome term: reinforce (paper) or ppo (released code's clipped surrogate)"""
+    sdpg_gate: bool = True
+    """SDPG: distil only positive-advantage rollouts, m_i = 1[A_i > 0] (paper on, code off)"""
+    sdpg_schedule: bool = True
+    """SDPG: beta(k) warm-up/decay schedule (paper on, code off); off = constant distill_coef"""
+    sdpg_warm_frac: float = 0.125
+    """SDPG: T_warm as a fraction of steps (paper 50 / 400)"""
+    sdpg_decay_frac: float = 0.875
+    """SDPG: T_decay as a fraction of steps (paper 350 / 400)"""
     eval_every: int = 10
     """steps between held-out evaluations"""
     eval_problems: int = 256
@@ -158,13 +201,44 @@ class TrainConfig:
             (self.adv_eps >= 0, f"adv_eps must be >= 0, got {self.adv_eps}"),
             (self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"),
             (self.kl_estimator in KL_ESTIMATORS, f"unknown kl_estimator {self.kl_estimator!r}; choose from {KL_ESTIMATORS}"),
+            (self.dual_clip == 0 or self.dual_clip > 1, f"dual_clip must be 0 (off) or > 1, got {self.dual_clip}"),
+            (self.divergence in DIVERGENCES, f"unknown divergence {self.divergence!r}; choose from {DIVERGENCES}"),
+            (0 < self.jsd_beta < 1, f"jsd_beta must be in (0, 1), got {self.jsd_beta}"),
+            (0 < self.rlsd_eps_w < 1, f"rlsd_eps_w must be in (0, 1), got {self.rlsd_eps_w}"),
+            (0 <= self.rlsd_lam <= 1, f"rlsd_lam must be in [0, 1], got {self.rlsd_lam}"),
+            (self.sdpg_outcome in ("reinforce", "ppo"), f"unknown sdpg_outcome {self.sdpg_outcome!r}; choose reinforce or ppo"),
+            (self.sync_every >= 1, f"sync_every must be >= 1, got {self.sync_every}"),
+            (0 < self.ema_rate <= 1, f"ema_rate must be in (0, 1], got {self.ema_rate}"),
+            (self.distill_coef >= 0, f"distill_coef must be >= 0, got {self.distill_coef}"),
             (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
             (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        self._check_teacher(METHODS[self.method])
         return self
+
+    def _check_teacher(self, method) -> None:
+        """Fill '' teacher settings from the method's defaults; refuse ones it can't use."""
+        from .teacher import CONTEXT_KINDS, TEACHER_MODES, teacher_prompt
+
+        if method.teacher is None:
+            if self.teacher_mode or self.teacher_context:
+                raise ValueError(f"method {self.method!r} uses no teacher; teacher_mode={self.teacher_mode!r} "
+                                 f"and teacher_context={self.teacher_context!r} must be left empty")
+            return
+        self.teacher_mode = self.teacher_mode or method.defaults["teacher_mode"]
+        self.teacher_context = self.teacher_context or method.defaults["teacher_context"]
+        if self.teacher_mode not in TEACHER_MODES:
+            raise ValueError(f"unknown teacher_mode {self.teacher_mode!r}; choose from {TEACHER_MODES}")
+        if self.teacher_context not in CONTEXT_KINDS:
+            raise ValueError(f"unknown teacher_context {self.teacher_context!r}; choose from {CONTEXT_KINDS}")
+        if self.method == "rlsd" and self.divergence != "reverse":
+            raise ValueError(f"rlsd takes no divergence (its teacher only weights tokens); got divergence={self.divergence!r}")
+        if self.method in ("grpo_opsd", "sdpg") and self.divergence == "sampled":
+            raise ValueError(f"{self.method} needs a full-vocabulary divergence, got divergence='sampled'")
+        teacher_prompt("x", "c", self.privileged_template)  # raises on a missing placeholder
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -196,7 +270,12 @@ def train_config(profile: str | None = None, **overrides) -> TrainConfig:
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"unknown TrainConfig field(s) {unknown}")
-    values = {**_PROFILE_OVERRIDES[profile], "profile": profile, **overrides}
+    from .methods import METHODS
+
+    method = overrides.get("method", TrainConfig.method)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
+    values = {**_PROFILE_OVERRIDES[profile], "profile": profile, **METHODS[method].defaults, **overrides}
     return TrainConfig(**values).validate()
 
 

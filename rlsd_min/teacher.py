@@ -13,8 +13,16 @@ naturally after either prompt, and the teacher can score it token by token.
 
 from __future__ import annotations
 
+import copy
+
+import torch
+
+from .sampling import check_fits, completion_logits, encode_prompts, gather_logprobs
+
 PRIVILEGED_TEMPLATE = "{context}|{prompt}"
 """Teacher prompt: privileged context c, a '|' separator, then the student prompt x."""
+CONTEXT_KINDS = ("answer", "solution")
+TEACHER_MODES = ("live", "frozen", "synced", "ema")
 
 
 def teacher_prompt(prompt: str, context: str, template: str = PRIVILEGED_TEMPLATE) -> str:
@@ -23,3 +31,61 @@ def teacher_prompt(prompt: str, context: str, template: str = PRIVILEGED_TEMPLAT
         if field not in template:
             raise ValueError(f"privileged template {template!r} lacks the {field} placeholder")
     return template.format(context=context, prompt=prompt)
+
+
+def teacher_logprobs(model, tokenizer, teacher_prompts: list[str], rollout, return_logits: bool = False,
+                     temperature: float = 1.0):
+    """The teacher's log-probs of the student's own completion tokens, aligned with the student's.
+
+    teacher_prompts holds one prompt per *group* (B = N / G), in the rollout's order.
+    The teacher sees [teacher prompt | completion]; both are laid out like the student's
+    batch (prompts left-padded, completions in the same columns), so column t of the
+    result scores completion token t exactly where the student's log-probs do.
+    One no-grad forward over all N rows. Returns detached (N, T) log q_t(y_t), and the
+    (N, T, V) logits too when return_logits.
+    """
+    G = rollout.group_size
+    if len(teacher_prompts) * G != rollout.completion_ids.shape[0]:
+        raise ValueError(f"{len(teacher_prompts)} teacher prompts x group size {G} != "
+                         f"{rollout.completion_ids.shape[0]} completions")
+    ids, mask = encode_prompts(tokenizer, teacher_prompts, rollout.completion_ids.device)  # (B, P')
+    check_fits(model, ids.shape[1], rollout.completion_ids.shape[1])
+    with torch.inference_mode():
+        logits = completion_logits(model, ids.repeat_interleave(G, 0), mask.repeat_interleave(G, 0),
+                                   rollout.completion_ids, rollout.completion_mask, temperature)  # (N, T, V)
+        logp = gather_logprobs(logits, rollout.completion_ids)                                    # (N, T)
+    # clone: inference tensors become ordinary (still gradient-free) tensors for the loss
+    return (logp.clone(), logits.clone()) if return_logits else logp.clone()
+
+
+class Teacher:
+    """Which weights act as teacher (METHODS.md, `teacher_mode`).
+
+    live    the current student weights (OPSD Algorithm 1 variant, SDPG)
+    frozen  the initial weights theta_0 (OPSD paper default)
+    synced  a frozen copy refreshed from the student every `sync_every` steps (RLSD)
+    ema     an exponential moving average of the student, rate `ema_rate` (SDPO)
+    """
+
+    def __init__(self, policy, mode: str, sync_every: int = 10, ema_rate: float = 0.05):
+        if mode not in TEACHER_MODES:
+            raise ValueError(f"unknown teacher mode {mode!r}; choose from {TEACHER_MODES}")
+        self.mode, self.sync_every, self.ema_rate = mode, sync_every, ema_rate
+        self.model = policy if mode == "live" else copy.deepcopy(policy).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, policy, steps_done: int) -> None:
+        """Call after each optimiser step; `steps_done` counts finished RL steps."""
+        if self.mode == "synced" and steps_done % self.sync_every == 0:
+            self.model.load_state_dict(policy.state_dict())
+        elif self.mode == "ema":
+            for t, s in zip(self.model.parameters(), policy.parameters()):
+                t.lerp_(s, self.ema_rate)
+
+    def state_dict(self):
+        """Weights to checkpoint (None for live: they are the policy's)."""
+        return None if self.mode == "live" else self.model.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        if state is not None:
+            self.model.load_state_dict(state)

@@ -36,6 +36,7 @@ from .evaluate import evaluate
 from .methods import METHODS, StepBatch
 from .sampling import entropy, masked_mean, sample_group, token_logprobs
 from .tasks import load_splits, problems_of, verify
+from .teacher import Teacher, teacher_logprobs, teacher_prompt
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -47,7 +48,8 @@ def batch_problems(problems: list, step: int, cfg: TrainConfig) -> list:
     return random.Random(cfg.seed * 1_000_003 + step).sample(problems, cfg.prompts_per_step)
 
 
-def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg: TrainConfig, step: int) -> dict:
+def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg: TrainConfig, step: int,
+            teacher: Teacher | None = None) -> dict:
     """One RL step on `problems`; returns the step's metrics."""
     t0 = time.perf_counter()
     rollout = sample_group(policy, tokenizer, [p.prompt for p in problems], cfg.group_size,
@@ -61,13 +63,23 @@ def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg: TrainC
         with torch.inference_mode():
             ref_logp = token_logprobs(ref_model, rollout, cfg.temperature)[0].clone()   # (N, T)
 
-    loss_fn, mask = METHODS[cfg.method], rollout.completion_mask
+    method, mask = METHODS[cfg.method], rollout.completion_mask
+    teacher_logp = teacher_logits = None
+    if method.teacher is not None:
+        prompts = [teacher_prompt(p.prompt, p.context(cfg.teacher_context), cfg.privileged_template)
+                   for p in problems]
+        if method.teacher == "logits" and cfg.divergence != "sampled":
+            teacher_logp, teacher_logits = teacher_logprobs(teacher.model, tokenizer, prompts, rollout,
+                                                            return_logits=True, temperature=cfg.temperature)
+        else:
+            teacher_logp = teacher_logprobs(teacher.model, tokenizer, prompts, rollout,
+                                            temperature=cfg.temperature)                   # (N, T)
     batch = None
     for _ in range(cfg.num_iterations):
         logp, logits = token_logprobs(policy, rollout, cfg.temperature)             # (N, T), (N, T, V)
         if batch is None:  # first update: the weights are still the sampling policy's
-            batch = StepBatch(rollout, rewards, advantages, logp.detach(), ref_logp)
-        loss, metrics = loss_fn(logp, batch, cfg, step)
+            batch = StepBatch(rollout, rewards, advantages, logp.detach(), ref_logp, teacher_logp, teacher_logits)
+        loss, metrics = method.loss(logp, logits, batch, cfg, step)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
@@ -76,6 +88,8 @@ def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg: TrainC
         if not torch.isfinite(grad_norm):
             raise NonFiniteLossError(f"non-finite gradient norm at step {step}")
         optimizer.step()
+    if teacher is not None:
+        teacher.update(policy, step + 1)
     with torch.no_grad():
         ent = masked_mean(entropy(logits), mask).item()
     return {
@@ -111,8 +125,9 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         return os.path.isfile(os.path.join(self.ckpt, "state.pt"))
 
-    def save(self, policy, tokenizer, optimizer, history: list) -> None:
+    def save(self, policy, tokenizer, optimizer, history: list, teacher: Teacher | None) -> None:
         state = {"optimizer": optimizer.state_dict(), "history": history,
+                 "teacher": teacher.state_dict() if teacher is not None else None,
                  "torch_rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
         model_io.save(policy, tokenizer, self.ckpt, extra={"state.pt": state})
@@ -155,6 +170,9 @@ def train(cfg: TrainConfig, out_dir: str, device=None, progress: bool = True) ->
         ref_model = model_io.load(cfg.base_checkpoint, device)[0].eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
     policy.train()
+    teacher = None
+    if METHODS[cfg.method].teacher is not None:
+        teacher = Teacher(policy, cfg.teacher_mode, cfg.sync_every, cfg.ema_rate)
 
     def evaluation() -> dict:
         return {"eval_acc": evaluate(policy, tokenizer, val_set, seed=cfg.seed),
@@ -167,6 +185,8 @@ def train(cfg: TrainConfig, out_dir: str, device=None, progress: bool = True) ->
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         history = state["history"]
+        if teacher is not None:
+            teacher.load_state_dict(state["teacher"])
         run._write_metrics(history)  # drop lines written after the checkpoint
     else:
         torch.manual_seed(cfg.seed)
@@ -176,14 +196,15 @@ def train(cfg: TrainConfig, out_dir: str, device=None, progress: bool = True) ->
     bar = tqdm(range(start, cfg.steps), desc=f"{cfg.method}", initial=start, total=cfg.steps,
                disable=not progress)
     for step in bar:
-        row = rl_step(policy, tokenizer, ref_model, optimizer, batch_problems(train_set, step, cfg), cfg, step)
+        row = rl_step(policy, tokenizer, ref_model, optimizer, batch_problems(train_set, step, cfg), cfg, step,
+                      teacher)
         if row["step"] % cfg.eval_every == 0 or row["step"] == cfg.steps:
             row.update(evaluation())
             bar.set_postfix(reward=f"{row['reward_mean']:.2f}", acc=f"{row['eval_acc']:.2f}")
         history.append(row)
         run.append(row)
         if row["step"] % cfg.checkpoint_every == 0 or row["step"] == cfg.steps:
-            run.save(policy, tokenizer, optimizer, history)
+            run.save(policy, tokenizer, optimizer, history, teacher)
     return history
 
 
