@@ -22,7 +22,7 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
-	$(PY) -m pytest -q --nbval-lax --nbval-current-env notebooks/
+	RLSD_PROFILE=ci $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env notebooks/
 
 data: install
 	$(PY) -m rlsd_min data --force

@@ -16,13 +16,17 @@ _hf_logging.disable_progress_bar()  # tqdm bars of save/load; training shows its
 from .advantages import frac_zero_std, group_advantages  # noqa: E402
 from .config import SFTConfig, TaskConfig, ModelConfig, TrainConfig, train_config  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
+from .methods import METHODS, rlsd_advantages, sdpg_beta  # noqa: E402
 from .reference_kl import kl_penalty  # noqa: E402
+from .reverse_kl import full_reverse_kl  # noqa: E402
 from .sampling import sample_group, token_logprobs  # noqa: E402
 from .tasks import Problem, verify  # noqa: E402
+from .teacher import teacher_logprobs  # noqa: E402
 from .train import train  # noqa: E402
 
 __all__ = [
     "group_advantages", "frac_zero_std", "kl_penalty", "sample_group", "token_logprobs",
+    "rlsd_advantages", "sdpg_beta", "full_reverse_kl", "teacher_logprobs", "METHODS",
     "Problem", "verify", "evaluate", "train", "train_config",
     "ModelConfig", "TaskConfig", "SFTConfig", "TrainConfig",
 ]

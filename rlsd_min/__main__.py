@@ -1,10 +1,11 @@
-"""Command line: python -m rlsd_min {data,warmstart,train,eval,demo} ...
+"""Command line: python -m rlsd_min {data,warmstart,train,eval,demo,bench} ...
 
     python -m rlsd_min data                       # write data/arith/{train,validation,test,ood}.jsonl
     python -m rlsd_min warmstart                  # supervised warm start -> data/base
     python -m rlsd_min train --method grpo --profile cpu --out runs/grpo
     python -m rlsd_min eval --ckpt runs/grpo/checkpoint --split test
     python -m rlsd_min demo                       # what `make demo` runs
+    python -m rlsd_min bench --rounds 5           # seconds per step of each method, same batch
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ import time
 from .config import (BASE_CHECKPOINT, DATA_DIR, PROFILES, ModelConfig, SFTConfig, TaskConfig,
                      TrainConfig, pick_device, train_config)
 
-DEMO_METHODS = ("grpo",)
+DEMO_METHODS = ("grpo", "rlsd", "sdpg")
+
+
+def _bool(value: str) -> bool:
+    if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(value)
+    return value.lower() in ("true", "1")
 
 
 def _parse_sets(pairs: list[str]) -> dict:
@@ -31,11 +38,11 @@ def _parse_sets(pairs: list[str]) -> dict:
             raise ValueError(f"--set expects key=value, got {pair!r}")
         if key not in types:
             raise ValueError(f"unknown TrainConfig field {key!r} in --set {pair!r}")
-        kind = {"int": int, "float": float, "str": str}.get(str(types[key]), str)
+        kind = {"int": int, "float": float, "str": str, "bool": _bool}.get(str(types[key]), str)
         try:
             out[key] = kind(value)
         except ValueError:
-            raise ValueError(f"--set {pair!r}: {value!r} is not a valid {kind.__name__}") from None
+            raise ValueError(f"--set {pair!r}: {value!r} is not a valid {types[key]}") from None
     return out
 
 
@@ -118,6 +125,16 @@ def cmd_demo(args) -> None:
     print(f"plot: {path}   ({time.time() - t0:.0f} s)")
 
 
+def cmd_bench(args) -> None:
+    from .bench import format_table, step_times, summarize
+
+    methods = tuple(args.methods.split(","))
+    times = step_times(methods, args.profile, args.rounds, args.warmup)
+    print(f"\n{args.profile} profile, {args.rounds} rounds after {args.warmup} warm-up, device {pick_device()}, "
+          f"torch threads {__import__('torch').get_num_threads()}")
+    print(format_table(summarize(times)))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rlsd_min", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -156,6 +173,13 @@ def main(argv=None) -> None:
     p.add_argument("--profile", default="cpu")
     p.add_argument("--out", default=os.path.join("runs", "demo"))
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="median seconds per RL step of each method on the same batch")
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--methods", default="grpo,opsd,grpo_opsd,rlsd,sdpg")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
     try:

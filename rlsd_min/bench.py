@@ -1,0 +1,71 @@
+"""Step-time benchmark: every method on the same batch, interleaved, medians and ratios.
+
+Each round runs one RL step of every method (GRPO, OPSD, ... in turn: A B C A B C ...),
+each from the same weights, the same prompts and the same sampling seed, so all methods
+sample the same completions and do the same work but for their own extra passes.
+Ratios to GRPO are taken round by round (pairs measured side by side, under the same
+machine load), and the median over rounds is reported.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import pick_device, train_config
+from .methods import METHODS
+from .model import load
+from .tasks import load_splits, problems_of
+from .teacher import Teacher
+from .train import batch_problems, rl_step
+
+
+def step_times(methods=tuple(METHODS), profile: str = "cpu", rounds: int = 5, warmup: int = 1,
+               device=None, progress: bool = True) -> dict:
+    """{method: [seconds per step, one per round]} on one fixed batch of the profile."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    device = pick_device(device)
+    configs = {m: train_config(profile, method=m) for m in methods}
+    base, tokenizer = load(configs[methods[0]].base_checkpoint, device)
+    start = copy.deepcopy(base.state_dict())
+    problems = batch_problems(problems_of(load_splits(configs[methods[0]].data_dir)["train"]), 0,
+                              configs[methods[0]])
+    ref = copy.deepcopy(base).eval().requires_grad_(False)
+    times = {m: [] for m in methods}
+    for r in tqdm(range(warmup + rounds), desc="bench", disable=not progress):
+        for m in methods:
+            cfg = configs[m]
+            base.load_state_dict(start)
+            teacher = Teacher(base, cfg.teacher_mode, cfg.sync_every, cfg.ema_rate) if METHODS[m].teacher else None
+            opt = torch.optim.AdamW(base.parameters(), lr=cfg.lr)
+            torch.manual_seed(0)
+            row = rl_step(base, tokenizer, ref if cfg.kl_coef > 0 else None, opt, problems, cfg, 0, teacher)
+            if r >= warmup:
+                times[m].append(row["step_time_s"])
+    return times
+
+
+def summarize(times: dict, baseline: str = "grpo") -> list[dict]:
+    """Median and spread per method, and the median of per-round ratios to the baseline."""
+    rows = []
+    for m, ts in times.items():
+        row = {"method": m, "median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts)}
+        if baseline in times:
+            row["ratio"] = statistics.median(t / b for t, b in zip(ts, times[baseline]))
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict], baseline: str = "grpo") -> str:
+    lines = [f"| method | median s/step | min-max | ratio to {baseline} |", "|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
+        lines.append(f"| {r['method']} | {r['median_s']:.3f} | {r['min_s']:.3f}-{r['max_s']:.3f} | {ratio} |")
+    return "\n".join(lines)
