@@ -34,7 +34,7 @@ from .advantages import frac_zero_std, group_advantages
 from .config import TrainConfig, pick_device, save_json
 from .evaluate import evaluate
 from .methods import METHODS, StepBatch
-from .sampling import entropy, masked_mean, sample_group, token_logprobs
+from .sampling import check_fits, entropy, masked_mean, sample_group, token_logprobs
 from .tasks import load_splits, problems_of, verify
 from .teacher import Teacher, teacher_logprobs, teacher_prompt
 
@@ -68,12 +68,10 @@ def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg: TrainC
     if method.teacher is not None:
         prompts = [teacher_prompt(p.prompt, p.context(cfg.teacher_context), cfg.privileged_template)
                    for p in problems]
-        if method.teacher == "logits" and cfg.divergence != "sampled":
-            teacher_logp, teacher_logits = teacher_logprobs(teacher.model, tokenizer, prompts, rollout,
-                                                            return_logits=True, temperature=cfg.temperature)
-        else:
-            teacher_logp = teacher_logprobs(teacher.model, tokenizer, prompts, rollout,
-                                            temperature=cfg.temperature)                   # (N, T)
+        full_vocab = method.teacher == "logits" and cfg.divergence != "sampled"
+        out = teacher_logprobs(teacher.model, tokenizer, prompts, rollout, return_logits=full_vocab,
+                               temperature=cfg.temperature)                  # (N, T) [, (N, T, V)]
+        teacher_logp, teacher_logits = out if full_vocab else (out, None)
     batch = None
     for _ in range(cfg.num_iterations):
         logp, logits = token_logprobs(policy, rollout, cfg.temperature)             # (N, T), (N, T, V)
@@ -109,18 +107,21 @@ class RunDir:
     def __init__(self, path: str, cfg: TrainConfig):
         self.path, self.cfg = str(path), cfg
         self.ckpt = os.path.join(self.path, "checkpoint")
-        os.makedirs(self.path, exist_ok=True)
-        cfg_path = os.path.join(self.path, "config.json")
-        if os.path.exists(cfg_path):
-            with open(cfg_path) as f:
+        self.cfg_path = os.path.join(self.path, "config.json")
+        if os.path.exists(self.cfg_path):
+            with open(self.cfg_path) as f:
                 old = json.load(f)
             diff = sorted(k for k in set(old) | set(cfg.to_dict()) if old.get(k) != cfg.to_dict().get(k))
             if diff:
                 raise ValueError(
                     f"{self.path} holds a run with a different config (fields {diff} differ); "
                     "resume it with the same config, or pass a new output folder")
-        else:
-            save_json(cfg.to_dict(), cfg_path)
+
+    def start(self) -> None:
+        """Create the folder and record the config (once every check has passed)."""
+        os.makedirs(self.path, exist_ok=True)
+        if not os.path.exists(self.cfg_path):
+            save_json(self.cfg.to_dict(), self.cfg_path)
 
     def has_checkpoint(self) -> bool:
         return os.path.isfile(os.path.join(self.ckpt, "state.pt"))
@@ -131,7 +132,7 @@ class RunDir:
                  "torch_rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
         model_io.save(policy, tokenizer, self.ckpt, extra={"state.pt": state})
-        self._write_metrics(history)
+        self.write_metrics(history)
 
     def load_state(self) -> dict:
         return torch.load(os.path.join(self.ckpt, "state.pt"), weights_only=False)
@@ -140,7 +141,7 @@ class RunDir:
         with open(os.path.join(self.path, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(row) + "\n")
 
-    def _write_metrics(self, history: list) -> None:
+    def write_metrics(self, history: list) -> None:
         """Rewrite metrics.jsonl and metrics.csv from the checkpointed history."""
         with open(os.path.join(self.path, "metrics.jsonl"), "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in history)
@@ -149,6 +150,15 @@ class RunDir:
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
             writer.writerows(history)
+
+
+def _check_lengths(model, tokenizer, problems: list, cfg: TrainConfig) -> None:
+    """Fail before any work if the longest (teacher) prompt + completion exceeds the context."""
+    longest = max(problems, key=lambda p: len(p.prompt) + len(p.solution))
+    prompt = longest.prompt
+    if METHODS[cfg.method].teacher is not None:
+        prompt = teacher_prompt(longest.prompt, longest.context(cfg.teacher_context), cfg.privileged_template)
+    check_fits(model, len(tokenizer(prompt).input_ids), cfg.max_new_tokens)
 
 
 def train(cfg: TrainConfig, out_dir: str, device=None, progress: bool = True) -> list[dict]:
@@ -165,11 +175,13 @@ def train(cfg: TrainConfig, out_dir: str, device=None, progress: bool = True) ->
     train_set, val_set = problems_of(splits["train"]), problems_of(splits["validation"])[:cfg.eval_problems]
     if cfg.prompts_per_step > len(train_set):
         raise ValueError(f"prompts_per_step={cfg.prompts_per_step} exceeds the {len(train_set)} training problems")
+    _check_lengths(policy, tokenizer, train_set + val_set, cfg)
     ref_model = None
     if cfg.kl_coef > 0:  # pi_ref: the frozen starting policy (the base, also when resuming)
         ref_model = model_io.load(cfg.base_checkpoint, device)[0].eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
     policy.train()
+    run.start()
     teacher = None
     if METHODS[cfg.method].teacher is not None:
         teacher = Teacher(policy, cfg.teacher_mode, cfg.sync_every, cfg.ema_rate)
@@ -187,7 +199,7 @@ def train(cfg: TrainConfig, out_dir: str, device=None, progress: bool = True) ->
         history = state["history"]
         if teacher is not None:
             teacher.load_state_dict(state["teacher"])
-        run._write_metrics(history)  # drop lines written after the checkpoint
+        run.write_metrics(history)  # drop lines written after the checkpoint
     else:
         torch.manual_seed(cfg.seed)
         history = [{"step": 0, **evaluation()}]
@@ -196,8 +208,12 @@ def train(cfg: TrainConfig, out_dir: str, device=None, progress: bool = True) ->
     bar = tqdm(range(start, cfg.steps), desc=f"{cfg.method}", initial=start, total=cfg.steps,
                disable=not progress)
     for step in bar:
-        row = rl_step(policy, tokenizer, ref_model, optimizer, batch_problems(train_set, step, cfg), cfg, step,
-                      teacher)
+        try:
+            row = rl_step(policy, tokenizer, ref_model, optimizer, batch_problems(train_set, step, cfg), cfg,
+                          step, teacher)
+        except NonFiniteLossError as e:
+            saved = f"the last good checkpoint is intact in {run.ckpt}" if run.has_checkpoint() else "no checkpoint was written yet"
+            raise NonFiniteLossError(f"{e}: training stopped before the update; {saved}") from None
         if row["step"] % cfg.eval_every == 0 or row["step"] == cfg.steps:
             row.update(evaluation())
             bar.set_postfix(reward=f"{row['reward_mean']:.2f}", acc=f"{row['eval_acc']:.2f}")

@@ -7,17 +7,12 @@ import torch
 
 import rlsd_min
 from rlsd_min import rlsd_advantages, sdpg_beta, teacher_logprobs, token_logprobs
-from rlsd_min.config import BASE_CHECKPOINT, train_config
+from rlsd_min.config import train_config
 from rlsd_min.methods import METHODS, StepBatch, sdpg, template_loss
 from rlsd_min.model import load
 from rlsd_min.sampling import sample_group
 from rlsd_min.tasks import Problem
 from rlsd_min.teacher import Teacher, teacher_prompt
-
-
-@pytest.fixture(scope="module")
-def base():
-    return load(BASE_CHECKPOINT)
 
 
 def _random_case(seed, N=16, T=9):
