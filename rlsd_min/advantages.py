@@ -37,10 +37,11 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
         raise ValueError(f"unknown advantage scale {scale!r}; choose from {SCALES}")
     r = _grouped(rewards.float(), group_size)                         # (B, G)
     centred = r - r.mean(dim=1, keepdim=True)                         # (B, G)
-    if scale == "group":
-        centred = centred / (r.std(dim=1, keepdim=True) + eps)
-    elif scale == "batch":
-        centred = centred / (rewards.float().std() + eps)
+    if scale != "none":
+        std = r.std(dim=1, keepdim=True) if scale == "group" else rewards.float().std()
+        denom = std + eps
+        # a zero-std group has centred == 0: keep A = 0 there even when eps = 0 (no 0/0)
+        centred = torch.where(denom > 0, centred / torch.where(denom > 0, denom, 1.0), 0.0)
     return centred.reshape(-1)                                        # (N,)
 
 

@@ -193,6 +193,8 @@ class TrainConfig:
             (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
             (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
             (math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}"),
+            (self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}"),
+            (self.eval_problems >= 1, f"eval_problems must be >= 1, got {self.eval_problems}"),
             (self.num_iterations >= 1, f"num_iterations must be >= 1, got {self.num_iterations}"),
             (0 <= self.eps_low < 1, f"eps_low must be in [0, 1), got {self.eps_low}"),
             (self.eps_high >= 0, f"eps_high must be >= 0, got {self.eps_high}"),

@@ -33,4 +33,4 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3"
         return log_ratio
     if estimator == "k2":
         return 0.5 * log_ratio**2
-    return torch.exp(-log_ratio) - 1.0 + log_ratio
+    return torch.expm1(-log_ratio) + log_ratio  # expm1: stays >= 0 in float32 for tiny l

@@ -50,6 +50,14 @@ def encode_completions(tokenizer, texts: list[str], device) -> tuple[torch.Tenso
     return ids.to(device), mask.to(device)
 
 
+def decode_completions(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """Completion texts without their final <eos>. A special token generated *inside* a
+    completion stays in the text ('16<pad>8'), so the verifier cannot be fooled by it."""
+    eos = tokenizer.eos_token_id
+    rows = [ids[:n] for ids, n in zip(completion_ids.tolist(), mask.sum(1).tolist())]
+    return [tokenizer.decode(r[:-1] if r and r[-1] == eos else r, skip_special_tokens=False) for r in rows]
+
+
 def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     """1 on every token up to and including the first <eos>, 0 after it."""
     is_eos = (completion_ids == eos_id).long()               # (N, T)
@@ -92,7 +100,7 @@ def sample_group(model, tokenizer, prompts: list[str], group_size: int, max_new_
     completion = out[:, ids.shape[1]:].clone()  # (N, T); clone: a normal tensor for autograd
     cmask = completion_mask(completion, tokenizer.eos_token_id)             # (N, T)
     completion = completion.masked_fill(cmask == 0, tokenizer.pad_token_id)
-    texts = tokenizer.batch_decode(completion, skip_special_tokens=True)
+    texts = decode_completions(tokenizer, completion, cmask)
     return Rollout(ids, mask, completion, cmask, texts, group_size)
 
 

@@ -109,7 +109,7 @@ def max_completion_chars(op: str, digits: int) -> int:
 
 # --- verifier -------------------------------------------------------------------------
 
-_INT = re.compile(r"-?\d+")
+_INT = re.compile(r"-?[0-9]+")  # ASCII digits only: "١٢٣" is not 123
 
 
 def parse_answer(text) -> int | None:
@@ -160,6 +160,7 @@ def sample_problems(rng: random.Random, n: int, ops, digits: int, exclude=frozen
     for op in ops:
         if op not in OPS:
             raise ValueError(f"unknown op {op!r}; choose from {OPS}")
+    exclude = {p for p in exclude if p.op in ops and p.digits == digits}  # only this task's problems
     available = sum(n_distinct(op, digits) for op in ops) - len(exclude)
     if n > available:
         raise ValueError(

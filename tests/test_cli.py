@@ -1,0 +1,103 @@
+"""The command line: `python -m rlsd_min {data,train,eval,...}`."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import dataclasses
+
+from rlsd_min.__main__ import _parse_sets, main
+from rlsd_min.config import TrainConfig
+from rlsd_min.config import DATA_DIR
+from rlsd_min.tasks import SPLITS
+
+
+def run_main(argv) -> str:
+    """main(argv) must exit with an error; return the exit message."""
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    code = err.value.code
+    assert code not in (0, None), f"{argv} exited successfully"
+    return str(code)
+
+
+def test_unknown_profile_exits_nonzero_naming_it_subprocess(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "rlsd_min", "train", "--profile", "nope"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "nope" in proc.stderr
+    assert "Traceback" not in proc.stderr                              # a message, not a crash
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--profile", "nope"], "'nope'"),
+    (["train", "--profile", "ci", "--method", "nope"], "'nope'"),
+    (["train", "--profile", "ci", "--set", "lr=abc"], "'abc'"),
+    (["train", "--profile", "ci", "--set", "steps"], "'steps'"),
+    (["train", "--profile", "ci", "--set", "bogus=1"], "'bogus'"),
+    (["train", "--profile", "ci", "--set", "group_size=1"], "group_size"),
+])
+def test_train_errors_name_the_bad_value(argv, needle, tmp_path):
+    message = run_main(argv + ["--out", str(tmp_path / "run")])
+    assert needle in message and message.startswith("error:")
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["frobnicate"])
+    assert err.value.code == 2
+    assert "frobnicate" in capsys.readouterr().err
+
+
+def test_eval_of_a_missing_checkpoint_names_it(tmp_path):
+    message = run_main(["eval", "--ckpt", str(tmp_path / "no_ckpt")])
+    assert "no_ckpt" in message
+
+
+def test_data_writes_reproducible_files_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "arith"
+    main(["data", "--out", str(out)])                                  # fresh folder: allowed
+    for split in SPLITS:
+        # default seed and sizes reproduce the shipped data files byte for byte
+        assert (out / f"{split}.jsonl").read_bytes() == (DATA_DIR / f"{split}.jsonl").read_bytes(), split
+    (out / "train.jsonl").write_text("sentinel\n")
+    message = run_main(["data", "--out", str(out)])
+    assert "--force" in message and "train" in message
+    assert (out / "train.jsonl").read_text() == "sentinel\n"             # untouched
+    main(["data", "--out", str(out), "--force"])
+    assert (out / "train.jsonl").read_bytes() == (DATA_DIR / "train.jsonl").read_bytes()
+
+
+def test_data_refuses_even_if_only_one_split_exists(tmp_path):
+    (tmp_path / "ood.jsonl").write_text("keep me\n")
+    message = run_main(["data", "--out", str(tmp_path)])
+    assert "ood" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ood.jsonl"]
+
+
+def test_train_command_runs_with_typed_overrides(tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", "--profile", "ci", "--out", str(out),
+          "--set", "steps=2", "eval_every=2", "checkpoint_every=2", "lr=5e-5"])
+    printed = capsys.readouterr().out
+    assert "grpo: validation accuracy" in printed and str(out) in printed
+    with open(out / "config.json") as f:
+        cfg = json.load(f)
+    assert (cfg["steps"], cfg["lr"], cfg["profile"]) == (2, 5e-5, "ci")
+    assert isinstance(cfg["steps"], int) and isinstance(cfg["lr"], float)
+
+
+def test_set_values_are_typed_like_their_fields():
+    parsed = _parse_sets(["steps=3", "lr=2e-4", "method=grpo", "temperature=1"])
+    assert parsed == {"steps": 3, "lr": 2e-4, "method": "grpo", "temperature": 1.0}
+    assert type(parsed["steps"]) is int and type(parsed["temperature"]) is float
+    with pytest.raises(ValueError, match="'2.5'"):
+        _parse_sets(["steps=2.5"])
+    bools = [f.name for f in dataclasses.fields(TrainConfig) if str(f.type) == "bool"]
+    for name in bools:  # a string 'false' would be truthy: booleans must be parsed
+        assert _parse_sets([f"{name}=false"])[name] is False
+        assert _parse_sets([f"{name}=true"])[name] is True

@@ -1,0 +1,189 @@
+"""Group sampling and per-token log-probabilities (rlsd_min.sampling)."""
+
+import pytest
+import torch
+
+from rlsd_min import model as model_io
+from rlsd_min import sample_group, token_logprobs
+from rlsd_min.sampling import completion_mask, encode_prompts
+
+EOS = 2
+
+
+def test_completion_mask_hand_example():
+    ids = torch.tensor([
+        [5, 6, EOS, 7, EOS],      # eos in the middle: kept, everything after dropped
+        [5, 6, 7, 8, 9],          # no eos: all kept
+        [EOS, 5, 6, 7, 8],        # eos first: only the eos counts
+        [EOS, EOS, 0, 0, 0],      # repeated eos: only the first
+        [5, 6, 7, 8, EOS],        # eos last
+    ])
+    expected = torch.tensor([
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 1],
+        [1, 0, 0, 0, 0],
+        [1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1],
+    ])
+    assert torch.equal(completion_mask(ids, EOS), expected)
+
+
+def _peaky_tiny(tiny_model, scale=4.0, seed=0, **kw):
+    """A tiny random model whose next-token distribution is spread but clearly not uniform."""
+    model = tiny_model(seed=seed, **kw)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(scale)
+    return model
+
+
+PROMPTS = ["1+2=", "12+34=", "123+456=", "1234+5678="]  # four different lengths: left padding matters
+
+
+@pytest.mark.parametrize("which", ["base", "tiny"])
+def test_token_logprobs_match_unpadded_per_row_forward(which, base, tiny_model):
+    if which == "base":
+        model, tok = base
+    else:
+        model, tok = _peaky_tiny(tiny_model, scale=2.0), base[1]
+    torch.manual_seed(0)
+    rollout = sample_group(model, tok, PROMPTS, group_size=2, max_new_tokens=24)
+    with torch.no_grad():
+        logp, logits = token_logprobs(model, rollout)
+    N, T = rollout.completion_ids.shape
+    assert logp.shape == (N, T) and logits.shape == (N, T, len(tok))
+    lengths = rollout.completion_mask.sum(1)
+    assert lengths.min() >= 1
+    for i in range(N):
+        prompt_ids = tok(PROMPTS[i // 2]).input_ids                        # <bos> + prompt, no padding
+        L = int(lengths[i])
+        comp = rollout.completion_ids[i, :L].tolist()
+        with torch.no_grad():
+            row_logits = model(input_ids=torch.tensor([prompt_ids + comp])).logits[0].double()
+        P = len(prompt_ids)
+        pred = row_logits[P - 1:P - 1 + L]                                  # logits that predict comp
+        ref = torch.log_softmax(pred, -1).gather(-1, torch.tensor(comp)[:, None]).squeeze(-1)
+        torch.testing.assert_close(logp[i, :L].double(), ref, rtol=0, atol=1e-5)
+        torch.testing.assert_close(logits[i, :L].double(), pred, rtol=0, atol=1e-4)
+    if which == "base":  # the trained model stops with eos: rows really have different lengths
+        assert len(set(lengths.tolist())) > 1
+
+
+def test_sample_group_shapes_and_layout(base):
+    model, tok = base
+    G, prompts = 3, ["12+34=", "123+456=", "905+118="]
+    torch.manual_seed(0)
+    r = sample_group(model, tok, prompts, group_size=G, max_new_tokens=30)
+    N = len(prompts) * G
+    P = max(len(p) for p in prompts) + 1
+    assert r.prompt_ids.shape == (N, P) and r.prompt_mask.shape == (N, P)
+    assert r.completion_ids.shape[0] == N and 1 <= r.completion_ids.shape[1] <= 30
+    assert r.completion_mask.shape == r.completion_ids.shape and len(r.texts) == N
+    assert r.group_size == G
+    # row i holds prompt i // G, left-padded, starting with <bos>
+    for i in range(N):
+        own = tok(prompts[i // G]).input_ids
+        assert r.prompt_ids[i, P - len(own):].tolist() == own
+        assert r.prompt_ids[i, :P - len(own)].eq(tok.pad_token_id).all()
+        assert r.prompt_mask[i].tolist() == [0] * (P - len(own)) + [1] * len(own)
+    # mask = up to and including the first eos; pad after it
+    assert torch.equal(r.completion_mask, completion_mask(r.completion_ids, tok.eos_token_id))
+    assert r.completion_ids[r.completion_mask == 0].eq(tok.pad_token_id).all()
+    # texts decode the completion ids (independent decoder: id -> character, specials dropped)
+    inv = {i: s for s, i in tok.get_vocab().items()}
+    special = {tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id}
+    for i in range(N):
+        ids = r.completion_ids[i][r.completion_mask[i] == 1].tolist()
+        assert r.texts[i] == "".join(inv[t] for t in ids if t not in special)
+    # completions belong to their own prompt: the base model (trained on 3-digit addition)
+    # starts with the units digits of its prompt, '3+6+0=09' for 123+456, '5+8+0=13' for 905+118
+    first_step = {1: "3+6+0=09", 2: "5+8+0=13"}
+    own = sum(r.texts[i].startswith(first_step[i // G]) for i in range(G, N))
+    assert own >= 2 * G - 1, r.texts
+
+
+def test_greedy_rows_of_a_group_belong_to_their_prompt(base):
+    model, tok = base
+    prompts = ["123+456=", "1+2=", "905+118="]
+    r = sample_group(model, tok, prompts, group_size=3, max_new_tokens=30, greedy=True)
+    for k, p in enumerate(prompts):
+        alone = sample_group(model, tok, [p], group_size=1, max_new_tokens=30, greedy=True).texts[0]
+        assert r.texts[3 * k:3 * k + 3] == [alone] * 3, (p, r.texts[3 * k:3 * k + 3], alone)
+    assert len(set(r.texts[::3])) == 3
+
+
+def _chi_square(counts: torch.Tensor, probs: torch.Tensor):
+    n = counts.sum()
+    expected = probs * n
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    df = probs.numel() - 1
+    p_value = torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), chi2 / 2)
+    return chi2.item(), p_value.item()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_sampler_draws_exactly_from_pi_theta(temperature, tiny_model, tokenizer):
+    """Empirical first-token distribution of many samples vs softmax(logits / T)."""
+    model, prompt, n = _peaky_tiny(tiny_model), "12+34=", 4000
+    with torch.no_grad():
+        logits = model(**tokenizer([prompt], return_tensors="pt")).logits[0, -1].double()
+    probs = torch.softmax(logits / temperature, -1)
+    assert probs.max() < 0.6 and probs.min() > 0.005            # spread, but not uniform
+    assert probs.max() > 3 * probs.min()
+    torch.manual_seed(0)
+    r = sample_group(model, tokenizer, [prompt], group_size=n, max_new_tokens=1, temperature=temperature)
+    first = r.completion_ids[:, 0]
+    counts = torch.bincount(first, minlength=probs.numel()).double()
+    assert counts.sum() == n
+    chi2, p_value = _chi_square(counts, probs)
+    assert p_value > 1e-3, (chi2, p_value)
+    tv = 0.5 * (counts / n - probs).abs().sum().item()
+    assert tv < 0.05
+    # the test has power: the same counts reject the distribution at another temperature
+    wrong = torch.softmax(logits / (temperature * 1.5), -1)
+    assert _chi_square(counts, wrong)[1] < 1e-6
+
+
+def test_sampler_is_exact_for_left_padded_rows(tiny_model, tokenizer):
+    """A short prompt batched with a long one is left-padded; its samples must still follow
+    pi_theta(. | short prompt) as computed on the prompt alone, not a distribution that
+    attends to the pad tokens."""
+    model, n = _peaky_tiny(tiny_model, seed=1), 3000
+    with torch.no_grad():  # let the context matter more, so that attending to pads shows
+        attn = model.model.layers[0].self_attn
+        attn.v_proj.weight.mul_(3.0)
+        attn.o_proj.weight.mul_(3.0)
+    short, long = "7+8=", "1234+5678="
+    padded = tokenizer([short, long], padding=True, return_tensors="pt").input_ids[:1]
+    with torch.no_grad():
+        probs = torch.softmax(model(**tokenizer([short], return_tensors="pt")).logits[0, -1].double(), -1)
+        sees_pads = torch.softmax(model(input_ids=padded).logits[0, -1].double(), -1)
+    assert 0.5 * (probs - sees_pads).abs().sum() > 0.08            # the test can tell them apart
+    torch.manual_seed(1)
+    r = sample_group(model, tokenizer, [short, long], group_size=n, max_new_tokens=1)
+    assert r.prompt_mask[:n, 0].eq(0).all()                        # the short rows really are padded
+    counts = torch.bincount(r.completion_ids[:n, 0], minlength=probs.numel()).double()
+    chi2, p_value = _chi_square(counts, probs)
+    assert p_value > 1e-3, (chi2, p_value)
+    assert _chi_square(counts, sees_pads)[1] < 1e-6
+
+
+def test_prompt_too_long_for_context_names_the_lengths(tiny_model, tokenizer):
+    model = tiny_model(max_positions=16)
+    prompt = "123+456="                                           # 9 tokens with <bos>
+    with pytest.raises(ValueError, match=r"9 tokens.*max_new_tokens=8.*16"):
+        sample_group(model, tokenizer, [prompt], group_size=2, max_new_tokens=8)
+    r = sample_group(model, tokenizer, [prompt], group_size=2, max_new_tokens=7)  # 9 + 7 = 16 fits
+    assert r.completion_ids.shape[1] <= 7
+
+
+def test_encode_prompts_requires_left_padding():
+    tok = model_io.build_tokenizer()
+    tok.padding_side = "right"
+    with pytest.raises(ValueError, match="left"):
+        encode_prompts(tok, ["1+2=", "12+3="], "cpu")
+
+
+def test_group_size_must_be_positive(base):
+    model, tok = base
+    with pytest.raises(ValueError, match="got 0"):
+        sample_group(model, tok, ["1+2="], group_size=0, max_new_tokens=4)

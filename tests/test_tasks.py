@@ -1,0 +1,283 @@
+"""Arithmetic tasks: scratchpad correctness, the verifier, data files."""
+
+import json
+import operator
+import random
+import re
+
+import pytest
+
+from rlsd_min.config import TaskConfig
+from rlsd_min.tasks import (OPS, SPLITS, Problem, build_datasets, load_splits, max_completion_chars,
+                            n_distinct, parse_answer, problems_of, random_problem, sample_problems, verify)
+
+PY_OP = {"add": operator.add, "sub": operator.sub, "mul": operator.mul}
+STEP = re.compile(r"(\d)([+*-])(\d)([+-])(\d)=(\d)(\d)")
+
+
+def check_scratchpad(p: Problem) -> None:
+    """Parse the reference completion of p and re-check every step independently."""
+    text = p.solution
+    steps_line, answer_line = text.split("\n")
+    steps = steps_line.split(" ")
+    assert len(steps) == p.digits
+    digits_out, carry = [], 0
+    for i, step in enumerate(steps):
+        assert len(step) == 8, step
+        m = STEP.fullmatch(step)
+        assert m, step
+        x, sym1, y, sym2, c, hi, lo = m.groups()
+        x, y, c, hi, lo = int(x), int(y), int(c), int(hi), int(lo)
+        assert x == (p.a // 10**i) % 10, (p, step)             # digit i of a, least significant first
+        assert c == carry, (p, step)                          # carry/borrow threads through
+        if p.op == "add":
+            assert (sym1, sym2) == ("+", "+")
+            assert y == (p.b // 10**i) % 10
+            assert 10 * hi + lo == x + y + c and hi in (0, 1)
+        elif p.op == "sub":
+            assert (sym1, sym2) == ("-", "-")
+            assert y == (p.b // 10**i) % 10
+            assert lo - 10 * hi == x - y - c and hi in (0, 1)
+        else:
+            assert (sym1, sym2) == ("*", "+")
+            assert y == p.b                                   # one-digit multiplier
+            assert 10 * hi + lo == x * y + c
+        digits_out.append(lo)
+        carry = hi
+    value = sum(d * 10**i for i, d in enumerate(digits_out))
+    if p.op == "sub":
+        assert carry == 0  # a >= b: no borrow left over
+    else:
+        value += carry * 10**p.digits
+    expected = PY_OP[p.op](p.a, p.b)
+    assert value == expected, (p, text)
+    assert answer_line == str(expected)                       # no leading zeros, no sign
+    assert p.answer == expected
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_scratchpad_and_answer_over_random_problems(op):
+    rng = random.Random(hash(op) % 1000)
+    for digits in (1, 2, 3, 4, 5):
+        for _ in range(150):
+            p = random_problem(rng, (op,), digits)
+            check_scratchpad(p)
+            assert verify(p.solution, p.answer) == 1.0
+            assert len(p.solution) <= max_completion_chars(op, digits)
+
+
+@pytest.mark.parametrize("p", [
+    Problem("add", 999, 999, 3), Problem("add", 0, 0, 3), Problem("add", 1, 999, 3),
+    Problem("sub", 100, 99, 3), Problem("sub", 500, 500, 3), Problem("sub", 1000, 1, 4),
+    Problem("mul", 999, 9, 3), Problem("mul", 0, 0, 3), Problem("mul", 1, 9, 1),
+])
+def test_scratchpad_edge_cases(p):
+    check_scratchpad(p)
+
+
+def test_hand_example_from_the_docstring():
+    p = Problem("add", 123, 45, 3)
+    assert p.prompt == "123+045="
+    assert p.solution == "3+5+0=08 2+4+0=06 1+0+0=01\n168"
+    assert Problem("mul", 57, 8, 2).prompt == "57*8="
+    assert Problem("mul", 57, 8, 2).solution == "7*8+0=56 5*8+5=45\n456"
+    assert Problem("sub", 402, 38, 3).solution == "2-8-0=14 0-3-1=16 4-0-1=03\n364"
+
+
+def test_max_completion_chars_is_attained_for_addition():
+    # the longest addition has an answer of digits + 1 characters
+    assert len(Problem("add", 999, 999, 3).solution) == max_completion_chars("add", 3)
+    with pytest.raises(ValueError, match="'div'"):
+        max_completion_chars("div", 3)
+
+
+def test_prompts_of_a_task_have_equal_length_and_parse_back():
+    rng = random.Random(0)
+    for op in OPS:
+        ps = [random_problem(rng, (op,), 3) for _ in range(50)]
+        assert len({len(p.prompt) for p in ps}) == 1
+        for p in ps:
+            m = re.fullmatch(r"(\d+)([+*-])(\d+)=", p.prompt)
+            assert m and int(m.group(1)) == p.a and int(m.group(3)) == p.b
+            if op == "sub":
+                assert p.a >= p.b
+
+
+def test_context_kinds_and_row_round_trip():
+    p = Problem("add", 123, 45, 3)
+    assert p.context("answer") == "168"
+    assert p.context("solution") == p.solution
+    with pytest.raises(ValueError, match="'hint'"):
+        p.context("hint")
+    assert Problem.from_row(json.loads(json.dumps(p.to_row()))) == p
+
+
+# --- verifier -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("completion, answer, reward", [
+    ("3+5+0=08 2+4+0=06 1+0+0=01\n168", 168, 1.0),
+    ("3+5+0=08 2+4+0=06 1+0+0=01\n169", 168, 0.0),
+    ("168", 168, 1.0),
+    ("168\n\n", 168, 1.0),            # trailing newlines are ignored
+    (" 168 ", 168, 1.0),              # so are surrounding spaces
+    ("\t168  \n", 168, 1.0),
+    ("x\n 168", 168, 1.0),
+    ("168\nfoo", 168, 0.0),           # the answer must be the last line
+    ("168 169", 168, 0.0),
+    ("1 68", 168, 0.0),
+    (None, 168, 0.0),
+    (123, 123, 0.0),                  # not a string
+    (b"123", 123, 0.0),
+    (123.0, 123, 0.0),
+    ("", 0, 0.0),
+    ("\n", 0, 0.0),
+    ("abc", 0, 0.0),
+    ("1+2", 3, 0.0),                  # no eval
+    ("1+2", 1, 0.0),
+    ("3.0", 3, 0.0),
+    ("+3", 3, 0.0),
+    ("-3", -3, 1.0),
+    ("0", 0, 1.0),
+    ("9" * 40, int("9" * 40), 0.0),   # absurdly long numbers are not parsed
+    ("1" * 100_000, 1, 0.0),
+    ("\n" * 100_000, 0, 0.0),
+    ("a" * 100_000 + "\n7", 7, 1.0),
+])
+def test_verifier(completion, answer, reward):
+    assert verify(completion, answer) == reward
+
+
+@pytest.mark.parametrize("text", ["١٢٣", "１２３"])
+def test_verifier_rejects_non_ascii_digits(text):
+    """Only ASCII digits are an answer: Arabic-Indic or fullwidth digits are malformed output
+    (regression: a `\\d` regex once accepted them)."""
+    assert verify(text, 123) == 0.0
+    assert parse_answer(text) is None
+
+
+def test_verifier_never_raises_on_junk():
+    rng = random.Random(0)
+    alphabet = "0123456789+-*= \n|\t\r\x00é١５"
+    for _ in range(2000):
+        s = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 60)))
+        r = verify(s, rng.randrange(-5, 2000))
+        assert r in (0.0, 1.0)
+    for junk in (None, 1, 1.5, [], {}, object(), b"\xff", "\ud800"):
+        assert verify(junk, 1) == 0.0
+
+
+# --- problem sampling and data files --------------------------------------------------------
+
+def test_n_distinct_matches_brute_force():
+    for d in (1, 2):
+        n = 10**d
+        assert n_distinct("add", d) == len({(a, b) for a in range(n) for b in range(n)})
+        assert n_distinct("sub", d) == len({(a, b) for a in range(n) for b in range(n) if a >= b})
+        assert n_distinct("mul", d) == len({(a, b) for a in range(n) for b in range(10)})
+
+
+def test_sample_problems_too_many_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"500.*only 100"):
+        sample_problems(random.Random(0), 500, ("add",), 1)
+    with pytest.raises(ValueError, match=r"56.*only 55"):
+        sample_problems(random.Random(0), 56, ("sub",), 1)
+    with pytest.raises(ValueError, match="'div'"):
+        sample_problems(random.Random(0), 5, ("div",), 1)
+
+
+@pytest.mark.parametrize("ops, n", [(("add",), 100), (("sub",), 55), (("add", "mul"), 200), (("mul",), 30)])
+def test_sample_problems_distinct_and_complete(ops, n):
+    ps = sample_problems(random.Random(1), n, ops, 1)
+    assert len(ps) == n == len(set(ps))
+    assert all(p.op in ops and p.digits == 1 for p in ps)
+
+
+def test_sample_problems_respects_exclude():
+    rng = random.Random(2)
+    excluded = set(sample_problems(rng, 40, ("add",), 1))
+    rest = sample_problems(rng, 60, ("add",), 1, exclude=frozenset(excluded))
+    assert len(set(rest)) == 60 and not (set(rest) & excluded)
+    with pytest.raises(ValueError, match="only 60"):
+        sample_problems(rng, 61, ("add",), 1, exclude=frozenset(excluded))
+
+
+SMALL = TaskConfig(ops=("add", "sub", "mul"), digits=2, ood_digits=3, n_train=60, n_validation=12,
+                   n_test=16, n_ood=10)
+
+
+def _read_bytes(paths):
+    return {name: open(path, "rb").read() for name, path in paths.items()}
+
+
+def _read_rows(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_build_datasets_deterministic(tmp_path):
+    a = build_datasets(SMALL, str(tmp_path / "a"), seed=7)
+    b = build_datasets(SMALL, str(tmp_path / "b"), seed=7)
+    c = build_datasets(SMALL, str(tmp_path / "c"), seed=8)
+    assert set(a) == set(SPLITS)
+    bytes_a, bytes_b, bytes_c = _read_bytes(a), _read_bytes(b), _read_bytes(c)
+    assert bytes_a == bytes_b
+    for name in SPLITS:
+        assert bytes_a[name] != bytes_c[name], name
+
+
+def test_build_datasets_splits_sizes_disjoint_and_ood_harder(tmp_path):
+    paths = build_datasets(SMALL, str(tmp_path), seed=3)
+    rows = {name: _read_rows(paths[name]) for name in SPLITS}
+    sizes = {"train": SMALL.n_train, "validation": SMALL.n_validation, "test": SMALL.n_test, "ood": SMALL.n_ood}
+    for name, n in sizes.items():
+        assert len(rows[name]) == n
+    keys = {name: {(r["op"], r["a"], r["b"], r["digits"]) for r in rows[name]} for name in SPLITS}
+    for name in SPLITS:
+        assert len(keys[name]) == sizes[name], f"duplicates in {name}"
+    assert not keys["train"] & keys["validation"]
+    assert not keys["train"] & keys["test"]
+    assert not keys["validation"] & keys["test"]
+    assert {r["digits"] for name in ("train", "validation", "test") for r in rows[name]} == {2}
+    assert {r["digits"] for r in rows["ood"]} == {3}
+    # every row is self-consistent
+    for name in SPLITS:
+        for r in rows[name]:
+            p = Problem.from_row(r)
+            assert (r["prompt"], r["answer"], r["solution"]) == (p.prompt, PY_OP[p.op](p.a, p.b), p.solution)
+
+
+def test_load_splits_round_trip(tmp_path):
+    paths = build_datasets(SMALL, str(tmp_path), seed=5)
+    ds = load_splits(str(tmp_path))
+    for name in SPLITS:
+        assert problems_of(ds[name]) == [Problem.from_row(r) for r in _read_rows(paths[name])]
+
+
+def test_load_splits_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train.jsonl"):
+        load_splits(str(tmp_path / "nowhere"))
+
+
+def test_build_datasets_too_small_task_is_a_clear_error(tmp_path):
+    task = TaskConfig(ops=("add",), digits=1, ood_digits=2, n_train=500, n_validation=10, n_test=10, n_ood=10)
+    with pytest.raises(ValueError, match="520"):
+        build_datasets(task, str(tmp_path), seed=0)
+
+
+def test_shipped_data_files_are_disjoint_and_correct(splits):
+    keys = {name: set(ps) for name, ps in splits.items()}
+    assert not keys["train"] & keys["validation"]
+    assert not keys["train"] & keys["test"]
+    assert not keys["validation"] & keys["test"]
+    in_dist = {p.digits for n in ("train", "validation", "test") for p in splits[n]}
+    assert min(p.digits for p in splits["ood"]) > max(in_dist)
+    for name in SPLITS:
+        for p in splits[name][:50]:
+            check_scratchpad(p)
+
+
+def test_exclude_outside_the_task_does_not_shrink_it():
+    """Excluded problems of another task do not shrink this task (regression)."""
+    other_task = frozenset({Problem("add", 1, 2, 2), Problem("mul", 3, 4, 1)})
+    ps = sample_problems(random.Random(0), 100, ("add",), 1, exclude=other_task)
+    assert len(set(ps)) == 100
