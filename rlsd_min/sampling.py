@@ -106,17 +106,31 @@ def sample_group(model, tokenizer, prompts: list[str], group_size: int, max_new_
 
 def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
                       temperature: float = 1.0) -> torch.Tensor:
-    """Logits (N, T, V) that predict each completion token, one forward pass.
+    """Logits (N, T, V) that predict each completion token, for B = prompt_ids.shape[0]
+    prompts of G = N / B completions each (group members adjacent).
 
-    Position ids count real tokens only, so a left-padded row is numbered exactly as
-    it would be alone (RoPE then sees the same positions for student and teacher).
+    The same numbers as one forward pass over [prompt | completion], computed in two:
+    the prompts once per group, their KV cache repeated G times, then the completions
+    attending to it. A group shares its prompt, so this saves (G-1)/G of the prompt's
+    cost (the teacher's privileged prompt is longer than the completion). Gradients
+    flow through both passes. Position ids count real tokens only, so a left-padded row
+    is numbered exactly as it would be alone.
     """
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)              # (N, P+T)
-    attn = torch.cat([prompt_mask, completion_mask], dim=1)                 # (N, P+T)
-    position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)                    # (N, P+T)
-    logits = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids).logits
-    P, T = prompt_ids.shape[1], completion_ids.shape[1]
-    return logits[:, P - 1:P - 1 + T].float() / temperature                # (N, T, V)
+    B, P = prompt_ids.shape
+    N, T = completion_ids.shape
+    if N % B:
+        raise ValueError(f"{N} completions do not split into groups over {B} prompts")
+    G = N // B
+    prompt_pos = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)                 # (B, P)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(G)                                          # keys/values (N, ...)
+    attn = torch.cat([prompt_mask.repeat_interleave(G, 0), completion_mask], dim=1)       # (N, P+T)
+    position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)[:, P:]               # (N, T)
+    rest = model(input_ids=completion_ids, attention_mask=attn, position_ids=position_ids,
+                 past_key_values=cache).logits                                # (N, T, V)
+    first = out.logits[:, -1:].repeat_interleave(G, 0)                        # (N, 1, V) predicts token 0
+    return torch.cat([first, rest[:, :-1]], dim=1).float() / temperature      # (N, T, V)
 
 
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -126,7 +140,8 @@ def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 def token_logprobs(model, rollout: Rollout, temperature: float = 1.0):
     """(log pi(y_t | x, y_<t) of shape (N, T), logits of shape (N, T, V)) for a rollout."""
-    logits = completion_logits(model, rollout.prompt_ids, rollout.prompt_mask,
+    G = rollout.group_size
+    logits = completion_logits(model, rollout.prompt_ids[::G], rollout.prompt_mask[::G],
                                rollout.completion_ids, rollout.completion_mask, temperature)
     return gather_logprobs(logits, rollout.completion_ids), logits
 

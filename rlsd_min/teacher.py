@@ -51,7 +51,7 @@ def teacher_logprobs(model, tokenizer, teacher_prompts: list[str], rollout, retu
     ids, mask = encode_prompts(tokenizer, teacher_prompts, rollout.completion_ids.device)  # (B, P')
     check_fits(model, ids.shape[1], rollout.completion_ids.shape[1])
     with torch.inference_mode():
-        logits = completion_logits(model, ids.repeat_interleave(G, 0), mask.repeat_interleave(G, 0),
+        logits = completion_logits(model, ids, mask,
                                    rollout.completion_ids, rollout.completion_mask, temperature)  # (N, T, V)
         logp = gather_logprobs(logits, rollout.completion_ids)                                    # (N, T)
     # clone: inference tensors become ordinary (still gradient-free) tensors for the loss
