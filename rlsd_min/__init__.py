@@ -16,6 +16,7 @@ _hf_logging.disable_progress_bar()  # tqdm bars of save/load; training shows its
 from .advantages import frac_zero_std, group_advantages  # noqa: E402
 from .config import SFTConfig, TaskConfig, ModelConfig, TrainConfig, train_config  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
+from .leakage import mutual_information_floor  # noqa: E402
 from .methods import METHODS, rlsd_advantages, sdpg_beta  # noqa: E402
 from .reference_kl import kl_penalty  # noqa: E402
 from .reverse_kl import full_reverse_kl  # noqa: E402
@@ -27,6 +28,7 @@ from .train import train  # noqa: E402
 __all__ = [
     "group_advantages", "frac_zero_std", "kl_penalty", "sample_group", "token_logprobs",
     "rlsd_advantages", "sdpg_beta", "full_reverse_kl", "teacher_logprobs", "METHODS",
+    "mutual_information_floor",
     "Problem", "verify", "evaluate", "train", "train_config",
     "ModelConfig", "TaskConfig", "SFTConfig", "TrainConfig",
 ]
