@@ -8,6 +8,7 @@ import os
 # Nothing in this project comes from a hub: the model is trained here, the data generated here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # file-loading bars; training shows its own
 
 from transformers.utils import logging as _hf_logging  # noqa: E402
 
@@ -23,12 +24,12 @@ from .reverse_kl import full_reverse_kl  # noqa: E402
 from .sampling import sample_group, token_logprobs  # noqa: E402
 from .tasks import Problem, verify  # noqa: E402
 from .teacher import teacher_logprobs  # noqa: E402
-from .train import train  # noqa: E402
+from .train import last_eval, read_metrics, train  # noqa: E402
 
 __all__ = [
     "group_advantages", "frac_zero_std", "kl_penalty", "sample_group", "token_logprobs",
     "rlsd_advantages", "sdpg_beta", "full_reverse_kl", "teacher_logprobs", "METHODS",
     "mutual_information_floor",
-    "Problem", "verify", "evaluate", "train", "train_config",
+    "Problem", "verify", "evaluate", "train", "train_config", "last_eval", "read_metrics",
     "ModelConfig", "TaskConfig", "SFTConfig", "TrainConfig",
 ]

@@ -22,7 +22,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from .config import ModelConfig, SFTConfig, TaskConfig, save_json
+from .config import ModelConfig, SFTConfig, TaskConfig, pick_device, save_json
 from .evaluate import evaluate
 from .model import build_model, build_tokenizer, n_params, save
 from .sampling import completion_logits, encode_completions, encode_prompts, gather_logprobs, masked_mean
@@ -56,7 +56,7 @@ def warm_start(out_path: str, data_dir: str, model_cfg: ModelConfig | None = Non
     val = problems_of(splits["validation"])[:cfg.eval_problems]
 
     tokenizer = build_tokenizer()
-    model = build_model(model_cfg, tokenizer, seed=cfg.seed).to(device or "cpu")
+    model = build_model(model_cfg, tokenizer, seed=cfg.seed).to(pick_device(device))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps))
     rng = random.Random(cfg.seed)
