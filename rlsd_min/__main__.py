@@ -17,7 +17,7 @@ import sys
 import time
 
 from .config import (BASE_CHECKPOINT, DATA_DIR, PROFILES, ModelConfig, SFTConfig, TaskConfig,
-                     TrainConfig, pick_device, train_config)
+                     TrainConfig, field_docs, pick_device, train_config)
 
 DEMO_METHODS = ("grpo", "rlsd", "sdpg")
 
@@ -154,8 +154,12 @@ def main(argv=None) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing checkpoint")
     p.set_defaults(func=cmd_warmstart)
 
-    p = sub.add_parser("train", help="RL from the warm start")
-    p.add_argument("--method", default="grpo")
+    fields = "\n".join(f"  {name} = {default!r}: {doc}" for name, (default, doc) in field_docs(TrainConfig).items()
+                        if name not in ("profile", "method"))
+    p = sub.add_parser("train", help="RL from the warm start", epilog="TrainConfig fields for --set (cpu defaults; "
+                       "a method's own defaults apply on top):\n" + fields,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default="grpo", help="one of grpo, opsd, grpo_opsd, rlsd, sdpg")
     p.add_argument("--profile", default=None, help=f"one of {PROFILES} (default: $RLSD_PROFILE, else gpu with CUDA, else cpu)")
     p.add_argument("--out", default=None, help="run folder (resumed if it holds a checkpoint)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override TrainConfig fields")

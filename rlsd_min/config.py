@@ -281,6 +281,19 @@ def train_config(profile: str | None = None, **overrides) -> TrainConfig:
     return TrainConfig(**values).validate()
 
 
+def field_docs(cls) -> dict:
+    """{field: (default, docstring)} of a config dataclass, read from the docstrings under its fields."""
+    import ast
+    import inspect
+
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return {f.name: (f.default, docs.get(f.name, "")) for f in dataclasses.fields(cls)}
+
+
 def save_json(obj, path) -> None:
     """Write JSON atomically (temporary file, then rename)."""
     tmp = f"{path}.tmp"

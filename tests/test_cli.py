@@ -101,3 +101,16 @@ def test_set_values_are_typed_like_their_fields():
     for name in bools:  # a string 'false' would be truthy: booleans must be parsed
         assert _parse_sets([f"{name}=false"])[name] is False
         assert _parse_sets([f"{name}=true"])[name] is True
+
+
+def test_train_help_lists_every_field_with_its_docstring(capsys):
+    import dataclasses
+
+    from rlsd_min.__main__ import main
+    from rlsd_min.config import TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "rlsd_eps_w = 0.2: RLSD: clip of the per-token weight" in out
+    assert all(f"  {f.name} = " in out for f in dataclasses.fields(TrainConfig) if f.name not in ("profile", "method"))
