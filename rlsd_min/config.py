@@ -27,7 +27,7 @@ BASE_CHECKPOINT = REPO_ROOT / "data" / "base"
 PROFILES = ("ci", "cpu", "gpu")
 AGGREGATIONS = ("token-mean", "seq-mean", "group-token-mean")
 ADV_SCALES = ("group", "batch", "none")
-KL_ESTIMATORS = ("k1", "k2", "k3", "urkl", "ufkl")
+KL_ESTIMATORS = ("k1", "k2", "k3", "urkl", "ufkl", "fkl", "rkl")
 DIVERGENCES = ("reverse", "forward", "jsd", "sampled")
 
 
@@ -130,7 +130,8 @@ class TrainConfig:
     kl_coef: float = 0.0
     """alpha, weight of the reference-policy KL (0 = no reference model)"""
     kl_estimator: str = "k3"
-    """reference KL estimator: k1, k2, k3, or SDPG's names urkl (= k2), ufkl (= k3)"""
+    """reference KL estimator: k1, k2, k3, SDPG's names urkl (= k2), ufkl (= k3), or its code's
+    normalised fkl (pi_ref/pi_theta), rkl ((l+1)^2/2)"""
     # --- self-distillation (teacher = the same model shown the reference) ---
     teacher_mode: str = ""
     """live, frozen, synced or ema; '' = the method's default (rlsd_min.methods.METHODS)"""

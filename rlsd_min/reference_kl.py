@@ -6,21 +6,28 @@ With l = log pi_theta(y_t) - log pi_ref(y_t) on the token actually sampled from 
     k2 = l^2 / 2               biased, low variance; SDPG's 'urkl'
     k3 = exp(-l) - 1 + l       unbiased and always >= 0; GRPO/TRL; SDPG's 'ufkl' up to a constant
 
-pi_ref is the frozen initial policy (the warm start). All three give per-token values
-that the loss aggregates like any other token quantity.
+SDPG's released code also has two "normalised" variants (its config class defaults to 'fkl'):
+
+    fkl = exp(-l)              (pi_ref / pi_theta; gradient k3's minus grad l)
+    rkl = (l + 1)^2 / 2        (gradient k2's plus grad l)
+
+They differ from k3 and k2 by a term whose gradient, grad log pi_theta(y_t), has expectation
+zero on tokens sampled from pi_theta. pi_ref is the frozen initial policy (the warm start).
+All give per-token values that the loss aggregates like any other token quantity.
 """
 
 from __future__ import annotations
 
 import torch
 
-ESTIMATORS = ("k1", "k2", "k3")
+ESTIMATORS = ("k1", "k2", "k3", "fkl", "rkl")
 SDPG_NAMES = {"urkl": "k2", "ufkl": "k3"}
 """SDPG's names for the same estimators (ufkl = exp(-l) + l = k3 + 1: the same gradient)."""
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
-    """Per-token KL(pi_theta || pi_ref) estimate, shape of `logp` (METHODS.md, Schulman k1/k2/k3).
+    """Per-token KL(pi_theta || pi_ref) penalty, shape of `logp` (METHODS.md, Schulman k1/k2/k3;
+    SDPG's released code for fkl/rkl).
 
     logp carries the gradient; ref_logp is treated as a constant. Accepts SDPG's
     names 'urkl' (= k2) and 'ufkl' (= k3).
@@ -33,4 +40,8 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3"
         return log_ratio
     if estimator == "k2":
         return 0.5 * log_ratio**2
+    if estimator == "fkl":
+        return torch.exp(-log_ratio)
+    if estimator == "rkl":
+        return 0.5 * (log_ratio + 1) ** 2
     return torch.expm1(-log_ratio) + log_ratio  # expm1: stays >= 0 in float32 for tiny l

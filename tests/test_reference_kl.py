@@ -116,3 +116,17 @@ def test_unknown_estimator_names_the_bad_value():
     logp, ref = _random_logps(seed=6)
     with pytest.raises(ValueError, match="'k4'"):
         kl_penalty(logp, ref, "k4")
+
+
+def test_sdpg_code_normalised_variants_match_their_formulas_and_gradients():
+    """fkl = pi_ref/pi_theta = exp(-l), rkl = (l+1)^2/2 (SDPG's released code); their gradients
+    differ from k3's / k2's by exactly -grad l / +grad l."""
+    g = torch.Generator().manual_seed(11)
+    logp = torch.randn(5, 7, generator=g, dtype=torch.float64).requires_grad_()
+    ref = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    l = (logp - ref).detach()
+    torch.testing.assert_close(kl_penalty(logp, ref, "fkl"), torch.exp(-l))
+    torch.testing.assert_close(kl_penalty(logp, ref, "rkl"), 0.5 * (l + 1) ** 2)
+    grads = {e: torch.autograd.grad(kl_penalty(logp, ref, e).sum(), logp)[0] for e in ("fkl", "rkl", "k2", "k3")}
+    torch.testing.assert_close(grads["fkl"], grads["k3"] - 1.0)
+    torch.testing.assert_close(grads["rkl"], grads["k2"] + 1.0)
