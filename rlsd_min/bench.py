@@ -4,7 +4,9 @@ Each round runs one RL step of every method (GRPO, OPSD, ... in turn: A B C A B 
 each from the same weights, the same prompts and the same sampling seed, so all methods
 sample the same completions and do the same work but for their own extra passes.
 Ratios to GRPO are taken round by round (pairs measured side by side, under the same
-machine load), and the median over rounds is reported.
+machine load), and the median over rounds is reported, for the whole step and for each
+phase the loop times (sampling, reference forward, teacher forward, student forward and
+backward, optimiser). On CUDA the peak memory of each method's step is recorded too.
 """
 
 from __future__ import annotations
@@ -23,9 +25,15 @@ from .teacher import Teacher
 from .train import batch_problems, rl_step
 
 
+PHASES = ("time_sample_s", "time_ref_s", "time_teacher_s", "time_update_s", "time_optim_s")
+
+
 def step_times(methods=tuple(METHODS), profile: str = "cpu", rounds: int = 5, warmup: int = 1,
                device=None, progress: bool = True) -> dict:
-    """{method: [seconds per step, one per round]} on one fixed batch of the profile."""
+    """{method: [metrics of one step, one dict per round]} on one fixed batch of the profile.
+
+    Each dict holds `step_time_s`, the phase times of PHASES and, on CUDA, `peak_mem_mb`.
+    """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
@@ -46,26 +54,42 @@ def step_times(methods=tuple(METHODS), profile: str = "cpu", rounds: int = 5, wa
             teacher = Teacher(base, cfg.teacher_mode, cfg.sync_every, cfg.ema_rate) if METHODS[m].teacher else None
             opt = torch.optim.AdamW(base.parameters(), lr=cfg.lr)
             torch.manual_seed(0)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             row = rl_step(base, tokenizer, ref if cfg.kl_coef > 0 else None, opt, problems, cfg, 0, teacher)
+            if device.type == "cuda":
+                row["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
             if r >= warmup:
-                times[m].append(row["step_time_s"])
+                times[m].append(row)
     return times
 
 
 def summarize(times: dict, baseline: str = "grpo") -> list[dict]:
-    """Median and spread per method, and the median of per-round ratios to the baseline."""
+    """Median and spread of the step time per method, the median of per-round ratios to the
+    baseline, and the median of each phase (and of the peak memory, on CUDA)."""
     rows = []
-    for m, ts in times.items():
+    for m, steps in times.items():
+        ts = [s["step_time_s"] for s in steps]
         row = {"method": m, "median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts)}
         if baseline in times:
-            row["ratio"] = statistics.median(t / b for t, b in zip(ts, times[baseline]))
+            base = [s["step_time_s"] for s in times[baseline]]
+            row["ratio"] = statistics.median(t / b for t, b in zip(ts, base))
+        for key in PHASES + ("peak_mem_mb",):
+            if key in steps[0]:
+                row[key] = statistics.median(s[key] for s in steps)
         rows.append(row)
     return rows
 
 
 def format_table(rows: list[dict], baseline: str = "grpo") -> str:
-    lines = [f"| method | median s/step | min-max | ratio to {baseline} |", "|---|---|---|---|"]
+    """A markdown table: step time, ratio to the baseline, then the median of each phase."""
+    mem = "peak_mem_mb" in rows[0]
+    head = (f"| method | median s/step | min-max | ratio to {baseline} | sample | ref fwd | teacher fwd "
+            f"| student fwd+bwd | optimiser |" + (" peak MiB |" if mem else ""))
+    lines = [head, "|---" * (9 + mem) + "|"]
     for r in rows:
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
-        lines.append(f"| {r['method']} | {r['median_s']:.3f} | {r['min_s']:.3f}-{r['max_s']:.3f} | {ratio} |")
+        phases = " | ".join(f"{r[k]:.3f}" for k in PHASES)
+        lines.append(f"| {r['method']} | {r['median_s']:.3f} | {r['min_s']:.3f}-{r['max_s']:.3f} | {ratio} | "
+                     f"{phases} |" + (f" {r['peak_mem_mb']:.0f} |" if mem else ""))
     return "\n".join(lines)

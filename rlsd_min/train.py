@@ -43,6 +43,13 @@ class NonFiniteLossError(FloatingPointError):
     """The loss or gradient became inf/nan; training stopped before the bad update."""
 
 
+def _clock(device: torch.device) -> float:
+    """Wall time, after waiting for queued GPU work (so phases are timed, not just launched)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def batch_problems(problems: list, step: int, cfg: TrainConfig) -> list:
     """The prompts of one step: a pure function of (seed, step), so a resumed run sees the same."""
     return random.Random(cfg.seed * 1_000_003 + step).sample(problems, cfg.prompts_per_step)
@@ -50,18 +57,21 @@ def batch_problems(problems: list, step: int, cfg: TrainConfig) -> list:
 
 def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg: TrainConfig, step: int,
             teacher: Teacher | None = None) -> dict:
-    """One RL step on `problems`; returns the step's metrics."""
-    t0 = time.perf_counter()
+    """One RL step on `problems`; returns the step's metrics, the time of each phase included."""
+    device = next(policy.parameters()).device
+    clock = {"start": _clock(device)}
     rollout = sample_group(policy, tokenizer, [p.prompt for p in problems], cfg.group_size,
                            cfg.max_new_tokens, cfg.temperature)
     answers = [p.answer for p in problems for _ in range(cfg.group_size)]
     rewards = torch.tensor([verify(t, a) for t, a in zip(rollout.texts, answers)],
                            device=rollout.completion_ids.device)                   # (N,)
     advantages = group_advantages(rewards, cfg.group_size, cfg.adv_scale, cfg.adv_eps)  # (N,)
+    clock["sample"] = _clock(device)
     ref_logp = None
     if ref_model is not None:
         with torch.inference_mode():
             ref_logp = token_logprobs(ref_model, rollout, cfg.temperature)[0].clone()   # (N, T)
+    clock["ref"] = _clock(device)
 
     method, mask = METHODS[cfg.method], rollout.completion_mask
     teacher_logp = teacher_logits = None
@@ -72,7 +82,8 @@ def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg: TrainC
         out = teacher_logprobs(teacher.model, tokenizer, prompts, rollout, return_logits=full_vocab,
                                temperature=cfg.temperature)                  # (N, T) [, (N, T, V)]
         teacher_logp, teacher_logits = out if full_vocab else (out, None)
-    batch = None
+    clock["teacher"] = _clock(device)
+    batch, optim_s = None, 0.0
     for _ in range(cfg.num_iterations):
         logp, logits = token_logprobs(policy, rollout, cfg.temperature)             # (N, T), (N, T, V)
         if batch is None:  # first update: the weights are still the sampling policy's
@@ -85,9 +96,12 @@ def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg: TrainC
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
         if not torch.isfinite(grad_norm):
             raise NonFiniteLossError(f"non-finite gradient norm at step {step}")
+        t_opt = _clock(device)
         optimizer.step()
+        optim_s += _clock(device) - t_opt
     if teacher is not None:
         teacher.update(policy, step + 1)
+    clock["update"] = _clock(device)
     with torch.no_grad():
         ent = masked_mean(entropy(logits), mask).item()
     return {
@@ -97,7 +111,12 @@ def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg: TrainC
         "entropy": ent,
         "completion_len": mask.sum(1).float().mean().item(),
         "grad_norm": grad_norm.item(),
-        "step_time_s": time.perf_counter() - t0,
+        "step_time_s": clock["update"] - clock["start"],
+        "time_sample_s": clock["sample"] - clock["start"],       # generate + verify + advantages
+        "time_ref_s": clock["ref"] - clock["sample"],            # reference-model forward
+        "time_teacher_s": clock["teacher"] - clock["ref"],       # teacher forward
+        "time_update_s": clock["update"] - clock["teacher"] - optim_s,  # student fwd + bwd, teacher sync
+        "time_optim_s": optim_s,                                 # optimiser steps
     }
 
 

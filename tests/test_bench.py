@@ -2,13 +2,17 @@
 
 import pytest
 
-from rlsd_min.bench import format_table, step_times, summarize
+from rlsd_min.bench import PHASES, format_table, step_times, summarize
 
 
 def test_bench_runs_every_requested_method_on_the_same_batch():
     times = step_times(("grpo", "rlsd", "sdpg"), profile="ci", rounds=2, warmup=0, progress=False)
     assert set(times) == {"grpo", "rlsd", "sdpg"}
-    assert all(len(ts) == 2 and all(t > 0 for t in ts) for ts in times.values())
+    assert all(len(steps) == 2 and all(s["step_time_s"] > 0 for s in steps) for steps in times.values())
+    for steps in times.values():  # the phases add up to the step (what is left is bookkeeping)
+        for s in steps:
+            parts = sum(s[k] for k in PHASES)
+            assert 0 < parts <= s["step_time_s"] + 1e-9
     rows = summarize(times)
     assert rows[0]["method"] == "grpo" and rows[0]["ratio"] == 1.0
     assert "| rlsd |" in format_table(rows)

@@ -74,7 +74,7 @@ def read_jsonl(path) -> list:
 
 
 def without_timing(history):
-    return [{k: v for k, v in row.items() if k != "step_time_s"} for row in history]
+    return [{k: v for k, v in row.items() if not (k == "step_time_s" or k.startswith("time_"))} for row in history]
 
 
 @pytest.fixture(scope="module")
