@@ -128,6 +128,17 @@ def cmd_demo(args) -> None:
 def cmd_bench(args) -> None:
     from .bench import format_table, step_times, summarize
 
+    if args.trl:
+        import warnings
+
+        from .bench_trl import format_comparison, trl_comparison
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        times = trl_comparison(args.profile, args.rounds, args.warmup)
+        print(f"\n{args.profile} profile, GRPO, {args.rounds} steps after {args.warmup} warm-up, interleaved, "
+              f"device {pick_device()}, torch threads {__import__('torch').get_num_threads()}")
+        print(format_comparison(times))
+        return
     methods = tuple(args.methods.split(","))
     times = step_times(methods, args.profile, args.rounds, args.warmup)
     print(f"\n{args.profile} profile, {args.rounds} rounds after {args.warmup} warm-up, device {pick_device()}, "
@@ -183,6 +194,7 @@ def main(argv=None) -> None:
     p.add_argument("--methods", default="grpo,opsd,grpo_opsd,rlsd,sdpg")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--trl", action="store_true", help="rlsd_min GRPO against TRL's GRPOTrainer (needs .[bench])")
     p.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)

@@ -23,3 +23,20 @@ def test_bench_bad_input():
         step_times(("grpo", "nope"), profile="ci", rounds=1)
     with pytest.raises(ValueError, match="rounds"):
         step_times(("grpo",), profile="ci", rounds=0)
+
+
+def test_trl_mode_without_trl_says_how_to_install_it(monkeypatch):
+    import builtins
+
+    from rlsd_min.bench_trl import require_trl
+
+    real_import = builtins.__import__
+
+    def no_trl(name, *args, **kwargs):
+        if name == "trl":
+            raise ImportError("No module named 'trl'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_trl)
+    with pytest.raises(SystemExit, match=r"pip install '\.\[bench\]'"):
+        require_trl()
