@@ -18,7 +18,7 @@ from .advantages import frac_zero_std, group_advantages  # noqa: E402
 from .config import SFTConfig, TaskConfig, ModelConfig, TrainConfig, train_config  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
 from .leakage import mutual_information_floor  # noqa: E402
-from .methods import METHODS, rlsd_advantages, sdpg_beta  # noqa: E402
+from .methods import METHODS, rlsd_advantages, rlsd_lambda, sdpg_beta  # noqa: E402
 from .reference_kl import kl_penalty  # noqa: E402
 from .reverse_kl import full_reverse_kl  # noqa: E402
 from .sampling import sample_group, token_logprobs  # noqa: E402
@@ -28,7 +28,7 @@ from .train import last_eval, read_metrics, train  # noqa: E402
 
 __all__ = [
     "group_advantages", "frac_zero_std", "kl_penalty", "sample_group", "token_logprobs",
-    "rlsd_advantages", "sdpg_beta", "full_reverse_kl", "teacher_logprobs", "METHODS",
+    "rlsd_advantages", "rlsd_lambda", "sdpg_beta", "full_reverse_kl", "teacher_logprobs", "METHODS",
     "mutual_information_floor",
     "Problem", "verify", "evaluate", "train", "train_config", "last_eval", "read_metrics",
     "ModelConfig", "TaskConfig", "SFTConfig", "TrainConfig",
