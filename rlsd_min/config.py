@@ -19,16 +19,18 @@ from pathlib import Path
 
 import torch
 
+from .advantages import SCALES as ADV_SCALES
+from .objective import AGGREGATIONS
+from .reference_kl import ESTIMATORS, SDPG_NAMES
+from .reverse_kl import FULL_VOCAB_DIVERGENCES
 from .teacher import PRIVILEGED_TEMPLATE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data" / "arith"
 BASE_CHECKPOINT = REPO_ROOT / "data" / "base"
 PROFILES = ("ci", "cpu", "gpu")
-AGGREGATIONS = ("token-mean", "seq-mean", "group-token-mean")
-ADV_SCALES = ("group", "batch", "none")
-KL_ESTIMATORS = ("k1", "k2", "k3", "urkl", "ufkl", "fkl", "rkl")
-DIVERGENCES = ("reverse", "forward", "jsd", "sampled")
+KL_ESTIMATORS = ESTIMATORS + tuple(SDPG_NAMES)
+DIVERGENCES = FULL_VOCAB_DIVERGENCES + ("sampled",)
 
 
 

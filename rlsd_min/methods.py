@@ -58,10 +58,14 @@ def rlsd_advantages(advantages: torch.Tensor, teacher_logp: torch.Tensor, studen
         raise ValueError(f"lam must be in [0, 1], got {lam}")
     if not 0 < eps_w < 1:
         raise ValueError(f"eps_w must be in (0, 1), got {eps_w}")
-    A = advantages[:, None]                                                      # (N, 1)
+    w = rlsd_weights(advantages, teacher_logp, student_logp)                     # (N, T)
+    return advantages[:, None] * ((1 - lam) + lam * torch.clamp(w, 1 - eps_w, 1 + eps_w))  # (N, T)
+
+
+def rlsd_weights(advantages: torch.Tensor, teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
+    """RLSD's unclipped per-token weight w_t = exp(sign(A_i) * sg[log q_t(y_t) - log p_t(y_t)]): (N, T)."""
     delta = sampled_token_advantage(student_logp, teacher_logp)                   # (N, T)
-    w = torch.exp(torch.sign(A) * delta)                                         # (N, T)
-    return A * ((1 - lam) + lam * torch.clamp(w, 1 - eps_w, 1 + eps_w))          # (N, T)
+    return torch.exp(torch.sign(advantages[:, None]) * delta)                    # (N, T)
 
 
 def rlsd_lambda(step: int, lam0: float, decay_steps: int) -> float:
@@ -106,8 +110,9 @@ def template_loss(logp: torch.Tensor, batch: StepBatch, cfg, ahat: torch.Tensor 
         else:
             pg, clipped = clipped_surrogate(logp, batch.old_logp, ahat, cfg.eps_low, cfg.eps_high,
                                             cfg.dual_clip or None)                 # (N, T)
-        loss = loss + agg(pg)
-        metrics.update(loss_pg=agg(pg).item(), clip_frac=agg(clipped.float()).item())
+        pg_term = agg(pg)
+        loss = loss + pg_term
+        metrics.update(loss_pg=pg_term.item(), clip_frac=agg(clipped.float()).item())
     if distill is not None:
         gated = distill if gate is None else distill * gate[:, None]               # (N, T)
         d = agg(gated)
@@ -159,7 +164,7 @@ def rlsd(logp, logits, batch: StepBatch, cfg, step: int):
     lam = rlsd_lambda(step, cfg.rlsd_lam, cfg.rlsd_lam_steps)
     ahat = rlsd_advantages(batch.advantages, batch.teacher_logp, batch.old_logp, lam, cfg.rlsd_eps_w)
     loss, metrics = template_loss(logp, batch, cfg, ahat=ahat)
-    w = torch.exp(torch.sign(batch.advantages[:, None]) * (batch.teacher_logp - batch.old_logp))  # (N, T)
+    w = rlsd_weights(batch.advantages, batch.teacher_logp, batch.old_logp)          # (N, T)
     outside = ((w < 1 - cfg.rlsd_eps_w) | (w > 1 + cfg.rlsd_eps_w)).float()
     metrics.update(lam=lam, w_clip_frac=masked_mean(outside, batch.rollout.completion_mask).item())
     return loss, metrics

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+FULL_VOCAB_DIVERGENCES = ("reverse", "forward", "jsd")
 CHUNK = 1024
 """positions per chunk in the full-vocabulary divergences"""
 
@@ -106,4 +107,4 @@ def divergence(name: str, student_logits: torch.Tensor, teacher_logits: torch.Te
         return forward_kl(student_logits, teacher_logits, entry_clip, token_clip)
     if name == "jsd":
         return jsd(student_logits, teacher_logits, jsd_beta, token_clip)
-    raise ValueError(f"unknown full-vocabulary divergence {name!r}; choose from ('reverse', 'forward', 'jsd')")
+    raise ValueError(f"unknown full-vocabulary divergence {name!r}; choose from {FULL_VOCAB_DIVERGENCES}")
