@@ -1,4 +1,4 @@
-"""Command line: python -m rlsd_min {data,warmstart,train,eval,demo,bench} ...
+"""Command line: python -m rlsd_min {data,warmstart,train,eval,demo,bench,verify} ...
 
     python -m rlsd_min data                       # write data/arith/{train,validation,test,ood}.jsonl
     python -m rlsd_min warmstart                  # supervised warm start -> data/base
@@ -6,6 +6,7 @@
     python -m rlsd_min eval --ckpt runs/grpo/checkpoint --split test
     python -m rlsd_min demo                       # what `make demo` runs
     python -m rlsd_min bench --rounds 5           # seconds per step of each method, same batch
+    python -m rlsd_min verify --profile cpu --seeds 3   # every method x both tasks x 3 seeds -> results/
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import sys
 import time
 
-from .config import (BASE_CHECKPOINT, DATA_DIR, PROFILES, ModelConfig, SFTConfig, TaskConfig,
+from .config import (BASE_CHECKPOINT, DATA_DIR, PROFILES, TASK_DIRS, TASKS, ModelConfig, SFTConfig,
                      TrainConfig, field_docs, pick_device, train_config)
 
 DEMO_METHODS = ("grpo", "rlsd", "sdpg")
@@ -49,39 +50,35 @@ def _parse_sets(pairs: list[str]) -> dict:
 def cmd_data(args) -> None:
     from .tasks import SPLITS, build_datasets
 
-    existing = [s for s in SPLITS if os.path.exists(os.path.join(args.out, f"{s}.jsonl"))]
+    out = args.out or str(TASK_DIRS[args.task][0])
+    existing = [s for s in SPLITS if os.path.exists(os.path.join(out, f"{s}.jsonl"))]
     if existing and not args.force:
-        raise SystemExit(f"{args.out} already holds {existing}; pass --force to overwrite them")
-    paths = build_datasets(TaskConfig(seed=args.seed), args.out, args.seed)
+        raise SystemExit(f"{out} already holds {existing}; pass --force to overwrite them")
+    paths = build_datasets(dataclasses.replace(TASKS[args.task], seed=args.seed), out, args.seed)
     print("\n".join(f"{k}: {v}" for k, v in paths.items()))
-
-
-def ensure_data(data_dir: str) -> None:
-    from .tasks import build_datasets
-
-    if not os.path.exists(os.path.join(data_dir, "train.jsonl")):
-        print(f"building data files in {data_dir}")
-        build_datasets(TaskConfig(), data_dir, TaskConfig().seed)
 
 
 def cmd_warmstart(args) -> None:
     from .sft import warm_start
+    from .tasks import ensure_data
 
-    if os.path.exists(os.path.join(args.out, "config.json")) and not args.force:
-        raise SystemExit(f"{args.out} already holds a checkpoint; pass --force to replace it")
-    ensure_data(args.data)
-    s = warm_start(args.out, args.data, ModelConfig(), TaskConfig(),
+    data, out = args.data or str(TASK_DIRS[args.task][0]), args.out or str(TASK_DIRS[args.task][1])
+    if os.path.exists(os.path.join(out, "config.json")) and not args.force:
+        raise SystemExit(f"{out} already holds a checkpoint; pass --force to replace it")
+    ensure_data(data, TASKS[args.task])
+    s = warm_start(out, data, ModelConfig(), TASKS[args.task],
                    SFTConfig(target_acc=args.target_acc, seed=args.seed), device=pick_device())
     print(f"warm start: {s['steps']} steps, {s['seconds']} s, {s['params']} parameters, "
-          f"validation accuracy sampled {s['val_acc_sampled']:.3f} / greedy {s['val_acc_greedy']:.3f} -> {args.out}")
+          f"validation accuracy sampled {s['val_acc_sampled']:.3f} / greedy {s['val_acc_greedy']:.3f} -> {out}")
 
 
 def cmd_train(args) -> None:
+    from .tasks import ensure_data
     from .train import last_eval, train
 
-    cfg = train_config(args.profile, method=args.method, **_parse_sets(args.set))
-    ensure_data(cfg.data_dir)
-    out = args.out or os.path.join("runs", f"{cfg.method}-{cfg.profile}-seed{cfg.seed}")
+    cfg = train_config(args.profile, **{"method": args.method, "task": args.task, **_parse_sets(args.set)})
+    ensure_data(cfg.data_dir, TASKS[cfg.task])
+    out = args.out or os.path.join("runs", f"{cfg.task}-{cfg.method}-{cfg.profile}-seed{cfg.seed}")
     history = train(cfg, out)
     print(f"{cfg.method}: validation accuracy {history[0]['eval_acc']:.3f} -> {last_eval(history):.3f}; run in {out}")
 
@@ -91,8 +88,8 @@ def cmd_eval(args) -> None:
     from .model import load
     from .tasks import load_splits, problems_of
 
-    model, tok = load(args.ckpt, pick_device())
-    problems = problems_of(load_splits(args.data)[args.split])
+    model, tok = load(args.ckpt or str(TASK_DIRS[args.task][1]), pick_device())
+    problems = problems_of(load_splits(args.data or str(TASK_DIRS[args.task][0]))[args.split])
     acc = evaluate(model, tok, problems, samples=args.samples, seed=args.seed)
     greedy = evaluate(model, tok, problems, greedy=True)
     print(f"{args.ckpt} on {args.split} ({len(problems)} problems): "
@@ -104,13 +101,13 @@ def cmd_demo(args) -> None:
     import matplotlib.pyplot as plt
 
     from .plots import plot_eval_curves
+    from .tasks import ensure_data
     from .train import last_eval, train
 
     t0 = time.time()
-    ensure_data(str(DATA_DIR))
+    ensure_data(str(DATA_DIR), TASKS["arith"])
     if not os.path.exists(os.path.join(BASE_CHECKPOINT, "config.json")):
-        cmd_warmstart(argparse.Namespace(out=str(BASE_CHECKPOINT), data=str(DATA_DIR), target_acc=0.45,
-                                         seed=0, force=False))
+        cmd_warmstart(argparse.Namespace(task="arith", out=None, data=None, target_acc=0.45, seed=0, force=False))
     histories = {}
     for method in DEMO_METHODS:
         cfg = train_config(args.profile, method=method)
@@ -146,20 +143,33 @@ def cmd_bench(args) -> None:
     print(format_table(summarize(times)))
 
 
+def cmd_verify(args) -> None:
+    from .verify import run_experiment
+
+    t0 = time.time()
+    summary = run_experiment(args.out, args.profile, args.seeds, tuple(args.methods.split(",")),
+                             tuple(args.tasks.split(",")), _parse_sets(args.set))
+    print(f"{summary['runs']} runs ({summary['wall_s'] / 60:.1f} min of training in total; this call "
+          f"{(time.time() - t0) / 60:.1f} min) -> {os.path.join(args.out, 'REPORT.md')}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rlsd_min", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
+    task_help = f"one of {tuple(TASKS)}: arith (one valid answer) or split (ten)"
     p = sub.add_parser("data", help="write the data files")
-    p.add_argument("--out", default=str(DATA_DIR))
-    p.add_argument("--seed", type=int, default=TaskConfig().seed)
+    p.add_argument("--task", default="arith", choices=tuple(TASKS), help=task_help)
+    p.add_argument("--out", default=None, help="default: the task's folder under data/")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite existing files")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("warmstart", help="supervised warm start of a fresh model")
-    p.add_argument("--out", default=str(BASE_CHECKPOINT))
-    p.add_argument("--data", default=str(DATA_DIR))
+    p.add_argument("--task", default="arith", choices=tuple(TASKS), help=task_help)
+    p.add_argument("--out", default=None, help="default: data/base (arith), data/base_split (split)")
+    p.add_argument("--data", default=None, help="default: the task's data folder")
     p.add_argument("--target-acc", type=float, default=SFTConfig().target_acc)
     p.add_argument("--seed", type=int, default=SFTConfig().seed)
     p.add_argument("--force", action="store_true", help="replace an existing checkpoint")
@@ -171,14 +181,16 @@ def main(argv=None) -> None:
                        "a method's own defaults apply on top):\n" + fields,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="grpo", help="one of grpo, opsd, grpo_opsd, rlsd, sdpg")
+    p.add_argument("--task", default="arith", choices=tuple(TASKS), help=task_help)
     p.add_argument("--profile", default=None, help=f"one of {PROFILES} (default: $RLSD_PROFILE, else gpu with CUDA, else cpu)")
     p.add_argument("--out", default=None, help="run folder (resumed if it holds a checkpoint)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override TrainConfig fields")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="accuracy of a checkpoint on a split")
-    p.add_argument("--ckpt", default=str(BASE_CHECKPOINT))
-    p.add_argument("--data", default=str(DATA_DIR))
+    p.add_argument("--task", default="arith", choices=tuple(TASKS), help=task_help)
+    p.add_argument("--ckpt", default=None, help="default: the task's warm start")
+    p.add_argument("--data", default=None, help="default: the task's data folder")
     p.add_argument("--split", default="test", choices=["train", "validation", "test", "ood"])
     p.add_argument("--samples", type=int, default=4, help="sampled completions per problem")
     p.add_argument("--seed", type=int, default=0)
@@ -196,6 +208,15 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--trl", action="store_true", help="rlsd_min GRPO against TRL's GRPOTrainer (needs .[bench])")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("verify", help="every method on both tasks over several seeds -> results/ and REPORT.md")
+    p.add_argument("--profile", default="cpu", help=f"one of {PROFILES}")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", default="results", help="results folder (resumed if it holds this experiment)")
+    p.add_argument("--methods", default="grpo,opsd,grpo_opsd,rlsd,sdpg")
+    p.add_argument("--tasks", default="arith,split")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override TrainConfig fields of every run")
+    p.set_defaults(func=cmd_verify)
 
     args = parser.parse_args(argv)
     try:

@@ -68,6 +68,22 @@ class TaskConfig:
     """seed of the data files"""
 
 
+TASKS = {
+    "arith": TaskConfig(),
+    "split": TaskConfig(ops=("split",), digits=3, ood_digits=4, n_train=400, n_validation=256, n_test=256),
+}
+"""The two tasks. arith: one valid answer, shown with a worked scratchpad. split: ten valid
+answers, the reference one of them at random (rlsd_min.tasks.SplitProblem); 400 training
+prompts, so RL revisits each about a dozen times and a shortcut to the reference could form."""
+TASK_DIRS = {
+    "arith": (DATA_DIR, BASE_CHECKPOINT),
+    "split": (REPO_ROOT / "data" / "split", REPO_ROOT / "data" / "base_split"),
+}
+"""(data files, warm-started checkpoint) of each task."""
+TASK_OVERRIDES = {"arith": {}, "split": dict(max_new_tokens=12)}
+"""TrainConfig values a task changes (a split answer is 5 characters long)."""
+
+
 @dataclass
 class SFTConfig:
     """Supervised warm start (`rlsd_min.sft`)."""
@@ -98,6 +114,8 @@ class TrainConfig:
     """One RL run (`rlsd_min.train`)."""
     method: str = "grpo"
     """which method: see rlsd_min.methods.METHODS"""
+    task: str = "arith"
+    """arith (one valid answer) or split (ten valid answers); picks data_dir and base_checkpoint"""
     profile: str = "cpu"
     """the profile these defaults came from (informational)"""
     steps: int = 100
@@ -175,6 +193,9 @@ class TrainConfig:
     """steps between held-out evaluations"""
     eval_problems: int = 256
     """validation problems per evaluation"""
+    probe_problems: int = 0
+    """leakage probes at each evaluation (rlsd_min.leakage.leakage_probes) on this many training
+    and this many held-out prompts; 0 = off"""
     checkpoint_every: int = 20
     """steps between checkpoints (and at the end)"""
     seed: int = 0
@@ -190,6 +211,8 @@ class TrainConfig:
 
         checks = [
             (self.method in METHODS, f"unknown method {self.method!r}; choose from {sorted(METHODS)}"),
+            (self.task in TASKS, f"unknown task {self.task!r}; choose from {tuple(TASKS)}"),
+            (self.probe_problems >= 0, f"probe_problems must be >= 0, got {self.probe_problems}"),
             (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
             (self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}"),
             (self.group_size >= 2, f"group_size must be >= 2 for group advantages, got {self.group_size}"),
@@ -267,7 +290,8 @@ def default_profile() -> str:
 
 
 def train_config(profile: str | None = None, **overrides) -> TrainConfig:
-    """The TrainConfig of a profile, with field overrides; validated."""
+    """The TrainConfig of a profile, with the task's and the method's defaults, then field
+    overrides; validated."""
     profile = profile or default_profile()
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose from {PROFILES}")
@@ -277,10 +301,14 @@ def train_config(profile: str | None = None, **overrides) -> TrainConfig:
         raise ValueError(f"unknown TrainConfig field(s) {unknown}")
     from .methods import METHODS
 
-    method = overrides.get("method", TrainConfig.method)
+    method, task = overrides.get("method", TrainConfig.method), overrides.get("task", TrainConfig.task)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
-    values = {**_PROFILE_OVERRIDES[profile], "profile": profile, **METHODS[method].defaults, **overrides}
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose from {tuple(TASKS)}")
+    data_dir, base = TASK_DIRS[task]
+    values = {**_PROFILE_OVERRIDES[profile], "profile": profile, "data_dir": str(data_dir),
+              "base_checkpoint": str(base), **TASK_OVERRIDES[task], **METHODS[method].defaults, **overrides}
     return TrainConfig(**values).validate()
 
 

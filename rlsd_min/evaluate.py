@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from .sampling import sample_group
-from .tasks import max_completion_chars, verify
 
 
 def evaluate(model, tokenizer, problems, samples: int = 1, greedy: bool = False, seed: int = 0,
@@ -19,7 +18,7 @@ def evaluate(model, tokenizer, problems, samples: int = 1, greedy: bool = False,
     """
     if not problems:
         raise ValueError("evaluate needs at least one problem")
-    max_new = max(max_completion_chars(p.op, p.digits) for p in problems) + 4
+    max_new = max(p.max_chars for p in problems) + 4
     was_training = model.training
     model.eval()
     correct, total = 0.0, 0
@@ -30,8 +29,8 @@ def evaluate(model, tokenizer, problems, samples: int = 1, greedy: bool = False,
             chunk = problems[i:i + batch_size]
             g = 1 if greedy else samples
             rollout = sample_group(model, tokenizer, [p.prompt for p in chunk], g, max_new, greedy=greedy)
-            answers = [p.answer for p in chunk for _ in range(g)]
-            correct += sum(verify(t, a) for t, a in zip(rollout.texts, answers))
-            total += len(answers)
+            rows = [p for p in chunk for _ in range(g)]
+            correct += sum(p.reward(t) for p, t in zip(rows, rollout.texts))
+            total += len(rows)
     model.train(was_training)
     return correct / total

@@ -52,7 +52,7 @@ def warm_start(out_path: str, data_dir: str, model_cfg: ModelConfig | None = Non
     if not cfg.lr > 0:
         raise ValueError(f"lr must be > 0, got {cfg.lr}")
     splits = load_splits(data_dir)
-    held_out = {p for name in ("validation", "test", "ood") for p in problems_of(splits[name])}
+    held_out = {p.prompt for name in ("validation", "test", "ood") for p in problems_of(splits[name])}
     val = problems_of(splits["validation"])[:cfg.eval_problems]
 
     tokenizer = build_tokenizer()
@@ -68,7 +68,7 @@ def warm_start(out_path: str, data_dir: str, model_cfg: ModelConfig | None = Non
         problems = []
         while len(problems) < cfg.batch_size:
             p = random_problem(rng, tuple(task_cfg.ops), task_cfg.digits)
-            if p not in held_out:
+            if p.prompt not in held_out:
                 problems.append(p)
         prompts = [teacher_prompt(p.prompt, p.context(rng.choice(("answer", "solution"))))
                    if rng.random() < cfg.privileged_frac else p.prompt for p in problems]

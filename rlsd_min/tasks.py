@@ -18,6 +18,12 @@ requirement) and `solution` (the full reference completion, as in OPSD and SDPG)
 
 Simplifications: subtraction keeps `a >= b` so answers are never negative, and
 multiplication is by a one-digit number (`b` has one digit).
+
+The second task, `split`, has many valid answers (`SplitProblem`): write n as a
+one-digit number plus the rest, `123=` -> `7+116`. Its privileged reference is one
+of the ten valid answers, drawn at random when the data are made, so the reference is
+*not* a function of the question: the setting of the leakage experiments (METHODS.md,
+"Information leakage").
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import re
 from dataclasses import dataclass
 
 OPS = ("add", "sub", "mul")
+ALL_OPS = OPS + ("split",)
+"""the arithmetic operations, and the multi-solution task's 'split'"""
 _SYMBOL = {"add": "+", "sub": "-", "mul": "*"}
 SPLITS = ("train", "validation", "test", "ood")
 
@@ -62,13 +70,93 @@ class Problem:
             return self.solution
         raise ValueError(f"unknown privileged context kind {kind!r}; choose 'answer' or 'solution'")
 
+    @property
+    def max_chars(self) -> int:
+        """Length of the longest reference completion of this kind of problem (no eos)."""
+        return max_completion_chars(self.op, self.digits)
+
+    def reward(self, completion) -> float:
+        """The verifier's reward of a completion for this problem (see `verify`)."""
+        return verify(completion, self.answer)
+
     def to_row(self) -> dict:
         return {"op": self.op, "a": self.a, "b": self.b, "digits": self.digits,
                 "prompt": self.prompt, "answer": self.answer, "solution": self.solution}
 
     @staticmethod
-    def from_row(row: dict) -> "Problem":
+    def from_row(row: dict):
+        """A Problem, or a SplitProblem when row['op'] == 'split'."""
+        if row["op"] == "split":
+            return SplitProblem(int(row["a"]), int(row["digits"]), int(row["b"]))
         return Problem(row["op"], int(row["a"]), int(row["b"]), int(row["digits"]))
+
+
+@dataclass(frozen=True)
+class SplitProblem:
+    """A multi-solution problem: write n as one digit d plus the rest, `123=` -> `7+116`.
+
+    Every d in 0..9 gives a valid answer (n >= 10 is kept so there are always ten), and
+    the verifier accepts each of them. The privileged reference is the one with d = `ref`,
+    drawn at random when the problem is made: the teacher is shown one valid answer out
+    of ten, which the question does not determine. No scratchpad: the answer is short,
+    so the ten references can be enumerated exactly (`references`).
+    """
+    n: int
+    digits: int
+    ref: int
+    op = "split"
+    N_VALID = 10
+
+    def __post_init__(self):
+        if not (self.N_VALID <= self.n < 10**self.digits and 0 <= self.ref < self.N_VALID):
+            raise ValueError(f"split problem needs {self.N_VALID} <= n < 10**digits and 0 <= ref < "
+                             f"{self.N_VALID}, got n={self.n}, digits={self.digits}, ref={self.ref}")
+
+    @property
+    def prompt(self) -> str:
+        """The question x, e.g. '123='."""
+        return f"{self.n:0{self.digits}d}="
+
+    def answer_for(self, d: int) -> str:
+        """The valid answer that starts with digit d, e.g. d=7 -> '7+116'."""
+        return f"{d}+{self.n - d:0{self.digits}d}"
+
+    @property
+    def references(self) -> list[str]:
+        """All valid answers, each equally likely to have been the reference."""
+        return [self.answer_for(d) for d in range(self.N_VALID)]
+
+    @property
+    def solution(self) -> str:
+        """The reference completion shown to the teacher (one of `references`)."""
+        return self.answer_for(self.ref)
+
+    def context(self, kind: str) -> str:
+        """Privileged context: 'answer' and 'solution' coincide (there is no scratchpad)."""
+        if kind not in ("answer", "solution"):
+            raise ValueError(f"unknown privileged context kind {kind!r}; choose 'answer' or 'solution'")
+        return self.solution
+
+    @property
+    def max_chars(self) -> int:
+        return max_completion_chars(self.op, self.digits)
+
+    def chosen_digit(self, completion) -> int | None:
+        """The d of a valid answer 'd+m' (last line), or None if the completion is not one."""
+        if not isinstance(completion, str):
+            return None
+        m = _SPLIT.fullmatch(completion.rstrip("\n").split("\n")[-1].strip())
+        if m is None or int(m[1]) + int(m[2]) != self.n:
+            return None
+        return int(m[1])
+
+    def reward(self, completion) -> float:
+        """1.0 iff the last line is 'd+m' with d one digit and d + m == n."""
+        return 0.0 if self.chosen_digit(completion) is None else 1.0
+
+    def to_row(self) -> dict:
+        return {"op": self.op, "a": self.n, "b": self.ref, "digits": self.digits,
+                "prompt": self.prompt, "answer": self.n, "solution": self.solution}
 
 
 def scratchpad(op: str, a: int, b: int, digits: int) -> str:
@@ -102,14 +190,17 @@ def max_completion_chars(op: str, digits: int) -> int:
     Every step ('3+5+0=08', '3*7+0=21') has 8 characters, steps are joined by spaces,
     then a newline and an answer of at most digits + 1 characters.
     """
-    if op not in OPS:
-        raise ValueError(f"unknown op {op!r}; choose from {OPS}")
+    if op not in ALL_OPS:
+        raise ValueError(f"unknown op {op!r}; choose from {ALL_OPS}")
+    if op == "split":  # '7+116': one digit, '+', the rest
+        return digits + 2
     return (9 * digits - 1) + 1 + (digits + 1)
 
 
 # --- verifier -------------------------------------------------------------------------
 
 _INT = re.compile(r"-?[0-9]+")  # ASCII digits only: "١٢٣" is not 123
+_SPLIT = re.compile(r"([0-9])\+([0-9]{1,32})")
 
 
 def parse_answer(text) -> int | None:
@@ -143,11 +234,15 @@ def n_distinct(op: str, digits: int) -> int:
         return n * (n + 1) // 2
     if op == "mul":
         return n * 10
-    raise ValueError(f"unknown op {op!r}; choose from {OPS}")
+    if op == "split":
+        return max(n - SplitProblem.N_VALID, 0)
+    raise ValueError(f"unknown op {op!r}; choose from {ALL_OPS}")
 
 
-def random_problem(rng: random.Random, ops: tuple[str, ...], digits: int) -> Problem:
+def random_problem(rng: random.Random, ops: tuple[str, ...], digits: int):
     op = rng.choice(ops)
+    if op == "split":
+        return SplitProblem(rng.randrange(SplitProblem.N_VALID, 10**digits), digits, rng.randrange(SplitProblem.N_VALID))
     a = rng.randrange(10**digits)
     b = rng.randrange(10) if op == "mul" else rng.randrange(10**digits)
     if op == "sub" and b > a:
@@ -156,31 +251,34 @@ def random_problem(rng: random.Random, ops: tuple[str, ...], digits: int) -> Pro
 
 
 def sample_problems(rng: random.Random, n: int, ops, digits: int, exclude=frozenset()) -> list[Problem]:
-    """n distinct problems not in `exclude`; a clear error if the task has too few."""
+    """n problems with distinct prompts, none the prompt of a problem in `exclude`; a clear
+    error if the task has too few."""
     for op in ops:
-        if op not in OPS:
-            raise ValueError(f"unknown op {op!r}; choose from {OPS}")
-    exclude = {p for p in exclude if p.op in ops and p.digits == digits}  # only this task's problems
+        if op not in ALL_OPS:
+            raise ValueError(f"unknown op {op!r}; choose from {ALL_OPS}")
+    exclude = {p.prompt for p in exclude if p.op in ops and p.digits == digits}  # only this task's problems
     available = sum(n_distinct(op, digits) for op in ops) - len(exclude)
     if n > available:
         raise ValueError(
             f"cannot draw {n} distinct problems: ops={tuple(ops)} with digits={digits} has only "
             f"{available} left (after excluding {len(exclude)}); use more digits or fewer problems")
     if n > available // 2:  # dense: enumerate, shuffle, take
-        pool = [p for op in ops for p in _all_problems(op, digits) if p not in exclude]
+        pool = [p for op in ops for p in _all_problems(op, digits, rng) if p.prompt not in exclude]
         rng.shuffle(pool)
         return pool[:n]
     seen, out = set(exclude), []
     while len(out) < n:
         p = random_problem(rng, tuple(ops), digits)
-        if p not in seen:
-            seen.add(p)
+        if p.prompt not in seen:
+            seen.add(p.prompt)
             out.append(p)
     return out
 
 
-def _all_problems(op: str, digits: int) -> list[Problem]:
+def _all_problems(op: str, digits: int, rng: random.Random) -> list:
     n = 10**digits
+    if op == "split":  # one problem per n, its reference drawn at random
+        return [SplitProblem(v, digits, rng.randrange(SplitProblem.N_VALID)) for v in range(SplitProblem.N_VALID, n)]
     bs = range(10) if op == "mul" else range(n)
     return [Problem(op, a, b, digits) for a in range(n) for b in bs if not (op == "sub" and b > a)]
 
@@ -211,6 +309,13 @@ def build_datasets(task, out_dir: str, seed: int) -> dict[str, str]:
     return paths
 
 
+def ensure_data(data_dir: str, task) -> None:
+    """Build the data files of TaskConfig `task` in data_dir unless they are there already."""
+    if not os.path.exists(os.path.join(data_dir, "train.jsonl")):
+        print(f"building data files ({task.ops}, {task.digits} digits) in {data_dir}")
+        build_datasets(task, data_dir, task.seed)
+
+
 def load_splits(data_dir: str) -> dict:
     """Load the JSONL files of `build_datasets` back with `datasets.load_dataset` (local only)."""
     from datasets import load_dataset
@@ -223,6 +328,6 @@ def load_splits(data_dir: str) -> dict:
     return load_dataset("json", data_files=files)
 
 
-def problems_of(split) -> list[Problem]:
-    """A `datasets` split (or list of rows) as Problems."""
+def problems_of(split) -> list:
+    """A `datasets` split (or list of rows) as Problems (or SplitProblems)."""
     return [Problem.from_row(row) for row in split]

@@ -33,9 +33,11 @@ from . import model as model_io
 from .advantages import frac_zero_std, group_advantages
 from .config import TrainConfig, pick_device, save_json
 from .evaluate import evaluate
+from .leakage import FLOORS, leakage_probes, reference_floor
+from .objective import aggregate
 from .methods import METHODS, StepBatch
 from .sampling import check_fits, entropy, masked_mean, sample_group, token_logprobs
-from .tasks import load_splits, problems_of, verify
+from .tasks import load_splits, problems_of
 from .teacher import Teacher, teacher_logprobs, teacher_prompt
 
 
@@ -62,8 +64,8 @@ def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg: TrainC
     clock = {"start": _clock(device)}
     rollout = sample_group(policy, tokenizer, [p.prompt for p in problems], cfg.group_size,
                            cfg.max_new_tokens, cfg.temperature)
-    answers = [p.answer for p in problems for _ in range(cfg.group_size)]
-    rewards = torch.tensor([verify(t, a) for t, a in zip(rollout.texts, answers)],
+    rows = [p for p in problems for _ in range(cfg.group_size)]
+    rewards = torch.tensor([p.reward(t) for p, t in zip(rows, rollout.texts)],
                            device=rollout.completion_ids.device)                   # (N,)
     advantages = group_advantages(rewards, cfg.group_size, cfg.adv_scale, cfg.adv_eps)  # (N,)
     clock["sample"] = _clock(device)
@@ -75,6 +77,7 @@ def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg: TrainC
 
     method, mask = METHODS[cfg.method], rollout.completion_mask
     teacher_logp = teacher_logits = None
+    extra = {}  # the OPSD loss floor, on a task with several references (rlsd_min.leakage)
     if method.teacher is not None:
         prompts = [teacher_prompt(p.prompt, p.context(cfg.teacher_context), cfg.privileged_template)
                    for p in problems]
@@ -82,6 +85,10 @@ def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg: TrainC
         out = teacher_logprobs(teacher.model, tokenizer, prompts, rollout, return_logits=full_vocab,
                                temperature=cfg.temperature)                  # (N, T) [, (N, T, V)]
         teacher_logp, teacher_logits = out if full_vocab else (out, None)
+        if full_vocab and cfg.divergence in FLOORS and hasattr(problems[0], "references"):
+            floor = reference_floor(teacher.model, tokenizer, problems, rollout, cfg.divergence,
+                                    cfg.privileged_template, cfg.temperature)            # (N, T)
+            extra["distill_floor"] = aggregate(floor, mask, cfg.loss_agg, cfg.group_size).item()
     clock["teacher"] = _clock(device)
     batch, optim_s = None, 0.0
     for _ in range(cfg.num_iterations):
@@ -105,7 +112,7 @@ def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg: TrainC
     with torch.no_grad():
         ent = masked_mean(entropy(logits), mask).item()
     return {
-        "step": step + 1, "loss": loss.item(), **metrics,
+        "step": step + 1, "loss": loss.item(), **metrics, **extra,
         "reward_mean": rewards.mean().item(),
         "frac_zero_std": frac_zero_std(rewards, cfg.group_size),
         "entropy": ent,
@@ -114,7 +121,7 @@ def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg: TrainC
         "step_time_s": clock["update"] - clock["start"],
         "time_sample_s": clock["sample"] - clock["start"],       # generate + verify + advantages
         "time_ref_s": clock["ref"] - clock["sample"],            # reference-model forward
-        "time_teacher_s": clock["teacher"] - clock["ref"],       # teacher forward
+        "time_teacher_s": clock["teacher"] - clock["ref"],       # teacher forward (+ floor, if logged)
         "time_update_s": clock["update"] - clock["teacher"] - optim_s,  # student fwd + bwd, teacher sync
         "time_optim_s": optim_s,                                 # optimiser steps
     }
@@ -194,6 +201,10 @@ def train(cfg: TrainConfig, out_dir: str, device=None, progress: bool = True) ->
     train_set, val_set = problems_of(splits["train"]), problems_of(splits["validation"])[:cfg.eval_problems]
     if cfg.prompts_per_step > len(train_set):
         raise ValueError(f"prompts_per_step={cfg.prompts_per_step} exceeds the {len(train_set)} training problems")
+    heldout = problems_of(splits["validation"])
+    if cfg.probe_problems > min(len(train_set), len(heldout)):
+        raise ValueError(f"probe_problems={cfg.probe_problems} exceeds the {len(train_set)} training or "
+                         f"{len(heldout)} validation problems")
     _check_lengths(policy, tokenizer, train_set + val_set, cfg)
     ref_model = None
     if cfg.kl_coef > 0:  # pi_ref: the frozen starting policy (the base, also when resuming)
@@ -206,8 +217,13 @@ def train(cfg: TrainConfig, out_dir: str, device=None, progress: bool = True) ->
         teacher = Teacher(policy, cfg.teacher_mode, cfg.sync_every, cfg.ema_rate)
 
     def evaluation() -> dict:
-        return {"eval_acc": evaluate(policy, tokenizer, val_set, seed=cfg.seed),
-                "eval_acc_greedy": evaluate(policy, tokenizer, val_set, greedy=True)}
+        row = {"eval_acc": evaluate(policy, tokenizer, val_set, seed=cfg.seed),
+               "eval_acc_greedy": evaluate(policy, tokenizer, val_set, greedy=True)}
+        if cfg.probe_problems:
+            probes = leakage_probes(policy, tokenizer, train_set[:cfg.probe_problems], heldout[:cfg.probe_problems],
+                                    "answer", cfg.privileged_template, cfg.seed)
+            row.update({f"probe_{k}": v for k, v in probes.items()})
+        return row
 
     if resuming:
         state = run.load_state()

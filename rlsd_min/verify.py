@@ -1,0 +1,193 @@
+"""The small-scale verification of the papers' claims: every method, both tasks, several seeds.
+
+    python -m rlsd_min verify --profile cpu --seeds 3          # -> results/
+
+trains GRPO, OPSD, GRPO+OPSD, RLSD and SDPG from the same warm start of each task
+(`arith`: one valid answer; `split`: ten, the reference one of them at random), each
+with seeds 0..S-1 (prompt order and sampling; the warm start is shared), for longer
+than the demo so that late-training effects could show. Every run logs held-out
+accuracy and the leakage probes at each evaluation (rlsd_min.leakage), and OPSD-style
+runs on `split` log the exact floor of their distillation loss.
+
+The folder holds `experiment.json` (what was asked), one run folder per
+(task, method, seed) under `runs/`, `summary.json` (mean and std over seeds), the
+figures and `REPORT.md`, all made from the run folders. Interrupted, the same command
+resumes: finished runs are kept, unfinished ones go on from their last checkpoint. A
+folder made by a different experiment is refused, never mixed or overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+from tqdm.auto import tqdm
+
+from .config import TASKS, save_json, train_config
+from .methods import METHODS
+from .stability import COLLAPSE_MARGIN, COLLAPSE_PATIENCE, collapsed, steps_to_threshold
+from .tasks import ensure_data, load_splits
+
+VERIFY_METHODS = ("grpo", "opsd", "grpo_opsd", "rlsd", "sdpg")
+PLANS = {
+    "ci": {"arith": dict(steps=4, probe_problems=8), "split": dict(steps=4, probe_problems=8)},
+    "cpu": {"arith": dict(steps=200, probe_problems=128), "split": dict(steps=300, probe_problems=128)},
+    "gpu": {"arith": dict(steps=400, probe_problems=256), "split": dict(steps=600, probe_problems=256)},
+}
+"""TrainConfig overrides of each task, on top of the profile: twice (arith) and three times
+(split) the demo's 100 steps on the cpu profile, in about 45 minutes on 2 CPU cores."""
+THRESHOLD = 0.8
+"""held-out accuracy for 'steps to threshold' (both warm starts start near 0.55)"""
+TAIL = 10
+"""steps averaged for the end-of-training value of per-step metrics (entropy, KL, ...)"""
+
+
+def experiment_config(profile: str, seeds: int, methods=VERIFY_METHODS, tasks=tuple(TASKS), sets=None) -> dict:
+    """What the experiment will run: validated, before any long work starts."""
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
+    if profile not in PLANS:
+        raise ValueError(f"unknown profile {profile!r}; choose from {tuple(PLANS)}")
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; choose from {sorted(METHODS)}")
+    for t in tasks:
+        if t not in TASKS:
+            raise ValueError(f"unknown task {t!r}; choose from {tuple(TASKS)}")
+    configs = {}
+    for t in tasks:
+        for m in methods:
+            cfg = train_config(profile, method=m, task=t, **{**PLANS[profile][t], **(sets or {})})
+            configs[f"{t}/{m}"] = cfg.to_dict()
+    return {"profile": profile, "seeds": list(range(seeds)), "methods": list(methods), "tasks": list(tasks),
+            "threshold": THRESHOLD, "collapse": {"margin": COLLAPSE_MARGIN, "patience": COLLAPSE_PATIENCE},
+            "configs": configs}
+
+
+def _check_problems(exp: dict) -> None:
+    """Each task must supply the distinct prompts a step and the probes ask for."""
+    for key, cfg in exp["configs"].items():
+        ensure_data(cfg["data_dir"], TASKS[cfg["task"]])
+        splits = load_splits(cfg["data_dir"])
+        n_train, n_val = len(splits["train"]), len(splits["validation"])
+        for field, need, have in (("prompts_per_step", cfg["prompts_per_step"], n_train),
+                                  ("probe_problems", cfg["probe_problems"], min(n_train, n_val))):
+            if need > have:
+                raise ValueError(f"task {cfg['task']!r} cannot produce {need} distinct problems for {field} "
+                                 f"({key}): it has {have}; lower {field}")
+
+
+def _open_folder(out: str, exp: dict) -> None:
+    path = os.path.join(out, "experiment.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old != exp:
+            diff = sorted(k for k in set(old) | set(exp) if old.get(k) != exp.get(k))
+            raise ValueError(
+                f"{out} holds runs of a different experiment ({diff} differ); to resume it, repeat the command "
+                f"that made it (profile {old.get('profile')!r}, seeds {len(old.get('seeds', []))}); to start "
+                f"fresh, pass another --out (or delete {out} yourself)")
+    os.makedirs(out, exist_ok=True)
+    save_json(exp, path)
+
+
+def run_dir(out: str, task: str, method: str, seed: int) -> str:
+    return os.path.join(out, "runs", task, method, f"seed{seed}")
+
+
+def _finished(path: str, steps: int) -> bool:
+    from .train import read_metrics
+
+    if not os.path.exists(os.path.join(path, "metrics.jsonl")):
+        return False
+    history = read_metrics(path)
+    return bool(history) and history[-1]["step"] == steps
+
+
+def run_experiment(out: str, profile: str, seeds: int, methods=VERIFY_METHODS, tasks=tuple(TASKS),
+                   sets=None, progress: bool = True) -> dict:
+    """Train every (task, method, seed) not yet finished in `out`; summarise; write the report."""
+    from .config import TrainConfig
+    from .train import train
+
+    exp = experiment_config(profile, seeds, methods, tasks, sets)
+    _check_problems(exp)
+    _open_folder(out, exp)
+    jobs = [(t, m, s) for t in exp["tasks"] for m in exp["methods"] for s in exp["seeds"]]
+    bar = tqdm(jobs, desc="verify", disable=not progress)
+    for t, m, s in bar:
+        cfg = TrainConfig(**{**exp["configs"][f"{t}/{m}"], "seed": s}).validate()
+        path = run_dir(out, t, m, s)
+        if _finished(path, cfg.steps):
+            continue
+        bar.set_postfix(run=f"{t}/{m}/seed{s}")
+        start = time.perf_counter()
+        train(cfg, path, progress=False)
+        wall = os.path.join(path, "wall_s.json")  # accumulated over resumes
+        before = json.load(open(wall))["wall_s"] if os.path.exists(wall) else 0.0
+        save_json({"wall_s": before + time.perf_counter() - start}, wall)
+    summary = summarize(out)
+    from .report import write_report
+
+    write_report(out, summary)
+    return summary
+
+
+def _mean_std(values: list) -> dict:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def run_summary(history: list[dict], threshold: float = THRESHOLD) -> dict:
+    """The numbers of one run: final and best held-out accuracy, steps to threshold, collapse,
+    the last evaluation's probes, and per-step metrics averaged over the last TAIL steps."""
+    evals = [r for r in history if "eval_acc" in r]
+    accs = [r["eval_acc"] for r in evals]
+    steps = [r for r in history if r["step"] > 0][-TAIL:]
+    out = {"final_acc": accs[-1], "best_acc": max(accs), "start_acc": accs[0],
+           "steps_to_threshold": steps_to_threshold(history, threshold), "collapsed": collapsed(accs)}
+    out.update({k: v for k, v in evals[-1].items() if k.startswith("probe_")})
+    for key in ("entropy", "completion_len", "teacher_kl", "distill_loss", "distill_floor", "frac_zero_std",
+                "grad_norm", "reward_mean"):
+        if steps and key in steps[0]:
+            out[f"tail_{key}"] = statistics.fmean(r[key] for r in steps)
+    return out
+
+
+def summarize(out: str) -> dict:
+    """{task: {method: {metric: {mean, std, n}}}} over the seeds of `out`, plus the run count and
+    the measured wall time; written to out/summary.json."""
+    from .train import read_metrics
+
+    with open(os.path.join(out, "experiment.json")) as f:
+        exp = json.load(f)
+    table, wall, runs = {}, 0.0, 0
+    for t in exp["tasks"]:
+        for m in exp["methods"]:
+            per_seed = []
+            for s in exp["seeds"]:
+                path = run_dir(out, t, m, s)
+                if not _finished(path, exp["configs"][f"{t}/{m}"]["steps"]):
+                    continue
+                per_seed.append(run_summary(read_metrics(path), exp["threshold"]))
+                wall_path = os.path.join(path, "wall_s.json")
+                wall += json.load(open(wall_path))["wall_s"] if os.path.exists(wall_path) else 0.0
+                runs += 1
+            if not per_seed:
+                continue
+            keys = list(dict.fromkeys(k for r in per_seed for k in r))
+            row = {k: _mean_std([r.get(k) for r in per_seed]) for k in keys if k not in ("collapsed",)}
+            row["collapsed"] = sum(r["collapsed"] for r in per_seed)
+            row["reached"] = sum(r["steps_to_threshold"] is not None for r in per_seed)
+            row["seeds"] = len(per_seed)
+            table.setdefault(t, {})[m] = row
+    summary = {"profile": exp["profile"], "seeds": len(exp["seeds"]), "runs": runs, "wall_s": wall,
+               "threshold": exp["threshold"], "collapse": exp["collapse"], "table": table}
+    save_json(summary, os.path.join(out, "summary.json"))
+    return summary
