@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-from .config import (BASE_CHECKPOINT, DATA_DIR, PROFILES, TASK_DIRS, TASKS, ModelConfig, SFTConfig,
+from .config import (BASE_CHECKPOINT, DATA_DIR, PROFILES, RESULTS_DIR, TASK_DIRS, TASKS, ModelConfig, SFTConfig,
                      TrainConfig, field_docs, pick_device, train_config)
 
 DEMO_METHODS = ("grpo", "rlsd", "sdpg")
@@ -212,7 +212,7 @@ def main(argv=None) -> None:
     p = sub.add_parser("verify", help="every method on both tasks over several seeds -> results/ and REPORT.md")
     p.add_argument("--profile", default="cpu", help=f"one of {PROFILES}")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--out", default="results", help="results folder (resumed if it holds this experiment)")
+    p.add_argument("--out", default=str(RESULTS_DIR), help="results folder (resumed if it holds this experiment)")
     p.add_argument("--methods", default="grpo,opsd,grpo_opsd,rlsd,sdpg")
     p.add_argument("--tasks", default="arith,split")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override TrainConfig fields of every run")

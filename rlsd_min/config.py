@@ -28,6 +28,7 @@ from .teacher import PRIVILEGED_TEMPLATE
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data" / "arith"
 BASE_CHECKPOINT = REPO_ROOT / "data" / "base"
+RESULTS_DIR = REPO_ROOT / "results"
 PROFILES = ("ci", "cpu", "gpu")
 KL_ESTIMATORS = ESTIMATORS + tuple(SDPG_NAMES)
 DIVERGENCES = FULL_VOCAB_DIVERGENCES + ("sampled",)

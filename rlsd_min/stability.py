@@ -25,7 +25,7 @@ def collapsed(accs: list[float], margin: float = COLLAPSE_MARGIN, patience: int 
     if len(accs) <= patience:
         return False
     best_before = max(accs[:-patience])
-    return all(a < best_before - margin for a in accs[-patience:])
+    return all(round(best_before - a, 9) > margin for a in accs[-patience:])  # round: 0.8 - 0.7 is 0.1
 
 
 def steps_to_threshold(history: list[dict], threshold: float, key: str = "eval_acc") -> int | None:

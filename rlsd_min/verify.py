@@ -25,7 +25,7 @@ import time
 
 from tqdm.auto import tqdm
 
-from .config import TASKS, save_json, train_config
+from .config import REPO_ROOT, TASKS, save_json, train_config
 from .methods import METHODS
 from .stability import COLLAPSE_MARGIN, COLLAPSE_PATIENCE, collapsed, steps_to_threshold
 from .tasks import ensure_data, load_splits
@@ -61,14 +61,33 @@ def experiment_config(profile: str, seeds: int, methods=VERIFY_METHODS, tasks=tu
         for m in methods:
             cfg = train_config(profile, method=m, task=t, **{**PLANS[profile][t], **(sets or {})})
             configs[f"{t}/{m}"] = cfg.to_dict()
-    return {"profile": profile, "seeds": list(range(seeds)), "methods": list(methods), "tasks": list(tasks),
+    return _portable({"profile": profile, "seeds": list(range(seeds)), "methods": list(methods), "tasks": list(tasks),
             "threshold": THRESHOLD, "collapse": {"margin": COLLAPSE_MARGIN, "patience": COLLAPSE_PATIENCE},
-            "configs": configs}
+            "configs": configs})
+
+
+PATH_FIELDS = ("data_dir", "base_checkpoint")
+
+
+def _portable(exp: dict) -> dict:
+    """The experiment with paths inside the repository made relative to it, so a results
+    folder made in one clone is recognised (and resumable) in another."""
+    for cfg in exp["configs"].values():
+        for field in PATH_FIELDS:
+            path = os.path.abspath(cfg[field])
+            if path.startswith(str(REPO_ROOT) + os.sep):
+                cfg[field] = os.path.relpath(path, REPO_ROOT)
+    return exp
+
+
+def _absolute(cfg: dict) -> dict:
+    return {**cfg, **{f: str(REPO_ROOT / cfg[f]) for f in PATH_FIELDS if not os.path.isabs(cfg[f])}}
 
 
 def _check_problems(exp: dict) -> None:
     """Each task must supply the distinct prompts a step and the probes ask for."""
     for key, cfg in exp["configs"].items():
+        cfg = _absolute(cfg)
         ensure_data(cfg["data_dir"], TASKS[cfg["task"]])
         splits = load_splits(cfg["data_dir"])
         n_train, n_val = len(splits["train"]), len(splits["validation"])
@@ -83,7 +102,7 @@ def _open_folder(out: str, exp: dict) -> None:
     path = os.path.join(out, "experiment.json")
     if os.path.exists(path):
         with open(path) as f:
-            old = json.load(f)
+            old = _portable(json.load(f))
         if old != exp:
             diff = sorted(k for k in set(old) | set(exp) if old.get(k) != exp.get(k))
             raise ValueError(
@@ -119,7 +138,7 @@ def run_experiment(out: str, profile: str, seeds: int, methods=VERIFY_METHODS, t
     jobs = [(t, m, s) for t in exp["tasks"] for m in exp["methods"] for s in exp["seeds"]]
     bar = tqdm(jobs, desc="verify", disable=not progress)
     for t, m, s in bar:
-        cfg = TrainConfig(**{**exp["configs"][f"{t}/{m}"], "seed": s}).validate()
+        cfg = TrainConfig(**{**_absolute(exp["configs"][f"{t}/{m}"]), "seed": s}).validate()
         path = run_dir(out, t, m, s)
         if _finished(path, cfg.steps):
             continue
@@ -160,9 +179,9 @@ def run_summary(history: list[dict], threshold: float = THRESHOLD) -> dict:
     return out
 
 
-def summarize(out: str) -> dict:
+def summarize(out: str, write: bool = True) -> dict:
     """{task: {method: {metric: {mean, std, n}}}} over the seeds of `out`, plus the run count and
-    the measured wall time; written to out/summary.json."""
+    the measured wall time; written to out/summary.json when `write`."""
     from .train import read_metrics
 
     with open(os.path.join(out, "experiment.json")) as f:
@@ -189,5 +208,6 @@ def summarize(out: str) -> dict:
             table.setdefault(t, {})[m] = row
     summary = {"profile": exp["profile"], "seeds": len(exp["seeds"]), "runs": runs, "wall_s": wall,
                "threshold": exp["threshold"], "collapse": exp["collapse"], "table": table}
-    save_json(summary, os.path.join(out, "summary.json"))
+    if write:
+        save_json(summary, os.path.join(out, "summary.json"))
     return summary

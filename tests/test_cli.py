@@ -114,3 +114,22 @@ def test_train_help_lists_every_field_with_its_docstring(capsys):
     out = capsys.readouterr().out
     assert "rlsd_eps_w = 0.2: RLSD: clip of the per-token weight" in out
     assert all(f"  {f.name} = " in out for f in dataclasses.fields(TrainConfig) if f.name not in ("profile", "method"))
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["verify", "--profile", "ci", "--seeds", "0"], "seeds must be an integer >= 1, got 0"),
+    (["verify", "--profile", "ci", "--methods", "grpo,nope"], "'nope'"),
+    (["verify", "--profile", "ci", "--set", "prompts_per_step=5000"], "cannot produce 5000 distinct problems"),
+])
+def test_verify_errors_name_the_bad_value_before_any_work(argv, needle, tmp_path):
+    message = run_main(argv + ["--out", str(tmp_path / "results")])
+    assert needle in message and message.startswith("error:")
+    assert not (tmp_path / "results").exists()
+
+
+def test_train_on_the_split_task(tmp_path, capsys):
+    main(["train", "--task", "split", "--method", "opsd", "--profile", "ci", "--out", str(tmp_path / "r")])
+    assert "opsd: validation accuracy" in capsys.readouterr().out
+    rows = [json.loads(line) for line in open(tmp_path / "r" / "metrics.jsonl")]
+    assert all(r["distill_floor"] > 0 for r in rows[1:])      # ten references: a strictly positive floor
+    assert json.load(open(tmp_path / "r" / "config.json"))["task"] == "split"

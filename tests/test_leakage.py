@@ -53,3 +53,95 @@ def test_bad_weights():
         mutual_information_floor(logq, torch.tensor([0.5, 0.5, 0.5]))
     with pytest.raises(ValueError, match=r"\(3,\)"):
         mutual_information_floor(logq, torch.tensor([0.5, 0.5]))
+
+
+# --- the reverse-KL floor ------------------------------------------------------------
+
+from rlsd_min.leakage import (reference_floor, reverse_kl_floor, scratchpad_answer,  # noqa: E402
+                              token_kinds, leakage_probes)
+
+
+def test_reverse_floor_hand_cases():
+    logq = torch.log_softmax(torch.randn(5, 7), -1)
+    assert reverse_kl_floor(logq[None].expand(3, 5, 7), torch.full((3,), 1 / 3)).abs().max() < 1e-6
+    # two teachers, each sure of its own token (mass 1-e) with e/(V-1) elsewhere
+    V, e = 4, 1e-3
+    q = torch.full((2, V), e / (V - 1))
+    q[0, 0] = q[1, 1] = 1 - e
+    floor = reverse_kl_floor(q.log(), torch.tensor([0.5, 0.5])).item()
+    g = (0.5 * q.log().sum(0)).exp()                                  # geometric mean, unnormalised
+    assert floor == pytest.approx(-math.log(g.sum().item()), rel=1e-6)
+    assert floor > math.log(2)  # larger than the forward floor H(w) here: near-one-hot teachers disagree
+
+
+def test_reverse_floor_is_the_minimum_over_students_float64():
+    g = torch.Generator().manual_seed(1)
+    R, T, V = 4, 3, 6
+    logq = torch.log_softmax(torch.randn(R, T, V, generator=g, dtype=torch.float64) * 2, -1)
+    w = torch.softmax(torch.randn(R, generator=g, dtype=torch.float64), 0)
+    floor = reverse_kl_floor(logq, w)
+
+    def objective(logp):                                               # E_r KL(p || q_r), (T,)
+        p = logp.exp()
+        return sum(w[r] * (p * (logp - logq[r])).sum(-1) for r in range(R))
+
+    best = torch.log_softmax((w[:, None, None] * logq).sum(0), -1)   # the normalised geometric mean
+    torch.testing.assert_close(objective(best), floor, rtol=1e-9, atol=1e-12)
+    for _ in range(20):                                                # every other student is worse
+        other = torch.log_softmax(torch.randn(T, V, generator=g, dtype=torch.float64), -1)
+        assert (objective(other) >= floor - 1e-12).all()
+
+
+def test_reference_floor_enumerates_the_references(tiny_model, tokenizer):
+    from rlsd_min.leakage import FLOORS
+    from rlsd_min.sampling import sample_group
+    from rlsd_min.tasks import SplitProblem
+    from rlsd_min.teacher import teacher_logprobs, teacher_prompt
+
+    model = tiny_model()
+    problems = [SplitProblem(123, 3, 7), SplitProblem(58, 3, 2)]
+    rollout = sample_group(model, tokenizer, [p.prompt for p in problems], 3, 6)
+    for kind in ("forward", "reverse"):
+        floor = reference_floor(model, tokenizer, problems, rollout, kind)             # (N, T)
+        logq = torch.stack([teacher_logprobs(model, tokenizer, [teacher_prompt(p.prompt, p.answer_for(d))
+                                                               for p in problems], rollout, return_logits=True)[1]
+                            for d in range(10)])                                        # (10, N, T, V)
+        torch.testing.assert_close(floor, FLOORS[kind](logq, torch.full((10,), 0.1)))
+        assert floor.shape == rollout.completion_ids.shape and (floor >= -1e-6).all()
+    with pytest.raises(ValueError, match="'jsd'"):
+        reference_floor(model, tokenizer, problems, rollout, "jsd")
+
+
+# --- probes --------------------------------------------------------------------------
+
+def test_scratchpad_answer_reads_the_models_own_steps():
+    assert scratchpad_answer("3+5+0=08 2+4+0=06 1+0+0=01\n168") == 168
+    assert scratchpad_answer("3+5+0=08 2+4+0=06 1+0+0=11\n168") == 1168     # disagrees with its answer
+    assert scratchpad_answer("5-7-0=18 4-2-1=01\n18") == 18
+    assert scratchpad_answer("3*7+0=21 2*7+2=16\n161") == 161
+    assert scratchpad_answer("168") is None and scratchpad_answer("3+5+0=0x\n8") is None
+
+
+def test_token_kinds():
+    tokens = list("3+5+0=08 2+4+0=16\n168") + ["<eos>"]
+    kinds = token_kinds(tokens, split=False)
+    assert "".join(k[0] for k in kinds) == "sfsfcfcsfsfsfcfcsfaaaf"
+    assert token_kinds(list("7+116") + ["<eos>"], split=True) == ["choice", "format"] + ["answer"] * 3 + ["format"]
+
+
+def test_probes_on_both_tasks(base, splits):
+    from rlsd_min import model as model_io
+    from rlsd_min.config import TASK_DIRS
+    from rlsd_min.tasks import load_splits, problems_of
+
+    model, tok = base
+    out = leakage_probes(model, tok, splits["train"][:16], splits["validation"][:16])
+    assert {"acc_train", "acc_heldout", "gap", "disagree_train", "disagree_heldout", "logratio_answer"} <= set(out)
+    assert out["gap"] == pytest.approx(out["acc_train"] - out["acc_heldout"])
+    data, ckpt = TASK_DIRS["split"]
+    model, tok = model_io.load(str(ckpt))
+    ds = load_splits(str(data))
+    out = leakage_probes(model, tok, problems_of(ds["train"])[:32], problems_of(ds["validation"])[:32])
+    assert {"ref_match_train", "ref_match_heldout", "logratio_choice"} <= set(out)
+    assert all(0 <= out[k] <= 1 for k in ("acc_train", "ref_match_train", "ref_match_heldout"))
+    assert out["logratio_choice"] < 0  # the teacher, shown one reference, prefers its digit over the student's pick

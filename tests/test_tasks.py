@@ -281,3 +281,56 @@ def test_exclude_outside_the_task_does_not_shrink_it():
     other_task = frozenset({Problem("add", 1, 2, 2), Problem("mul", 3, 4, 1)})
     ps = sample_problems(random.Random(0), 100, ("add",), 1, exclude=other_task)
     assert len(set(ps)) == 100
+
+
+# --- the multi-solution task -------------------------------------------------------------
+
+from rlsd_min.tasks import SplitProblem  # noqa: E402
+
+
+def test_split_problem_every_reference_is_valid_and_only_those():
+    p = SplitProblem(123, 3, 7)
+    assert p.prompt == "123=" and p.solution == "7+116" and p.context("answer") == p.context("solution") == "7+116"
+    assert len(set(p.references)) == 10
+    for d, ref in enumerate(p.references):
+        assert p.reward(ref) == 1.0 and p.chosen_digit(ref) == d
+        d_, m_ = map(int, ref.split("+"))
+        assert d_ + m_ == 123 and len(ref) <= p.max_chars
+    for bad in ("7+117", "12+111", "7-116", "123", "", None, "7+116\n", "x\n7+116"):
+        expected = 1.0 if bad in ("7+116\n", "x\n7+116") else 0.0       # the last line is the answer
+        assert p.reward(bad) == expected, bad
+    assert p.reward("7+0116") == 1.0  # the verifier checks the sum, not the zero padding
+
+
+def test_split_problem_bad_values_and_row_round_trip():
+    with pytest.raises(ValueError, match="n=9"):
+        SplitProblem(9, 3, 0)
+    with pytest.raises(ValueError, match="ref=10"):
+        SplitProblem(50, 3, 10)
+    p = SplitProblem(58, 3, 2)
+    assert problems_of([p.to_row()]) == [p]
+
+
+def test_split_task_data_distinct_prompts_random_references(tmp_path):
+    task = TaskConfig(ops=("split",), digits=3, n_train=400, n_validation=256, n_test=256, n_ood=64)
+    build_datasets(task, str(tmp_path), seed=0)
+    ds = load_splits(str(tmp_path))
+    problems = {name: problems_of(ds[name]) for name in SPLITS}
+    prompts = [p.prompt for name in ("train", "validation", "test") for p in problems[name]]
+    assert len(prompts) == len(set(prompts)) == 912
+    refs = [p.ref for p in problems["train"]]
+    assert set(refs) == set(range(10)) and max(refs.count(d) for d in range(10)) < 70   # about 40 each
+    assert all(p.digits == 4 for p in problems["ood"])
+    with pytest.raises(ValueError, match="only 90"):  # 2-digit n in [10, 99]: 90 problems
+        build_datasets(TaskConfig(ops=("split",), digits=2, n_train=100, n_validation=8, n_test=8, n_ood=4),
+                       str(tmp_path / "small"), seed=0)
+
+
+def test_shipped_split_data_and_warm_start():
+    from rlsd_min.config import TASK_DIRS
+
+    data, base = TASK_DIRS["split"]
+    ds = load_splits(str(data))
+    train = problems_of(ds["train"])
+    assert all(isinstance(p, SplitProblem) and p.reward(p.solution) == 1.0 for p in train)
+    assert len(train) == 400 and (base / "model.safetensors").exists()
