@@ -77,16 +77,18 @@ def check_fits(model, prompt_len: int, max_new_tokens: int) -> None:
 def bf16_autocast(device, enabled: bool = True) -> torch.autocast:
     """Context running matmuls in bfloat16 on `device` when enabled (a no-op otherwise).
 
-    Wrap forwards only: completion_logits casts the logits to float32 itself, so the
-    log-softmax, the losses and the backward pass (run outside the context) stay float32.
+    Autocast lowers only matmul-like ops, and completion_logits casts the logits to
+    float32, so the log-softmax over them is float32. Wrap forwards only: the losses and
+    the backward pass run outside the context, in float32.
     """
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
 
 
 STATIC_COMPILE = CompileConfig(fullgraph=True)
-"""How generate compiles its decoding forward when static_cache_compile is on (one graph,
-transformers' default mode: CUDA graphs on a GPU)."""
-STATIC_COMPILE._compile_all_devices = True  # transformers compiles on accelerators only unless set
+"""How generate compiles its decoding forward when static_cache_compile is on: one graph,
+transformers' default mode (CUDA graphs on a GPU). Simplified: the same settings on every
+device; transformers itself finds compiling on a CPU "often not optimal"."""
+STATIC_COMPILE._compile_all_devices = True  # generate compiles on accelerators only, unless this is set
 
 
 def sample_group(model, tokenizer, prompts: list[str], group_size: int, max_new_tokens: int,
