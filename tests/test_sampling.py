@@ -1,5 +1,6 @@
 """Group sampling and per-token log-probabilities (rlsd_min.sampling)."""
 
+import copy
 import shutil
 
 import pytest
@@ -218,7 +219,7 @@ def test_static_cache_compile_gives_the_same_greedy_completions(base, splits):
         pytest.skip("torch.compile on CPU (inductor) needs a C++ compiler: no g++, c++ or clang++ on PATH")
     from torch._dynamo.utils import counters
 
-    model, tok = base
+    model, tok = copy.deepcopy(base[0]), base[1]   # a model generate has never compiled for
     prompts = [p.prompt for p in splits["validation"][:8]] + ["1+2="]   # one left-padded row
     default = sample_group(model, tok, prompts, group_size=2, max_new_tokens=40, greedy=True)
     counters.clear()
