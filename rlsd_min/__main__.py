@@ -6,6 +6,7 @@
     python -m rlsd_min eval --ckpt runs/grpo/checkpoint --split test
     python -m rlsd_min demo                       # what `make demo` runs
     python -m rlsd_min bench --rounds 5           # seconds per step of each method, same batch
+    python -m rlsd_min bench --scaling            # step time against group size, length, model size
     python -m rlsd_min verify --profile cpu --seeds 3   # every method x both tasks x 3 seeds -> results/
 """
 
@@ -136,7 +137,16 @@ def cmd_bench(args) -> None:
               f"device {pick_device()}, torch threads {__import__('torch').get_num_threads()}")
         print(format_comparison(times))
         return
-    methods = tuple(args.methods.split(","))
+    if args.scaling:
+        from .bench_scaling import format_scaling, scaling_times, summarize_scaling
+
+        times = scaling_times(tuple(args.axes.split(",")), tuple((args.methods or "grpo,rlsd").split(",")),
+                              args.profile, args.rounds, args.warmup)
+        print(f"\n{args.profile} profile, {args.rounds} rounds after {args.warmup} warm-up, interleaved per axis, "
+              f"device {pick_device()}, torch threads {__import__('torch').get_num_threads()}")
+        print(format_scaling(summarize_scaling(times)))
+        return
+    methods = tuple((args.methods or "grpo,opsd,grpo_opsd,rlsd,sdpg").split(","))
     times = step_times(methods, args.profile, args.rounds, args.warmup)
     print(f"\n{args.profile} profile, {args.rounds} rounds after {args.warmup} warm-up, device {pick_device()}, "
           f"torch threads {__import__('torch').get_num_threads()}")
@@ -203,10 +213,12 @@ def main(argv=None) -> None:
 
     p = sub.add_parser("bench", help="median seconds per RL step of each method on the same batch")
     p.add_argument("--profile", default="cpu")
-    p.add_argument("--methods", default="grpo,opsd,grpo_opsd,rlsd,sdpg")
+    p.add_argument("--methods", default=None, help="comma-separated (default: all five; grpo,rlsd with --scaling)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--trl", action="store_true", help="rlsd_min GRPO against TRL's GRPOTrainer (needs .[bench])")
+    p.add_argument("--scaling", action="store_true", help="step time against each axis of --axes (rlsd_min.bench_scaling)")
+    p.add_argument("--axes", default="group,length,model", help="with --scaling: any of group, length, model, flags")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("verify", help="every method on both tasks over several seeds -> results/ and REPORT.md")

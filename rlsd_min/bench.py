@@ -49,19 +49,27 @@ def step_times(methods=tuple(METHODS), profile: str = "cpu", rounds: int = 5, wa
     times = {m: [] for m in methods}
     for r in tqdm(range(warmup + rounds), desc="bench", disable=not progress):
         for m in methods:
-            cfg = configs[m]
-            base.load_state_dict(start)
-            teacher = Teacher(base, cfg.teacher_mode, cfg.sync_every, cfg.ema_rate) if METHODS[m].teacher else None
-            opt = torch.optim.AdamW(base.parameters(), lr=cfg.lr)
-            torch.manual_seed(0)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            row = rl_step(base, tokenizer, ref if cfg.kl_coef > 0 else None, opt, problems, cfg, 0, teacher)
-            if device.type == "cuda":
-                row["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            row = one_step(base, start, tokenizer, ref, problems, configs[m])
             if r >= warmup:
                 times[m].append(row)
     return times
+
+
+def one_step(model, start: dict, tokenizer, ref, problems: list, cfg) -> dict:
+    """rl_step's metrics for one step of cfg.method from the weights `start`, with a fresh
+    optimiser and teacher and sampling seed 0 (ref is used only when cfg.kl_coef > 0);
+    on CUDA with the step's peak memory as `peak_mem_mb`."""
+    device = next(model.parameters()).device
+    model.load_state_dict(start)
+    teacher = Teacher(model, cfg.teacher_mode, cfg.sync_every, cfg.ema_rate) if METHODS[cfg.method].teacher else None
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    row = rl_step(model, tokenizer, ref if cfg.kl_coef > 0 else None, opt, problems, cfg, 0, teacher)
+    if device.type == "cuda":
+        row["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return row
 
 
 def summarize(times: dict, baseline: str = "grpo") -> list[dict]:

@@ -190,6 +190,13 @@ class TrainConfig:
     """SDPG: T_warm as a fraction of steps (paper 50 / 400)"""
     sdpg_decay_frac: float = 0.875
     """SDPG: T_decay as a fraction of steps (paper 350 / 400)"""
+    # --- speed (issue #6); evaluation always runs in float32 with the default sampler ---
+    bf16_autocast: bool = False
+    """run the student, teacher and reference forwards and the sampling under bfloat16 autocast
+    (log-probs and losses stay float32); sampling then draws from the bf16-computed policy"""
+    static_cache_compile: bool = False
+    """sample with a static KV cache and a torch.compile'd decoding forward (transformers'
+    generate: cache_implementation='static' + compile_config); the first steps pay the compile"""
     eval_every: int = 10
     """steps between held-out evaluations"""
     eval_problems: int = 256
@@ -241,6 +248,13 @@ class TrainConfig:
             (self.distill_coef >= 0, f"distill_coef must be >= 0, got {self.distill_coef}"),
             (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
             (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
+            (isinstance(self.bf16_autocast, bool), f"bf16_autocast must be True or False, got {self.bf16_autocast!r}"),
+            (isinstance(self.static_cache_compile, bool),
+             f"static_cache_compile must be True or False, got {self.static_cache_compile!r}"),
+            (not (self.bf16_autocast and self.static_cache_compile),
+             "bf16_autocast=True and static_cache_compile=True cannot be combined: under autocast the "
+             "rotary embedding returns float32 keys beside bfloat16 values, and transformers' static "
+             "cache holds one dtype for both; turn one of them off"),
         ]
         for ok, message in checks:
             if not ok:

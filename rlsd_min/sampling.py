@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import CompileConfig
 
 
 @dataclass
@@ -73,14 +74,38 @@ def check_fits(model, prompt_len: int, max_new_tokens: int) -> None:
             f"model's context of {limit} positions; shorten the prompts or max_new_tokens")
 
 
+def bf16_autocast(device, enabled: bool = True) -> torch.autocast:
+    """Context running matmuls in bfloat16 on `device` when enabled (a no-op otherwise).
+
+    Autocast lowers only matmul-like ops, and completion_logits casts the logits to
+    float32, so the log-softmax over them is float32. Wrap forwards only: the losses and
+    the backward pass run outside the context, in float32.
+    """
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
+
+
+STATIC_COMPILE = CompileConfig(fullgraph=True)
+"""How generate compiles its decoding forward when static_cache_compile is on: one graph,
+transformers' default mode (CUDA graphs on a GPU). Simplified: the same settings on every
+device; transformers itself finds compiling on a CPU "often not optimal"."""
+STATIC_COMPILE._compile_all_devices = True  # generate compiles on accelerators only, unless this is set
+
+
 def sample_group(model, tokenizer, prompts: list[str], group_size: int, max_new_tokens: int,
-                 temperature: float = 1.0, greedy: bool = False) -> Rollout:
+                 temperature: float = 1.0, greedy: bool = False, static_cache_compile: bool = False) -> Rollout:
     """Sample G = group_size completions per prompt from pi_theta (KV-cached generate).
 
     Pure ancestral sampling: temperature 1 with top_k=0 and top_p=1 draws exactly from
     the model's distribution, which the policy gradient assumes. Rows of one group are
     adjacent: row i belongs to prompt i // G. greedy=True decodes the argmax instead
     (for evaluation only).
+
+    static_cache_compile=True preallocates the KV cache for prompt + max_new_tokens
+    (cache_implementation="static") so that every decoding step has the same shapes, and
+    lets generate run that step through torch.compile (STATIC_COMPILE; the prompt's
+    prefill stays eager). The same numbers up to kernel rounding; the first call per
+    batch shape pays the compilation, and a new shape (batch size, longer cache) compiles
+    again. Run under bf16_autocast by the caller for bfloat16 sampling.
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -92,6 +117,8 @@ def sample_group(model, tokenizer, prompts: list[str], group_size: int, max_new_
     # transformers defaults to top_k=50: switch every truncation off explicitly
     decoding = dict(do_sample=False) if greedy else dict(
         do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+    if static_cache_compile:
+        decoding.update(cache_implementation="static", compile_config=STATIC_COMPILE)
     with torch.inference_mode():
         out = model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, **decoding,

@@ -36,7 +36,7 @@ from .evaluate import evaluate
 from .leakage import FLOORS, leakage_probes, reference_floor
 from .objective import aggregate
 from .methods import METHODS, StepBatch
-from .sampling import check_fits, entropy, masked_mean, sample_group, token_logprobs
+from .sampling import bf16_autocast, check_fits, entropy, masked_mean, sample_group, token_logprobs
 from .tasks import load_splits, problems_of
 from .teacher import Teacher, teacher_logprobs, teacher_prompt
 
@@ -59,11 +59,17 @@ def batch_problems(problems: list, step: int, cfg: TrainConfig) -> list:
 
 def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg: TrainConfig, step: int,
             teacher: Teacher | None = None) -> dict:
-    """One RL step on `problems`; returns the step's metrics, the time of each phase included."""
+    """One RL step on `problems`; returns the step's metrics, the time of each phase included.
+
+    cfg.bf16_autocast wraps each forward (sampling, reference, teacher, student) in
+    bfloat16 autocast; the logits come out as float32, so log-probs, losses and the
+    backward pass are float32. cfg.static_cache_compile is handed to sample_group.
+    """
     device = next(policy.parameters()).device
     clock = {"start": _clock(device)}
-    rollout = sample_group(policy, tokenizer, [p.prompt for p in problems], cfg.group_size,
-                           cfg.max_new_tokens, cfg.temperature)
+    with bf16_autocast(device, cfg.bf16_autocast):
+        rollout = sample_group(policy, tokenizer, [p.prompt for p in problems], cfg.group_size,
+                               cfg.max_new_tokens, cfg.temperature, static_cache_compile=cfg.static_cache_compile)
     rows = [p for p in problems for _ in range(cfg.group_size)]
     rewards = torch.tensor([p.reward(t) for p, t in zip(rows, rollout.texts)],
                            device=rollout.completion_ids.device)                   # (N,)
@@ -71,7 +77,7 @@ def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg: TrainC
     clock["sample"] = _clock(device)
     ref_logp = None
     if ref_model is not None:
-        with torch.inference_mode():
+        with torch.inference_mode(), bf16_autocast(device, cfg.bf16_autocast):
             ref_logp = token_logprobs(ref_model, rollout, cfg.temperature)[0].clone()   # (N, T)
     clock["ref"] = _clock(device)
 
@@ -82,8 +88,9 @@ def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg: TrainC
         prompts = [teacher_prompt(p.prompt, p.context(cfg.teacher_context), cfg.privileged_template)
                    for p in problems]
         full_vocab = method.teacher == "logits" and cfg.divergence != "sampled"
-        out = teacher_logprobs(teacher.model, tokenizer, prompts, rollout, return_logits=full_vocab,
-                               temperature=cfg.temperature)                  # (N, T) [, (N, T, V)]
+        with bf16_autocast(device, cfg.bf16_autocast):
+            out = teacher_logprobs(teacher.model, tokenizer, prompts, rollout, return_logits=full_vocab,
+                                   temperature=cfg.temperature)              # (N, T) [, (N, T, V)]
         teacher_logp, teacher_logits = out if full_vocab else (out, None)
         if full_vocab and cfg.divergence in FLOORS and hasattr(problems[0], "references"):
             floor = reference_floor(teacher.model, tokenizer, problems, rollout, cfg.divergence,
@@ -92,7 +99,8 @@ def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg: TrainC
     clock["teacher"] = _clock(device)
     batch, optim_s = None, 0.0
     for _ in range(cfg.num_iterations):
-        logp, logits = token_logprobs(policy, rollout, cfg.temperature)             # (N, T), (N, T, V)
+        with bf16_autocast(device, cfg.bf16_autocast):
+            logp, logits = token_logprobs(policy, rollout, cfg.temperature)         # (N, T), (N, T, V) float32
         if batch is None:  # first update: the weights are still the sampling policy's
             batch = StepBatch(rollout, rewards, advantages, logp.detach(), ref_logp, teacher_logp, teacher_logits)
         loss, metrics = method.loss(logp, logits, batch, cfg, step)

@@ -3,6 +3,7 @@
 import pytest
 
 from rlsd_min.bench import PHASES, format_table, step_times, summarize
+from rlsd_min.bench_scaling import format_scaling, scaling_times, summarize_scaling
 
 
 def test_bench_runs_every_requested_method_on_the_same_batch():
@@ -40,3 +41,38 @@ def test_trl_mode_without_trl_says_how_to_install_it(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_trl)
     with pytest.raises(SystemExit, match=r"pip install '\.\[bench\]'"):
         require_trl()
+
+
+TINY_AXES = {"group": (2, 4), "length": (4, 8), "model": ("0.5M", "2M"), "flags": ("off", "bf16_autocast")}
+
+
+def test_scaling_smoke_on_the_tiniest_sizes():
+    times = scaling_times(tuple(TINY_AXES), ("grpo", "rlsd"), profile="ci", rounds=1, warmup=0,
+                          values=TINY_AXES, progress=False)
+    assert list(times) == list(TINY_AXES)
+    for axis, values in TINY_AXES.items():
+        assert set(times[axis]) == {(m, v) for m in ("grpo", "rlsd") for v in values}
+        assert all(len(steps) == 1 and steps[0]["step_time_s"] > 0 for steps in times[axis].values())
+    for n in TINY_AXES["length"]:  # the axis really sets max_new_tokens
+        assert times["length"][("grpo", n)][0]["completion_len"] <= n
+    small, large = (times["model"][("grpo", s)][0]["params"] for s in ("0.5M", "2M"))
+    assert 0.4e6 < small < 0.6e6 and 3.5 < large / small < 4.5
+    rows = summarize_scaling(times)
+    assert len(rows) == sum(2 * len(v) for v in TINY_AXES.values())
+    firsts = [r for r in rows if r["value"] == TINY_AXES[r["axis"]][0]]
+    assert len(firsts) == 8 and all(r["ratio"] == 1.0 for r in firsts)
+    table = format_scaling(rows)
+    assert "| group | 4 | rlsd |" in table and "| flags | bf16_autocast | grpo |" in table
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(axes=("group",), values={"group": (1, 4)}), r"group sizes must be integers >= 2.*\[1\]"),
+    (dict(axes=("model",), values={"model": ("7B",)}), "'7B'"),
+    (dict(axes=("length",), values={"length": (0,)}), r"max_new_tokens.*\[0\]"),
+    (dict(axes=("depth",)), "'depth'"),
+    (dict(axes=("group",), methods=("nope",)), "'nope'"),
+    (dict(axes=("group",), rounds=0), "rounds"),
+])
+def test_scaling_bad_input_is_named(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        scaling_times(profile="ci", progress=False, **kwargs)

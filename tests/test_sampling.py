@@ -1,11 +1,14 @@
 """Group sampling and per-token log-probabilities (rlsd_min.sampling)."""
 
+import copy
+import shutil
+
 import pytest
 import torch
 
 from rlsd_min import model as model_io
 from rlsd_min import sample_group, token_logprobs
-from rlsd_min.sampling import completion_mask, encode_prompts
+from rlsd_min.sampling import bf16_autocast, completion_mask, encode_prompts
 
 EOS = 2
 
@@ -187,3 +190,42 @@ def test_group_size_must_be_positive(base):
     model, tok = base
     with pytest.raises(ValueError, match="got 0"):
         sample_group(model, tok, ["1+2="], group_size=0, max_new_tokens=4)
+
+
+# --- speed flags (TrainConfig.bf16_autocast, static_cache_compile) ---------------------
+
+def test_bf16_autocast_keeps_float32_logprobs_close_and_greedy_answers(base, splits):
+    model, tok = base
+    prompts = [p.prompt for p in splits["validation"][:16]]
+    torch.manual_seed(0)
+    rollout = sample_group(model, tok, prompts[:4], group_size=4, max_new_tokens=40)
+    with torch.no_grad():
+        logp32, _ = token_logprobs(model, rollout)
+        with bf16_autocast("cpu"):
+            logp16, logits16 = token_logprobs(model, rollout)
+    assert logp16.dtype == logits16.dtype == torch.float32          # log-probs computed in float32
+    diff = (logp16 - logp32).abs()[rollout.completion_mask == 1]
+    assert diff.max() > 0, "autocast changed nothing: the forward did not run in bfloat16"
+    assert diff.mean() < 0.02 and diff.max() < 0.5
+    # the trained model's argmax survives bfloat16: greedy completions still decode to the same text
+    greedy32 = sample_group(model, tok, prompts, group_size=1, max_new_tokens=40, greedy=True).texts
+    with bf16_autocast("cpu"):
+        greedy16 = sample_group(model, tok, prompts, group_size=1, max_new_tokens=40, greedy=True).texts
+    assert sum(a == b for a, b in zip(greedy16, greedy32)) >= 15, (greedy16, greedy32)
+
+
+def test_static_cache_compile_gives_the_same_greedy_completions(base, splits):
+    if not any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++")):
+        pytest.skip("torch.compile on CPU (inductor) needs a C++ compiler: no g++, c++ or clang++ on PATH")
+    from torch._dynamo.utils import counters
+
+    model, tok = copy.deepcopy(base[0]), base[1]   # a model generate has never compiled for
+    prompts = [p.prompt for p in splits["validation"][:8]] + ["1+2="]   # one left-padded row
+    default = sample_group(model, tok, prompts, group_size=2, max_new_tokens=40, greedy=True)
+    counters.clear()
+    static = sample_group(model, tok, prompts, group_size=2, max_new_tokens=40, greedy=True,
+                          static_cache_compile=True)
+    assert counters["stats"]["unique_graphs"] >= 1, "generate did not compile its decoding forward"
+    assert static.texts == default.texts
+    assert torch.equal(static.completion_ids, default.completion_ids)
+    assert torch.equal(static.completion_mask, default.completion_mask)

@@ -1,0 +1,146 @@
+"""How the RL step time grows: group size, completion length, model size; and the speed flags.
+
+    python -m rlsd_min bench --scaling                      # axes group, length, model
+    python -m rlsd_min bench --scaling --axes flags         # bf16_autocast, static_cache_compile
+
+Each axis is measured on its own. Its cases (every method at every value of the axis)
+run one step each per round, in turn (interleaved, as in rlsd_min.bench), each from the
+same starting weights, prompts and sampling seed; medians over rounds after warm-up.
+The ratio is the median of per-round ratios to the same method at the axis's first
+value, so a pair is always measured side by side. Everything not on the axis is the
+profile's setting (cpu: 16 prompts, G = 8, max_new_tokens = 40).
+
+    group   G = 4, 8, 16 completions per prompt, on the shipped 0.5M warm start.
+    length  max_new_tokens = 8, 16, 32 on the shipped warm start. Its completions are
+            about 32 tokens long, so (nearly) every row runs to the limit and a step
+            samples and scores exactly max_new_tokens tokens per row. Simplified: the
+            length is set by truncation, not by a harder task (the warm start only knows
+            3-digit addition; at 2 or 4 digits its lengths are erratic). At 8 and 16 no
+            completion reaches its answer, so every reward is 0; the work is the same, as
+            no method skips zero-advantage rows.
+    model   0.5M (128/512, 2 layers, 4 heads) against 2M (256/1024, 2 layers, 4 heads),
+            both built fresh with random weights (timing needs no training, and fresh
+            weights for both keep the comparison fair). An untrained model emits <eos> at
+            random (about 1 token in 21), so the mean-length column is short, but a batch
+            samples until its longest row ends, nearly always at max_new_tokens with the
+            cpu profile's 128 rows, and every forward runs over the full padded width.
+    flags   the shipped warm start with TrainConfig.bf16_autocast and
+            static_cache_compile off, then each on (the two cannot be combined). The
+            static-cache compile happens in the warm-up round.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+
+from tqdm.auto import tqdm
+
+from .bench import one_step
+from .config import ModelConfig, pick_device, train_config
+from .methods import METHODS
+from .model import build_model, load, n_params
+from .tasks import load_splits, problems_of
+from .train import batch_problems
+
+MODEL_SIZES = {"0.5M": ModelConfig(), "2M": ModelConfig(hidden_size=256, intermediate_size=1024)}
+FLAGS = ("off", "bf16_autocast", "static_cache_compile")
+AXES = {"group": (4, 8, 16), "length": (8, 16, 32), "model": tuple(MODEL_SIZES), "flags": FLAGS}
+"""the default values of each axis; the first value of an axis is the ratio's baseline"""
+
+
+def _check(axes, methods, values: dict, rounds: int, warmup: int) -> None:
+    """A ValueError naming the first bad argument."""
+    for axis in axes:
+        if axis not in AXES:
+            raise ValueError(f"unknown axis {axis!r}; choose from {tuple(AXES)}")
+        if not values[axis]:
+            raise ValueError(f"axis {axis!r} has no values")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {unknown or 'none given'}; choose from {sorted(METHODS)}")
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"rounds must be >= 1 and warmup >= 0, got rounds={rounds}, warmup={warmup}")
+    bad = {
+        "group": [g for g in values.get("group", ()) if not (isinstance(g, int) and g >= 2)],
+        "length": [n for n in values.get("length", ()) if not (isinstance(n, int) and n >= 1)],
+        "model": [s for s in values.get("model", ()) if s not in MODEL_SIZES],
+        "flags": [f for f in values.get("flags", ()) if f not in FLAGS],
+    }
+    need = {"group": "group sizes must be integers >= 2 (group advantages compare completions of a prompt)",
+            "length": "lengths (max_new_tokens) must be integers >= 1",
+            "model": f"model sizes must be among {tuple(MODEL_SIZES)}", "flags": f"flags must be among {FLAGS}"}
+    for axis in axes:
+        if bad[axis]:
+            raise ValueError(f"{need[axis]}; got {bad[axis]}")
+
+
+def _case(axis: str, value) -> tuple[str, dict]:
+    """(which model, TrainConfig overrides) of one value of an axis; 'base' = the shipped warm start."""
+    if axis == "group":
+        return "base", {"group_size": value}
+    if axis == "length":
+        return "base", {"max_new_tokens": value}
+    if axis == "model":
+        return value, {}
+    return "base", ({} if value == "off" else {value: True})
+
+
+def scaling_times(axes=("group", "length", "model"), methods=("grpo", "rlsd"), profile: str = "cpu",
+                  rounds: int = 5, warmup: int = 1, values: dict | None = None, device=None,
+                  progress: bool = True) -> dict:
+    """{axis: {(method, value): [rl_step metrics, one dict per round]}}; each dict also holds
+    `params`, the parameter count of the model that ran. `values` overrides AXES per axis."""
+    values = {**AXES, **(values or {})}
+    _check(axes, methods, values, rounds, warmup)
+    device = pick_device(device)
+    first = train_config(profile, method=methods[0])
+    base, tokenizer = load(first.base_checkpoint, device)
+    problems = batch_problems(problems_of(load_splits(first.data_dir)["train"]), 0, first)
+    models = {"base": base}
+    for size in values["model"] if "model" in axes else ():
+        models[size] = build_model(MODEL_SIZES[size], tokenizer, seed=0).to(device)
+    starts = {k: copy.deepcopy(m.state_dict()) for k, m in models.items()}
+    needs_ref = any(train_config(profile, method=m).kl_coef > 0 for m in methods)
+    refs = {k: copy.deepcopy(m).eval().requires_grad_(False) if needs_ref else None for k, m in models.items()}
+    times = {}
+    for axis in axes:
+        cases = {}
+        for v in values[axis]:
+            key, overrides = _case(axis, v)
+            cases.update({(m, v): (key, train_config(profile, method=m, **overrides)) for m in methods})
+        times[axis] = {case: [] for case in cases}
+        for r in tqdm(range(warmup + rounds), desc=f"scaling {axis}", disable=not progress):
+            for case, (key, cfg) in cases.items():
+                row = one_step(models[key], starts[key], tokenizer, refs[key], problems, cfg)
+                if r >= warmup:
+                    times[axis][case].append({**row, "params": n_params(models[key])})
+    return times
+
+
+def summarize_scaling(times: dict) -> list[dict]:
+    """One row per (axis, method, value): median and spread of the step time, the median of
+    per-round ratios to the same method at the axis's first value, and phase medians."""
+    rows = []
+    for axis, cases in times.items():
+        firsts = {}
+        for (method, value), steps in cases.items():
+            ts = [s["step_time_s"] for s in steps]
+            base = firsts.setdefault(method, ts)
+            rows.append({"axis": axis, "value": value, "method": method, "params": steps[0]["params"],
+                         "median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
+                         "ratio": statistics.median(t / b for t, b in zip(ts, base)),
+                         **{k: statistics.median(s[k] for s in steps)
+                            for k in ("completion_len", "time_sample_s", "time_teacher_s", "time_update_s")}})
+    return sorted(rows, key=lambda r: (list(times).index(r["axis"]), r["method"]))
+
+
+def format_scaling(rows: list[dict]) -> str:
+    """A markdown table of summarize_scaling's rows."""
+    lines = ["| axis | value | method | params | median s/step | min-max | ratio to first value | mean tokens "
+             "| sample | teacher fwd | student fwd+bwd |", "|---" * 11 + "|"]
+    for r in rows:
+        lines.append(f"| {r['axis']} | {r['value']} | {r['method']} | {r['params'] / 1e6:.2f}M | {r['median_s']:.3f} "
+                     f"| {r['min_s']:.3f}-{r['max_s']:.3f} | {r['ratio']:.2f} | {r['completion_len']:.1f} "
+                     f"| {r['time_sample_s']:.3f} | {r['time_teacher_s']:.3f} | {r['time_update_s']:.3f} |")
+    return "\n".join(lines)
