@@ -128,12 +128,14 @@ def claims(summary: dict) -> list[dict]:
     for task, t in summary["table"].items():
         if "opsd" in t:
             o = t["opsd"]
+            rise = o["best_acc"]["mean"] - o["start_acc"]["mean"]
             drop = o["best_acc"]["mean"] - o["final_acc"]["mean"]
-            verdict = ("reproduced" if o["collapsed"] > 0 or drop > max(o["final_acc"]["std"], 0.05)
-                       else "not reproduced" if drop < 0.02 else "mixed")
+            rose = rise > max(o["best_acc"]["std"], 0.02)
+            fell = o["collapsed"] > 0 or drop > max(o["final_acc"]["std"], 0.05)
+            verdict = "reproduced" if rose and fell else "not reproduced" if not (rose or fell) else "mixed"
             claim(f"OPSD rises early, then declines ({task})", verdict,
-                  f"OPSD best {_fmt(o, 'best_acc')}, final {_fmt(o, 'final_acc')} (drop {drop:.3f}), "
-                  f"{o['collapsed']}/{o['seeds']} seeds collapse by the stated rule")
+                  f"OPSD start {_fmt(o, 'start_acc')}, best {_fmt(o, 'best_acc')} (rise {rise:+.3f}), final "
+                  f"{_fmt(o, 'final_acc')} (drop {drop:.3f}); {o['collapsed']}/{o['seeds']} seeds collapse by the stated rule")
         vs(task, "final_acc", "grpo", "opsd", "GRPO ends above OPSD")
         vs(task, "final_acc", "rlsd", "grpo", "RLSD ends above GRPO")
         vs(task, "final_acc", "rlsd", "opsd", "RLSD ends above OPSD")

@@ -80,6 +80,20 @@ def _portable(exp: dict) -> dict:
     return exp
 
 
+def _with_new_fields(exp: dict) -> dict:
+    """A recorded experiment with TrainConfig fields added since it ran filled in at their
+    defaults (the value those runs had in effect), so a new optional field does not orphan it."""
+    import dataclasses
+
+    from .config import TrainConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for cfg in exp["configs"].values():
+        for name, value in defaults.items():
+            cfg.setdefault(name, value)
+    return exp
+
+
 def _absolute(cfg: dict) -> dict:
     return {**cfg, **{f: str(REPO_ROOT / cfg[f]) for f in PATH_FIELDS if not os.path.isabs(cfg[f])}}
 
@@ -102,7 +116,7 @@ def _open_folder(out: str, exp: dict) -> None:
     path = os.path.join(out, "experiment.json")
     if os.path.exists(path):
         with open(path) as f:
-            old = _portable(json.load(f))
+            old = _with_new_fields(_portable(json.load(f)))
         if old != exp:
             diff = sorted(k for k in set(old) | set(exp) if old.get(k) != exp.get(k))
             raise ValueError(

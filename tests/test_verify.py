@@ -63,7 +63,24 @@ def test_claim_verdicts_follow_the_stated_rule():
                        "sdpg": {"final_acc": cell(0.81, 0.03)}}}
     assert compare(table["arith"], "final_acc", "rlsd", "grpo")[0] == "higher"
     assert compare(table["arith"], "final_acc", "sdpg", "grpo")[0] == "mixed"
+    table["arith"]["opsd"] = {"start_acc": cell(0.55, 0.01), "best_acc": cell(0.75, 0.02),
+                              "final_acc": cell(0.74, 0.02), "collapsed": 0, "seeds": 3}   # rose, did not fall
+    table["split"] = {"opsd": {"start_acc": cell(0.55, 0.01), "best_acc": cell(0.55, 0.01),
+                               "final_acc": cell(0.10, 0.03), "collapsed": 3, "seeds": 3}}  # fell, never rose
     verdicts = {c["claim"]: c["verdict"] for c in claims({"table": table})}
+    assert verdicts["OPSD rises early, then declines (arith)"] == "mixed"
+    assert verdicts["OPSD rises early, then declines (split)"] == "mixed"
     assert verdicts["RLSD ends above GRPO (arith)"] == "reproduced"
     assert verdicts["SDPG ends above GRPO (arith)"] == "mixed"
     assert verdicts["SDPG ends above RLSD (arith)"] == "not reproduced"
+
+
+def test_a_config_field_added_later_does_not_orphan_a_results_folder(tmp_path):
+    out = str(tmp_path / "r")
+    run_experiment(out, "ci", 1, methods=("grpo",), tasks=("split",), progress=False)
+    path = os.path.join(out, "experiment.json")
+    exp = json.load(open(path))
+    for cfg in exp["configs"].values():
+        del cfg["bf16_autocast"]                        # as if the folder predates the field (default False)
+    json.dump(exp, open(path, "w"))
+    assert run_experiment(out, "ci", 1, methods=("grpo",), tasks=("split",), progress=False)["runs"] == 1
