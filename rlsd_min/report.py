@@ -13,6 +13,7 @@ import json
 import os
 
 from .plots import plt, plot_seed_bands
+from .verify import TAIL, finished_history, run_dir
 
 LABELS = {"grpo": "GRPO", "opsd": "OPSD", "grpo_opsd": "GRPO+OPSD", "rlsd": "RLSD", "sdpg": "SDPG"}
 STABILITY_KEYS = (("entropy", "entropy (nats/token)"), ("completion_len", "completion length (tokens)"),
@@ -21,18 +22,15 @@ STABILITY_KEYS = (("entropy", "entropy (nats/token)"), ("completion_len", "compl
 
 
 def load_runs(out: str, summary: dict) -> dict:
-    """{task: {method: [history of each finished seed]}}."""
-    from .train import read_metrics
-    from .verify import run_dir
-
+    """{task: {method: [history of each finished seed]}}: the runs the summary counts."""
     with open(os.path.join(out, "experiment.json")) as f:
         exp = json.load(f)
     runs = {}
     for task, methods in summary["table"].items():
         for m in methods:
-            paths = [run_dir(out, task, m, s) for s in exp["seeds"]]
-            runs.setdefault(task, {})[m] = [read_metrics(p) for p in paths
-                                           if os.path.exists(os.path.join(p, "metrics.jsonl"))]
+            histories = [finished_history(run_dir(out, task, m, s), exp["configs"][f"{task}/{m}"]["steps"])
+                         for s in exp["seeds"]]
+            runs.setdefault(task, {})[m] = [h for h in histories if h is not None]
     return runs
 
 
@@ -148,7 +146,7 @@ def claims(summary: dict) -> list[dict]:
             above = o["tail_distill_loss"]["mean"] - o["tail_distill_floor"]["mean"]
             claim(f"OPSD's loss stays above its exact floor, E_r D(q_r, p) >= floor ({task})",
                   "reproduced" if above > -0.01 else "not reproduced",
-                  f"last {10} steps: loss {_fmt(o, 'tail_distill_loss')} vs floor {_fmt(o, 'tail_distill_floor')} nats")
+                  f"last {TAIL} steps: loss {_fmt(o, 'tail_distill_loss')} vs floor {_fmt(o, 'tail_distill_floor')} nats")
         if "opsd" in t and _get(t["opsd"], "probe_ref_match_train"):
             o = t["opsd"]
             tr, ho = o["probe_ref_match_train"]["mean"], o["probe_ref_match_heldout"]["mean"]

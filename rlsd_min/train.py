@@ -186,6 +186,15 @@ class RunDir:
             writer.writerows(history)
 
 
+def check_problem_counts(cfg: TrainConfig, n_train: int, n_validation: int) -> None:
+    """Fail before any work if the task has fewer distinct prompts than a step or the probes ask for."""
+    for field, need, have in (("prompts_per_step", cfg.prompts_per_step, n_train),
+                              ("probe_problems", cfg.probe_problems, min(n_train, n_validation))):
+        if need > have:
+            raise ValueError(f"task {cfg.task!r} cannot produce {need} distinct problems for {field}: "
+                             f"it has {have}; lower {field}")
+
+
 def _check_lengths(model, tokenizer, problems: list, cfg: TrainConfig) -> None:
     """Fail before any work if the longest (teacher) prompt + completion exceeds the context."""
     longest = max(problems, key=lambda p: len(p.prompt) + len(p.solution))
@@ -206,13 +215,9 @@ def train(cfg: TrainConfig, out_dir: str, device=None, progress: bool = True) ->
     resuming = run.has_checkpoint()
     policy, tokenizer = model_io.load(run.ckpt if resuming else cfg.base_checkpoint, device)
     splits = load_splits(cfg.data_dir)
-    train_set, val_set = problems_of(splits["train"]), problems_of(splits["validation"])[:cfg.eval_problems]
-    if cfg.prompts_per_step > len(train_set):
-        raise ValueError(f"prompts_per_step={cfg.prompts_per_step} exceeds the {len(train_set)} training problems")
-    heldout = problems_of(splits["validation"])
-    if cfg.probe_problems > min(len(train_set), len(heldout)):
-        raise ValueError(f"probe_problems={cfg.probe_problems} exceeds the {len(train_set)} training or "
-                         f"{len(heldout)} validation problems")
+    train_set, heldout = problems_of(splits["train"]), problems_of(splits["validation"])
+    val_set = heldout[:cfg.eval_problems]
+    check_problem_counts(cfg, len(train_set), len(heldout))
     _check_lengths(policy, tokenizer, train_set + val_set, cfg)
     ref_model = None
     if cfg.kl_coef > 0:  # pi_ref: the frozen starting policy (the base, also when resuming)

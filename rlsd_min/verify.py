@@ -18,6 +18,7 @@ folder made by a different experiment is refused, never mixed or overwritten.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -25,10 +26,10 @@ import time
 
 from tqdm.auto import tqdm
 
-from .config import REPO_ROOT, TASKS, save_json, train_config
-from .methods import METHODS
+from .config import REPO_ROOT, TASKS, TrainConfig, save_json, train_config
 from .stability import COLLAPSE_MARGIN, COLLAPSE_PATIENCE, collapsed, steps_to_threshold
 from .tasks import ensure_data, load_splits
+from .train import check_problem_counts, read_metrics, train
 
 VERIFY_METHODS = ("grpo", "opsd", "grpo_opsd", "rlsd", "sdpg")
 PLANS = {
@@ -50,10 +51,7 @@ def experiment_config(profile: str, seeds: int, methods=VERIFY_METHODS, tasks=tu
         raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
     if profile not in PLANS:
         raise ValueError(f"unknown profile {profile!r}; choose from {tuple(PLANS)}")
-    for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"unknown method {m!r}; choose from {sorted(METHODS)}")
-    for t in tasks:
+    for t in tasks:  # methods are checked by train_config
         if t not in TASKS:
             raise ValueError(f"unknown task {t!r}; choose from {tuple(TASKS)}")
     configs = {}
@@ -83,10 +81,6 @@ def _portable(exp: dict) -> dict:
 def _with_new_fields(exp: dict) -> dict:
     """A recorded experiment with TrainConfig fields added since it ran filled in at their
     defaults (the value those runs had in effect), so a new optional field does not orphan it."""
-    import dataclasses
-
-    from .config import TrainConfig
-
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for cfg in exp["configs"].values():
         for name, value in defaults.items():
@@ -99,17 +93,13 @@ def _absolute(cfg: dict) -> dict:
 
 
 def _check_problems(exp: dict) -> None:
-    """Each task must supply the distinct prompts a step and the probes ask for."""
-    for key, cfg in exp["configs"].items():
-        cfg = _absolute(cfg)
-        ensure_data(cfg["data_dir"], TASKS[cfg["task"]])
-        splits = load_splits(cfg["data_dir"])
-        n_train, n_val = len(splits["train"]), len(splits["validation"])
-        for field, need, have in (("prompts_per_step", cfg["prompts_per_step"], n_train),
-                                  ("probe_problems", cfg["probe_problems"], min(n_train, n_val))):
-            if need > have:
-                raise ValueError(f"task {cfg['task']!r} cannot produce {need} distinct problems for {field} "
-                                 f"({key}): it has {have}; lower {field}")
+    """Every run's task must supply the distinct prompts a step and the probes ask for (the
+    check `train` makes, here for all runs before the first one starts)."""
+    for cfg in exp["configs"].values():
+        cfg = TrainConfig(**_absolute(cfg))
+        ensure_data(cfg.data_dir, TASKS[cfg.task])
+        splits = load_splits(cfg.data_dir)
+        check_problem_counts(cfg, len(splits["train"]), len(splits["validation"]))
 
 
 def _open_folder(out: str, exp: dict) -> None:
@@ -131,20 +121,27 @@ def run_dir(out: str, task: str, method: str, seed: int) -> str:
     return os.path.join(out, "runs", task, method, f"seed{seed}")
 
 
-def _finished(path: str, steps: int) -> bool:
-    from .train import read_metrics
+def _wall_s(path: str) -> float:
+    """Training seconds recorded for a run folder (accumulated over resumes)."""
+    wall = os.path.join(path, "wall_s.json")
+    if not os.path.exists(wall):
+        return 0.0
+    with open(wall) as f:
+        return json.load(f)["wall_s"]
 
+
+def finished_history(path: str, steps: int) -> list[dict] | None:
+    """The metrics history of a run folder that has done all `steps`, else None."""
     if not os.path.exists(os.path.join(path, "metrics.jsonl")):
-        return False
+        return None
     history = read_metrics(path)
-    return bool(history) and history[-1]["step"] == steps
+    return history if history and history[-1]["step"] == steps else None
 
 
 def run_experiment(out: str, profile: str, seeds: int, methods=VERIFY_METHODS, tasks=tuple(TASKS),
                    sets=None, progress: bool = True) -> dict:
     """Train every (task, method, seed) not yet finished in `out`; summarise; write the report."""
-    from .config import TrainConfig
-    from .train import train
+    from .report import write_report  # report reads run folders through this module
 
     exp = experiment_config(profile, seeds, methods, tasks, sets)
     _check_problems(exp)
@@ -154,17 +151,14 @@ def run_experiment(out: str, profile: str, seeds: int, methods=VERIFY_METHODS, t
     for t, m, s in bar:
         cfg = TrainConfig(**{**_absolute(exp["configs"][f"{t}/{m}"]), "seed": s}).validate()
         path = run_dir(out, t, m, s)
-        if _finished(path, cfg.steps):
+        if finished_history(path, cfg.steps) is not None:
             continue
         bar.set_postfix(run=f"{t}/{m}/seed{s}")
         start = time.perf_counter()
+        before = _wall_s(path)
         train(cfg, path, progress=False)
-        wall = os.path.join(path, "wall_s.json")  # accumulated over resumes
-        before = json.load(open(wall))["wall_s"] if os.path.exists(wall) else 0.0
-        save_json({"wall_s": before + time.perf_counter() - start}, wall)
+        save_json({"wall_s": before + time.perf_counter() - start}, os.path.join(path, "wall_s.json"))
     summary = summarize(out)
-    from .report import write_report
-
     write_report(out, summary)
     return summary
 
@@ -196,8 +190,6 @@ def run_summary(history: list[dict], threshold: float = THRESHOLD) -> dict:
 def summarize(out: str, write: bool = True) -> dict:
     """{task: {method: {metric: {mean, std, n}}}} over the seeds of `out`, plus the run count and
     the measured wall time; written to out/summary.json when `write`."""
-    from .train import read_metrics
-
     with open(os.path.join(out, "experiment.json")) as f:
         exp = json.load(f)
     table, wall, runs = {}, 0.0, 0
@@ -206,11 +198,11 @@ def summarize(out: str, write: bool = True) -> dict:
             per_seed = []
             for s in exp["seeds"]:
                 path = run_dir(out, t, m, s)
-                if not _finished(path, exp["configs"][f"{t}/{m}"]["steps"]):
+                history = finished_history(path, exp["configs"][f"{t}/{m}"]["steps"])
+                if history is None:
                     continue
-                per_seed.append(run_summary(read_metrics(path), exp["threshold"]))
-                wall_path = os.path.join(path, "wall_s.json")
-                wall += json.load(open(wall_path))["wall_s"] if os.path.exists(wall_path) else 0.0
+                per_seed.append(run_summary(history, exp["threshold"]))
+                wall += _wall_s(path)
                 runs += 1
             if not per_seed:
                 continue

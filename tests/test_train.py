@@ -328,3 +328,13 @@ def test_rl_step_under_bf16_autocast_matches_float32_on_the_same_batch(splits, m
     assert bf16["loss"] != fp32["loss"], "the forwards did not run in bfloat16"
     assert bf16["loss"] == pytest.approx(fp32["loss"], rel=0.05)          # measured: 1% apart
     assert bf16["grad_norm"] == pytest.approx(fp32["grad_norm"], rel=0.05)  # measured: 0.3% apart
+
+
+@pytest.mark.parametrize("field, value", [("prompts_per_step", 2001), ("probe_problems", 257)])
+def test_train_refuses_more_distinct_problems_than_the_task_has(field, value, tmp_path):
+    from rlsd_min import train, train_config
+
+    cfg = train_config("ci", method="grpo", **{field: value})   # arith: 2000 train, 256 validation
+    with pytest.raises(ValueError, match=f"cannot produce {value} distinct problems for {field}"):
+        train(cfg, str(tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run").exists()
