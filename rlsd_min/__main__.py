@@ -124,7 +124,12 @@ def cmd_demo(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from .bench import format_table, step_times, summarize
+    import torch
+
+    from .bench import format_table, memory_meaning, step_times, summarize
+
+    device = pick_device()
+    header = f"device {device}, torch threads {torch.get_num_threads()}"
 
     if args.trl:
         import warnings
@@ -133,8 +138,7 @@ def cmd_bench(args) -> None:
 
         warnings.filterwarnings("ignore", category=FutureWarning)
         times = trl_comparison(args.profile, args.rounds, args.warmup)
-        print(f"\n{args.profile} profile, GRPO, {args.rounds} steps after {args.warmup} warm-up, interleaved, "
-              f"device {pick_device()}, torch threads {__import__('torch').get_num_threads()}")
+        print(f"\n{args.profile} profile, GRPO, {args.rounds} steps after {args.warmup} warm-up, interleaved, {header}")
         print(format_comparison(times))
         return
     if args.scaling:
@@ -143,13 +147,13 @@ def cmd_bench(args) -> None:
         times = scaling_times(tuple(args.axes.split(",")), tuple((args.methods or "grpo,rlsd").split(",")),
                               args.profile, args.rounds, args.warmup)
         print(f"\n{args.profile} profile, {args.rounds} rounds after {args.warmup} warm-up, interleaved per axis, "
-              f"device {pick_device()}, torch threads {__import__('torch').get_num_threads()}")
+              f"{header}; {memory_meaning(device)}")
         print(format_scaling(summarize_scaling(times)))
         return
     methods = tuple((args.methods or "grpo,opsd,grpo_opsd,rlsd,sdpg").split(","))
     times = step_times(methods, args.profile, args.rounds, args.warmup)
-    print(f"\n{args.profile} profile, {args.rounds} rounds after {args.warmup} warm-up, device {pick_device()}, "
-          f"torch threads {__import__('torch').get_num_threads()}")
+    print(f"\n{args.profile} profile, {args.rounds} rounds after {args.warmup} warm-up, {header}; "
+          f"phases in seconds; {memory_meaning(device)}")
     print(format_table(summarize(times)))
 
 

@@ -125,16 +125,19 @@ def summarize_scaling(times: dict) -> list[dict]:
                          "median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
                          "ratio": statistics.median(t / b for t, b in zip(ts, base)),
                          **{k: statistics.median(s[k] for s in steps)
-                            for k in ("completion_len", "time_sample_s", "time_teacher_s", "time_update_s")}})
+                            for k in ("completion_len", "time_sample_s", "time_teacher_s", "time_update_s",
+                                      "peak_mem_mb") if k in steps[0]}})
     return sorted(rows, key=lambda r: (list(times).index(r["axis"]), r["method"]))
 
 
 def format_scaling(rows: list[dict]) -> str:
-    """A markdown table of summarize_scaling's rows."""
+    """A markdown table of summarize_scaling's rows (peak memory where it was measured)."""
+    mem = "peak_mem_mb" in rows[0]
     lines = ["| axis | value | method | params | median s/step | min-max | ratio to first value | mean tokens "
-             "| sample | teacher fwd | student fwd+bwd |", "|---" * 11 + "|"]
+             "| sample | teacher fwd | student fwd+bwd |" + (" peak MiB |" if mem else ""), "|---" * (11 + mem) + "|"]
     for r in rows:
         lines.append(f"| {r['axis']} | {r['value']} | {r['method']} | {r['params'] / 1e6:.2f}M | {r['median_s']:.3f} "
                      f"| {r['min_s']:.3f}-{r['max_s']:.3f} | {r['ratio']:.2f} | {r['completion_len']:.1f} "
-                     f"| {r['time_sample_s']:.3f} | {r['time_teacher_s']:.3f} | {r['time_update_s']:.3f} |")
+                     f"| {r['time_sample_s']:.3f} | {r['time_teacher_s']:.3f} | {r['time_update_s']:.3f} |"
+                     + (f" {r['peak_mem_mb']:.0f} |" if mem else ""))
     return "\n".join(lines)

@@ -85,10 +85,12 @@ def trl_comparison(profile: str = "cpu", rounds: int = 5, warmup: int = 1) -> di
 
 
 def format_comparison(times: dict) -> str:
-    ratio = statistics.median(o / t for o, t in zip(times["ours"], times["trl"]))
+    """A markdown table of both sides' step times, then ours/TRL step by step and its median."""
+    ratios = [o / t for o, t in zip(times["ours"], times["trl"])]
     lines = ["| | median s/step | min-max |", "|---|---|---|"]
     for name in ("trl", "ours"):
         ts = times[name]
         lines.append(f"| {'TRL GRPOTrainer' if name == 'trl' else 'rlsd_min grpo'} | "
                      f"{statistics.median(ts):.3f} | {min(ts):.3f}-{max(ts):.3f} |")
-    return "\n".join(lines) + f"\n\nours / TRL (median of per-step ratios): {ratio:.2f}"
+    return ("\n".join(lines) + "\n\nours / TRL per step: " + " ".join(f"{r:.2f}" for r in ratios)
+            + f"\nours / TRL (median of per-step ratios): {statistics.median(ratios):.2f}")

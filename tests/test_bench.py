@@ -1,8 +1,11 @@
 """Smoke test of the step-time benchmark on the tiniest sizes (times are not asserted)."""
 
-import pytest
+import os
 
-from rlsd_min.bench import PHASES, format_table, step_times, summarize
+import pytest
+import torch
+
+from rlsd_min.bench import PHASES, format_table, peak_memory_mb, reset_peak_memory, step_times, summarize
 from rlsd_min.bench_scaling import format_scaling, scaling_times, summarize_scaling
 
 
@@ -14,9 +17,31 @@ def test_bench_runs_every_requested_method_on_the_same_batch():
         for s in steps:
             parts = sum(s[k] for k in PHASES)
             assert 0 < parts <= s["step_time_s"] + 1e-9
+    for steps in times.values():  # throughput = the rollout's completion tokens over the sampling phase
+        for s in steps:
+            tokens = s["completion_len"] * 4 * 4  # ci profile: 4 prompts x G = 4
+            assert s["sample_tok_s"] == pytest.approx(tokens / s["time_sample_s"])
     rows = summarize(times)
     assert rows[0]["method"] == "grpo" and rows[0]["ratio"] == 1.0
-    assert "| rlsd |" in format_table(rows)
+    assert all(r["sample_tok_s"] > 0 for r in rows)
+    table = format_table(rows)
+    assert "| rlsd |" in table and "sample tok/s" in table
+    if os.path.exists("/proc/self/clear_refs"):  # Linux: the CPU peak is measured too
+        assert all(r["peak_mem_mb"] > 0 for r in rows) and "peak MiB" in table
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="the CPU peak needs Linux's /proc")
+def test_cpu_peak_memory_window_sees_an_allocation_and_is_reset():
+    cpu = torch.device("cpu")
+    assert reset_peak_memory(cpu)
+    before = peak_memory_mb(cpu)
+    x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    x.add_(1)
+    del x
+    peak = peak_memory_mb(cpu)
+    assert peak - before >= 60  # the freed block still counts in the window's peak
+    assert reset_peak_memory(cpu)
+    assert peak_memory_mb(cpu) < peak - 50  # a new window starts from the current, smaller RSS
 
 
 def test_bench_bad_input():
@@ -76,3 +101,11 @@ def test_scaling_smoke_on_the_tiniest_sizes():
 def test_scaling_bad_input_is_named(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         scaling_times(profile="ci", progress=False, **kwargs)
+
+
+def test_trl_comparison_ratio_is_the_median_of_per_step_ratios():
+    from rlsd_min.bench_trl import format_comparison
+
+    text = format_comparison({"trl": [1.0, 2.0, 4.0], "ours": [0.9, 0.2, 4.0]})
+    assert "ours / TRL per step: 0.90 0.10 1.00" in text
+    assert "(median of per-step ratios): 0.90" in text  # not 0.45, the ratio of the medians
