@@ -126,10 +126,9 @@ def cmd_demo(args) -> None:
 def cmd_bench(args) -> None:
     import torch
 
-    from .bench import format_table, memory_meaning, step_times, summarize
+    from .bench import MEMORY_NOTE, format_table, step_times, summarize
 
-    device = pick_device()
-    header = f"device {device}, torch threads {torch.get_num_threads()}"
+    header = f"device {pick_device()}, torch threads {torch.get_num_threads()}"
 
     if args.trl:
         import warnings
@@ -147,13 +146,13 @@ def cmd_bench(args) -> None:
         times = scaling_times(tuple(args.axes.split(",")), tuple((args.methods or "grpo,rlsd").split(",")),
                               args.profile, args.rounds, args.warmup)
         print(f"\n{args.profile} profile, {args.rounds} rounds after {args.warmup} warm-up, interleaved per axis, "
-              f"{header}; {memory_meaning(device)}")
+              f"{header}; {MEMORY_NOTE}")
         print(format_scaling(summarize_scaling(times)))
         return
     methods = tuple((args.methods or "grpo,opsd,grpo_opsd,rlsd,sdpg").split(","))
     times = step_times(methods, args.profile, args.rounds, args.warmup)
     print(f"\n{args.profile} profile, {args.rounds} rounds after {args.warmup} warm-up, {header}; "
-          f"phases in seconds; {memory_meaning(device)}")
+          f"phases in seconds; {MEMORY_NOTE}")
     print(format_table(summarize(times)))
 
 

@@ -36,7 +36,7 @@ import statistics
 
 from tqdm.auto import tqdm
 
-from .bench import one_step
+from .bench import one_step, step_memory_mb
 from .config import ModelConfig, pick_device, train_config
 from .methods import METHODS
 from .model import build_model, load, n_params
@@ -81,8 +81,9 @@ def _case(axis: str, value) -> tuple[str, dict]:
 def scaling_times(axes=("group", "length", "model"), methods=("grpo", "rlsd"), profile: str = "cpu",
                   rounds: int = 5, warmup: int = 1, values: dict | None = None, device=None,
                   progress: bool = True) -> dict:
-    """{axis: {(method, value): [rl_step metrics, one dict per round]}}; each dict also holds
-    `params`, the parameter count of the model that ran. `values` overrides AXES per axis."""
+    """{axis: {(method, value): {"rounds": [one_step's metrics, one dict per timed round],
+    "params": parameter count of the model that ran, "peak_mem_mb": from one more, untimed step}}}
+    (rlsd_min.bench.step_times measures the same way). `values` overrides AXES per axis."""
     values = {**AXES, **(values or {})}
     _check(axes, methods, values, rounds, warmup)
     plan = {}  # {axis: {(method, value): (model key, TrainConfig)}}, validated before any work
@@ -103,41 +104,44 @@ def scaling_times(axes=("group", "length", "model"), methods=("grpo", "rlsd"), p
     refs = {k: copy.deepcopy(m).eval().requires_grad_(False) if needs_ref else None for k, m in models.items()}
     times = {}
     for axis, cases in plan.items():
-        times[axis] = {case: [] for case in cases}
+        times[axis] = {case: {"rounds": [], "params": n_params(models[key])} for case, (key, _) in cases.items()}
         for r in tqdm(range(warmup + rounds), desc=f"scaling {axis}", disable=not progress):
             for case, (key, cfg) in cases.items():
                 row = one_step(models[key], starts[key], tokenizer, refs[key], problems, cfg)
                 if r >= warmup:
-                    times[axis][case].append({**row, "params": n_params(models[key])})
+                    times[axis][case]["rounds"].append(row)
+        for case, (key, cfg) in cases.items():
+            times[axis][case]["peak_mem_mb"] = step_memory_mb(models[key], starts[key], tokenizer, refs[key],
+                                                              problems, cfg)
     return times
 
 
 def summarize_scaling(times: dict) -> list[dict]:
     """One row per (axis, method, value): median and spread of the step time, the median of
-    per-round ratios to the same method at the axis's first value, and phase medians."""
+    per-round ratios to the same method at the axis's first value, phase medians, peak memory."""
     rows = []
     for axis, cases in times.items():
         firsts = {}
-        for (method, value), steps in cases.items():
+        for (method, value), measured in cases.items():
+            steps = measured["rounds"]
             ts = [s["step_time_s"] for s in steps]
             base = firsts.setdefault(method, ts)
-            rows.append({"axis": axis, "value": value, "method": method, "params": steps[0]["params"],
+            rows.append({"axis": axis, "value": value, "method": method, "params": measured["params"],
+                         "peak_mem_mb": measured["peak_mem_mb"],
                          "median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
                          "ratio": statistics.median(t / b for t, b in zip(ts, base)),
                          **{k: statistics.median(s[k] for s in steps)
-                            for k in ("completion_len", "time_sample_s", "time_teacher_s", "time_update_s",
-                                      "peak_mem_mb") if k in steps[0]}})
+                            for k in ("completion_len", "time_sample_s", "time_teacher_s", "time_update_s")}})
     return sorted(rows, key=lambda r: (list(times).index(r["axis"]), r["method"]))
 
 
 def format_scaling(rows: list[dict]) -> str:
-    """A markdown table of summarize_scaling's rows (peak memory where it was measured)."""
-    mem = "peak_mem_mb" in rows[0]
+    """A markdown table of summarize_scaling's rows (peak memory: rlsd_min.bench.MEMORY_NOTE)."""
     lines = ["| axis | value | method | params | median s/step | min-max | ratio to first value | mean tokens "
-             "| sample | teacher fwd | student fwd+bwd |" + (" peak MiB |" if mem else ""), "|---" * (11 + mem) + "|"]
+             "| sample | teacher fwd | student fwd+bwd | peak MiB |", "|---" * 12 + "|"]
     for r in rows:
         lines.append(f"| {r['axis']} | {r['value']} | {r['method']} | {r['params'] / 1e6:.2f}M | {r['median_s']:.3f} "
                      f"| {r['min_s']:.3f}-{r['max_s']:.3f} | {r['ratio']:.2f} | {r['completion_len']:.1f} "
-                     f"| {r['time_sample_s']:.3f} | {r['time_teacher_s']:.3f} | {r['time_update_s']:.3f} |"
-                     + (f" {r['peak_mem_mb']:.0f} |" if mem else ""))
+                     f"| {r['time_sample_s']:.3f} | {r['time_teacher_s']:.3f} | {r['time_update_s']:.3f} "
+                     f"| {r['peak_mem_mb']:.1f} |")
     return "\n".join(lines)
