@@ -242,6 +242,8 @@ class TrainConfig:
             (0 < self.jsd_beta < 1, f"jsd_beta must be in (0, 1), got {self.jsd_beta}"),
             (0 < self.rlsd_eps_w < 1, f"rlsd_eps_w must be in (0, 1), got {self.rlsd_eps_w}"),
             (0 <= self.rlsd_lam <= 1, f"rlsd_lam must be in [0, 1], got {self.rlsd_lam}"),
+            (0 <= self.sdpg_warm_frac <= 1, f"sdpg_warm_frac must be in [0, 1], got {self.sdpg_warm_frac}"),
+            (0 <= self.sdpg_decay_frac <= 1, f"sdpg_decay_frac must be in [0, 1], got {self.sdpg_decay_frac}"),
             (self.sdpg_outcome in ("reinforce", "ppo"), f"unknown sdpg_outcome {self.sdpg_outcome!r}; choose reinforce or ppo"),
             (self.sync_every >= 1, f"sync_every must be >= 1, got {self.sync_every}"),
             (0 < self.ema_rate <= 1, f"ema_rate must be in (0, 1], got {self.ema_rate}"),

@@ -89,6 +89,12 @@ def sdpg_beta(step: int, total_steps: int, beta_base: float, t_warm: int, t_deca
     return beta_base * warm * decay
 
 
+def sdpg_windows(cfg) -> tuple[int, int]:
+    """(T_warm, T_decay) of a run: the fractions sdpg_warm_frac, sdpg_decay_frac of its steps,
+    so a run of any length keeps the paper's shape (50 and 350 of 400 steps)."""
+    return round(cfg.sdpg_warm_frac * cfg.steps), round(cfg.sdpg_decay_frac * cfg.steps)
+
+
 # --- the template ------------------------------------------------------------------------
 
 def template_loss(logp: torch.Tensor, batch: StepBatch, cfg, ahat: torch.Tensor | None = None,
@@ -176,8 +182,7 @@ def sdpg(logp, logits, batch: StepBatch, cfg, step: int):
     distill = _divergence(logits, batch, cfg)                                       # (N, T)
     gate = (batch.advantages > 0).to(logp.dtype) if cfg.sdpg_gate else None         # (N,)
     if cfg.sdpg_schedule:
-        t_warm, t_decay = round(cfg.sdpg_warm_frac * cfg.steps), round(cfg.sdpg_decay_frac * cfg.steps)
-        beta = sdpg_beta(step, cfg.steps, cfg.distill_coef, t_warm, t_decay)
+        beta = sdpg_beta(step, cfg.steps, cfg.distill_coef, *sdpg_windows(cfg))
     else:
         beta = cfg.distill_coef
     return template_loss(logp, batch, cfg, ahat=ahat, distill=distill, gate=gate, beta=beta,

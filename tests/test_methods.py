@@ -84,6 +84,15 @@ def test_sdpg_beta_schedule():
     assert sdpg_beta(30, 60, 1.0, 40, 40) == pytest.approx((30 / 40) * (30 / 40))
 
 
+def test_sdpg_windows_are_the_papers_fractions_of_the_run():
+    from rlsd_min.config import train_config
+    from rlsd_min.methods import sdpg_windows
+
+    assert sdpg_windows(train_config("cpu", method="sdpg", steps=400)) == (50, 350)  # the paper's run
+    assert sdpg_windows(train_config("cpu", method="sdpg", steps=80)) == (10, 70)
+    assert sdpg_windows(train_config("cpu", method="sdpg", steps=80, sdpg_warm_frac=0.5)) == (40, 70)
+
+
 def _fake_batch(N=8, T=5, V=7, G=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, V, (N, T), generator=g)
@@ -211,6 +220,8 @@ def test_each_method_trains_on_the_ci_profile_and_changes_the_parameters(method,
     (dict(method="grpo", teacher_mode="frozen"), "uses no teacher"),
     (dict(method="rlsd", teacher_mode="warm"), "'warm'"),
     (dict(method="sdpg", divergence="sampled"), "full-vocabulary"),
+    (dict(method="sdpg", sdpg_warm_frac=-0.1), "sdpg_warm_frac must be in \\[0, 1\\], got -0.1"),
+    (dict(method="sdpg", sdpg_decay_frac=1.5), "sdpg_decay_frac must be in \\[0, 1\\], got 1.5"),
     (dict(method="rlsd", privileged_template="{prompt} only"), "{context}"),
 ])
 def test_bad_method_settings_fail_before_training(overrides, message):
