@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from .config import (BASE_CHECKPOINT, DATA_DIR, PROFILES, RESULTS_DIR, TASK_DIRS, TASKS, ModelConfig, SFTConfig,
+from .config import (BASE_CHECKPOINT, DATA_DIR, PROFILES, RESULTS_DIR, TASKS, ModelConfig, SFTConfig,
                      TrainConfig, field_docs, pick_device, train_config)
 
 DEMO_METHODS = ("grpo", "rlsd", "sdpg")
@@ -51,11 +51,11 @@ def _parse_sets(pairs: list[str]) -> dict:
 def cmd_data(args) -> None:
     from .tasks import SPLITS, build_datasets
 
-    out = args.out or str(TASK_DIRS[args.task][0])
+    out = args.out or str(TASKS[args.task].data_dir)
     existing = [s for s in SPLITS if os.path.exists(os.path.join(out, f"{s}.jsonl"))]
     if existing and not args.force:
         raise SystemExit(f"{out} already holds {existing}; pass --force to overwrite them")
-    paths = build_datasets(dataclasses.replace(TASKS[args.task], seed=args.seed), out, args.seed)
+    paths = build_datasets(dataclasses.replace(TASKS[args.task].data, seed=args.seed), out, args.seed)
     print("\n".join(f"{k}: {v}" for k, v in paths.items()))
 
 
@@ -63,11 +63,11 @@ def cmd_warmstart(args) -> None:
     from .sft import warm_start
     from .tasks import ensure_data
 
-    data, out = args.data or str(TASK_DIRS[args.task][0]), args.out or str(TASK_DIRS[args.task][1])
+    data, out = args.data or str(TASKS[args.task].data_dir), args.out or str(TASKS[args.task].base_checkpoint)
     if os.path.exists(os.path.join(out, "config.json")) and not args.force:
         raise SystemExit(f"{out} already holds a checkpoint; pass --force to replace it")
-    ensure_data(data, TASKS[args.task])
-    s = warm_start(out, data, ModelConfig(), TASKS[args.task],
+    ensure_data(data, TASKS[args.task].data)
+    s = warm_start(out, data, ModelConfig(), TASKS[args.task].data,
                    SFTConfig(target_acc=args.target_acc, seed=args.seed), device=pick_device())
     print(f"warm start: {s['steps']} steps, {s['seconds']} s, {s['params']} parameters, "
           f"validation accuracy sampled {s['val_acc_sampled']:.3f} / greedy {s['val_acc_greedy']:.3f} -> {out}")
@@ -78,7 +78,7 @@ def cmd_train(args) -> None:
     from .train import last_eval, train
 
     cfg = train_config(args.profile, **{"method": args.method, "task": args.task, **_parse_sets(args.set)})
-    ensure_data(cfg.data_dir, TASKS[cfg.task])
+    ensure_data(cfg.data_dir, TASKS[cfg.task].data)
     out = args.out or os.path.join("runs", f"{cfg.task}-{cfg.method}-{cfg.profile}-seed{cfg.seed}")
     history = train(cfg, out)
     print(f"{cfg.method}: validation accuracy {history[0]['eval_acc']:.3f} -> {last_eval(history):.3f}; run in {out}")
@@ -89,8 +89,8 @@ def cmd_eval(args) -> None:
     from .model import load
     from .tasks import load_splits, problems_of
 
-    model, tok = load(args.ckpt or str(TASK_DIRS[args.task][1]), pick_device())
-    problems = problems_of(load_splits(args.data or str(TASK_DIRS[args.task][0]))[args.split])
+    model, tok = load(args.ckpt or str(TASKS[args.task].base_checkpoint), pick_device())
+    problems = problems_of(load_splits(args.data or str(TASKS[args.task].data_dir))[args.split])
     acc = evaluate(model, tok, problems, samples=args.samples, seed=args.seed)
     greedy = evaluate(model, tok, problems, greedy=True)
     print(f"{args.ckpt} on {args.split} ({len(problems)} problems): "
@@ -106,7 +106,7 @@ def cmd_demo(args) -> None:
     from .train import last_eval, train
 
     t0 = time.time()
-    ensure_data(str(DATA_DIR), TASKS["arith"])
+    ensure_data(str(DATA_DIR), TASKS["arith"].data)
     if not os.path.exists(os.path.join(BASE_CHECKPOINT, "config.json")):
         cmd_warmstart(argparse.Namespace(task="arith", out=None, data=None, target_acc=0.45, seed=0, force=False))
     histories = {}

@@ -69,20 +69,29 @@ class TaskConfig:
     """seed of the data files"""
 
 
+@dataclass(frozen=True)
+class Task:
+    """One task: how its data files are drawn, where they and its warm start live, and the
+    TrainConfig values it changes."""
+    data: TaskConfig
+    """the data files' recipe (rlsd_min.tasks.build_datasets)"""
+    data_dir: Path
+    """folder of the data files"""
+    base_checkpoint: Path
+    """its warm-started checkpoint (rlsd_min.sft)"""
+    overrides: dict = dataclasses.field(default_factory=dict)
+    """TrainConfig values the task changes"""
+
+
 TASKS = {
-    "arith": TaskConfig(),
-    "split": TaskConfig(ops=("split",), digits=3, ood_digits=4, n_train=400, n_validation=256, n_test=256),
+    "arith": Task(TaskConfig(), DATA_DIR, BASE_CHECKPOINT),
+    "split": Task(TaskConfig(ops=("split",), digits=3, ood_digits=4, n_train=400, n_validation=256, n_test=256),
+                  REPO_ROOT / "data" / "split", REPO_ROOT / "data" / "base_split",
+                  dict(max_new_tokens=12)),  # a split answer is 5 characters long
 }
 """The two tasks. arith: one valid answer, shown with a worked scratchpad. split: ten valid
 answers, the reference one of them at random (rlsd_min.tasks.SplitProblem); 400 training
 prompts, so RL revisits each about a dozen times and a shortcut to the reference could form."""
-TASK_DIRS = {
-    "arith": (DATA_DIR, BASE_CHECKPOINT),
-    "split": (REPO_ROOT / "data" / "split", REPO_ROOT / "data" / "base_split"),
-}
-"""(data files, warm-started checkpoint) of each task."""
-TASK_OVERRIDES = {"arith": {}, "split": dict(max_new_tokens=12)}
-"""TrainConfig values a task changes (a split answer is 5 characters long)."""
 
 
 @dataclass
@@ -323,9 +332,9 @@ def train_config(profile: str | None = None, **overrides) -> TrainConfig:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {tuple(TASKS)}")
-    data_dir, base = TASK_DIRS[task]
-    values = {**_PROFILE_OVERRIDES[profile], "profile": profile, "data_dir": str(data_dir),
-              "base_checkpoint": str(base), **TASK_OVERRIDES[task], **METHODS[method].defaults, **overrides}
+    values = {**_PROFILE_OVERRIDES[profile], "profile": profile, "data_dir": str(TASKS[task].data_dir),
+              "base_checkpoint": str(TASKS[task].base_checkpoint), **TASKS[task].overrides,
+              **METHODS[method].defaults, **overrides}
     return TrainConfig(**values).validate()
 
 

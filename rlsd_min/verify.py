@@ -97,7 +97,7 @@ def _check_problems(exp: dict) -> None:
     check `train` makes, here for all runs before the first one starts)."""
     for cfg in exp["configs"].values():
         cfg = TrainConfig(**_absolute(cfg))
-        ensure_data(cfg.data_dir, TASKS[cfg.task])
+        ensure_data(cfg.data_dir, TASKS[cfg.task].data)
         splits = load_splits(cfg.data_dir)
         check_problem_counts(cfg, len(splits["train"]), len(splits["validation"]))
 

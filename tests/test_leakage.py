@@ -131,14 +131,14 @@ def test_token_kinds():
 
 def test_probes_on_both_tasks(base, splits):
     from rlsd_min import model as model_io
-    from rlsd_min.config import TASK_DIRS
+    from rlsd_min.config import TASKS
     from rlsd_min.tasks import load_splits, problems_of
 
     model, tok = base
     out = leakage_probes(model, tok, splits["train"][:16], splits["validation"][:16])
     assert {"acc_train", "acc_heldout", "gap", "disagree_train", "disagree_heldout", "logratio_answer"} <= set(out)
     assert out["gap"] == pytest.approx(out["acc_train"] - out["acc_heldout"])
-    data, ckpt = TASK_DIRS["split"]
+    data, ckpt = TASKS["split"].data_dir, TASKS["split"].base_checkpoint
     model, tok = model_io.load(str(ckpt))
     ds = load_splits(str(data))
     out = leakage_probes(model, tok, problems_of(ds["train"])[:32], problems_of(ds["validation"])[:32])

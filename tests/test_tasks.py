@@ -327,9 +327,9 @@ def test_split_task_data_distinct_prompts_random_references(tmp_path):
 
 
 def test_shipped_split_data_and_warm_start():
-    from rlsd_min.config import TASK_DIRS
+    from rlsd_min.config import TASKS
 
-    data, base = TASK_DIRS["split"]
+    data, base = TASKS["split"].data_dir, TASKS["split"].base_checkpoint
     ds = load_splits(str(data))
     train = problems_of(ds["train"])
     assert all(isinstance(p, SplitProblem) and p.reward(p.solution) == 1.0 for p in train)
