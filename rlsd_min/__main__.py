@@ -214,7 +214,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=os.path.join("runs", "demo"))
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("bench", help="median seconds per RL step of each method on the same batch")
+    p = sub.add_parser("bench", help="median seconds per RL step of each method on the same batch, with the "
+                       "cost split, sampling throughput and peak memory")
     p.add_argument("--profile", default="cpu")
     p.add_argument("--methods", default=None, help="comma-separated (default: all five; grpo,rlsd with --scaling)")
     p.add_argument("--rounds", type=int, default=5)

@@ -47,11 +47,13 @@ MEMORY_NOTE = "peak MiB = peak tensor memory allocated during the step, above wh
 def _quiet_stderr():
     """Silence file descriptor 2, where the profiler's C++ side prints a line at each start and stop."""
     sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    saved = os.dup(2)
     os.dup2(devnull, 2)
     try:
         yield
     finally:
+        sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
@@ -60,7 +62,14 @@ def _quiet_stderr():
 def peak_memory_mb(step: Callable, device: torch.device) -> float:
     """Run step() and return the peak of tensor memory it allocated on `device` above what was
     allocated when it began, in MiB (CUDA: the allocator's counters; CPU: torch.profiler's
-    allocation events, summed in time order)."""
+    allocation events, summed in time order).
+
+    Simplified on a CPU: the profiler does not see a tensor made before it started being
+    freed, so a step that frees such a tensor and then allocates reads higher than on CUDA
+    (step_memory_mb frees the last step's gradients before the window opens for that reason).
+    """
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"peak memory is measured on cpu and cuda only, not on {device.type!r}")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)

@@ -69,7 +69,7 @@ class TaskConfig:
     """seed of the data files"""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Task:
     """One task: how its data files are drawn, where they and its warm start live, and the
     TrainConfig values it changes."""
@@ -84,10 +84,10 @@ class Task:
 
 
 TASKS = {
-    "arith": Task(TaskConfig(), DATA_DIR, BASE_CHECKPOINT),
-    "split": Task(TaskConfig(ops=("split",), digits=3, ood_digits=4, n_train=400, n_validation=256, n_test=256),
-                  REPO_ROOT / "data" / "split", REPO_ROOT / "data" / "base_split",
-                  dict(max_new_tokens=12)),  # a split answer is 5 characters long
+    "arith": Task(data=TaskConfig(), data_dir=DATA_DIR, base_checkpoint=BASE_CHECKPOINT),
+    "split": Task(data=TaskConfig(ops=("split",), digits=3, ood_digits=4, n_train=400, n_validation=256, n_test=256),
+                  data_dir=REPO_ROOT / "data" / "split", base_checkpoint=REPO_ROOT / "data" / "base_split",
+                  overrides=dict(max_new_tokens=12)),  # a split answer is 5 characters long
 }
 """The two tasks. arith: one valid answer, shown with a worked scratchpad. split: ten valid
 answers, the reference one of them at random (rlsd_min.tasks.SplitProblem); 400 training

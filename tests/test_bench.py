@@ -5,10 +5,13 @@ import torch
 
 from rlsd_min.bench import PHASES, format_table, peak_memory_mb, step_times, summarize
 from rlsd_min.bench_scaling import format_scaling, scaling_times, summarize_scaling
+from rlsd_min.config import train_config
 
 
 def test_bench_runs_every_requested_method_on_the_same_batch():
     times = step_times(("grpo", "rlsd", "sdpg"), profile="ci", rounds=2, warmup=0, progress=False)
+    ci = train_config("ci")
+    rows = ci.prompts_per_step * ci.group_size
     assert set(times) == {"grpo", "rlsd", "sdpg"}
     steps = {m: t["rounds"] for m, t in times.items()}
     assert all(len(s) == 2 and all(r["step_time_s"] > 0 for r in s) for s in steps.values())
@@ -16,9 +19,9 @@ def test_bench_runs_every_requested_method_on_the_same_batch():
         for s in rounds:  # the phases add up to the step (what is left is bookkeeping)
             parts = sum(s[k] for k in PHASES)
             assert 0 < parts <= s["step_time_s"] + 1e-9
-            # throughput = the rollout's completion tokens over the sampling phase (ci: 4 prompts x G = 4)
-            assert s["sample_tok_s"] == pytest.approx(s["completion_len"] * 4 * 4 / s["time_sample_s"])
-    # SDPG holds the teacher's logits and a reference forward on top of GRPO's step
+            # throughput = the rollout's completion tokens over the sampling phase
+            assert s["sample_tok_s"] == pytest.approx(s["completion_len"] * rows / s["time_sample_s"])
+    # on top of GRPO's step, SDPG holds the teacher's logits and the reference log-probs
     assert 0 < times["grpo"]["peak_mem_mb"] < times["sdpg"]["peak_mem_mb"]
     rows = summarize(times)
     assert rows[0]["method"] == "grpo" and rows[0]["ratio"] == 1.0
@@ -27,20 +30,50 @@ def test_bench_runs_every_requested_method_on_the_same_batch():
     assert "| rlsd |" in table and "sample tok/s" in table and "peak MiB" in table
 
 
-def test_peak_memory_counts_what_a_step_allocates_above_its_start():
-    cpu = torch.device("cpu")
-    held = torch.ones(8 * 2**20)  # 32 MiB allocated before the step: not counted
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_peak_memory_counts_what_a_step_allocates_above_its_start(device):
+    device = torch.device(device)
+    held = torch.ones(8 * 2**20, device=device)  # 32 MiB allocated before the step: not counted
 
     def step():
-        x = torch.ones(16 * 2**20)  # 64 MiB
-        y = x * 2                   # + 64 MiB: the peak, 128 MiB
+        x = torch.ones(16 * 2**20, device=device)  # 64 MiB
+        y = x * 2                                  # + 64 MiB: the peak, 128 MiB
         del x
-        z = y + 1                   # 64 + 64 again
+        z = y + 1                                  # 64 + 64 again
         del y, z
 
-    assert peak_memory_mb(step, cpu) == pytest.approx(128, abs=0.5)
-    assert peak_memory_mb(lambda: None, cpu) == 0
+    assert peak_memory_mb(step, device) == pytest.approx(128, abs=0.5)
+    assert peak_memory_mb(lambda: None, device) == 0
     del held
+
+
+def test_cpu_peak_memory_does_not_see_frees_of_tensors_made_before_it():
+    held = [torch.ones(16 * 2**20)]  # 64 MiB, made before the window
+
+    def step():
+        held.pop()                      # freed inside: the profiler never saw it allocated
+        torch.ones(16 * 2**20).add_(1)  # 64 MiB allocated and freed
+
+    assert peak_memory_mb(step, torch.device("cpu")) == pytest.approx(64, abs=0.5)  # CUDA would say 0
+
+
+def test_peak_memory_gives_stderr_back_and_refuses_other_devices():
+    import os
+
+    before = os.fstat(2)
+
+    def fails():
+        raise RuntimeError("inside the step")
+
+    with pytest.raises(RuntimeError, match="inside the step"):
+        peak_memory_mb(fails, torch.device("cpu"))
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)  # fd 2 is stderr again
+    with pytest.raises(ValueError, match="'meta'"):
+        peak_memory_mb(lambda: None, torch.device("meta"))
 
 
 def test_bench_bad_input():
