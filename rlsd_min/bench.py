@@ -45,7 +45,8 @@ MEMORY_NOTE = "peak MiB = peak tensor memory allocated during the step, above wh
 
 @contextmanager
 def _quiet_stderr():
-    """Silence file descriptor 2, where the profiler's C++ side prints a line at each start and stop."""
+    """Silence file descriptor 2, where the profiler's C++ side prints a line at each start and
+    stop (whatever else the profiled step prints there is silenced too; exceptions still rise)."""
     sys.stderr.flush()
     devnull = os.open(os.devnull, os.O_WRONLY)
     saved = os.dup(2)
