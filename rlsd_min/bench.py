@@ -141,7 +141,8 @@ def one_step(model, start: dict, tokenizer, ref, problems: list, cfg) -> dict:
 
 def summarize(times: dict, baseline: str = "grpo") -> list[dict]:
     """Median and spread of the step time per method, the median of per-round ratios to the
-    baseline, the median of each phase and of the sampling throughput, and the peak memory."""
+    baseline, the median of each phase, median and spread of the sampling throughput, and the
+    peak memory."""
     rows = []
     for m, measured in times.items():
         steps = measured["rounds"]
@@ -153,19 +154,22 @@ def summarize(times: dict, baseline: str = "grpo") -> list[dict]:
             row["ratio"] = statistics.median(t / b for t, b in zip(ts, base))
         for key in PHASES + ("sample_tok_s",):
             row[key] = statistics.median(s[key] for s in steps)
+        tok_s = [s["sample_tok_s"] for s in steps]
+        row["sample_tok_s_min"], row["sample_tok_s_max"] = min(tok_s), max(tok_s)
         rows.append(row)
     return rows
 
 
 def format_table(rows: list[dict], baseline: str = "grpo") -> str:
     """A markdown table: step time, ratio to the baseline, the median of each phase (seconds),
-    sampling throughput and peak memory (MEMORY_NOTE)."""
+    sampling throughput (median, min-max) and peak memory (MEMORY_NOTE)."""
     head = (f"| method | median s/step | min-max | ratio to {baseline} | sample | ref fwd | teacher fwd "
-            f"| student fwd+bwd | optimiser | sample tok/s | peak MiB |")
-    lines = [head, "|---" * 11 + "|"]
+            f"| student fwd+bwd | optimiser | sample tok/s | min-max | peak MiB |")
+    lines = [head, "|---" * 12 + "|"]
     for r in rows:
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
         phases = " | ".join(f"{r[k]:.3f}" for k in PHASES)
         lines.append(f"| {r['method']} | {r['median_s']:.3f} | {r['min_s']:.3f}-{r['max_s']:.3f} | {ratio} | "
-                     f"{phases} | {r['sample_tok_s']:.0f} | {r['peak_mem_mb']:.1f} |")
+                     f"{phases} | {r['sample_tok_s']:.0f} | {r['sample_tok_s_min']:.0f}-{r['sample_tok_s_max']:.0f} "
+                     f"| {r['peak_mem_mb']:.1f} |")
     return "\n".join(lines)

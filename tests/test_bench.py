@@ -25,6 +25,7 @@ def test_bench_runs_every_requested_method_on_the_same_batch():
     assert 0 < times["grpo"]["peak_mem_mb"] < times["sdpg"]["peak_mem_mb"]
     rows = summarize(times)
     assert rows[0]["method"] == "grpo" and rows[0]["ratio"] == 1.0
+    assert all(r["sample_tok_s_min"] <= r["sample_tok_s"] <= r["sample_tok_s_max"] for r in rows)
     assert [r["peak_mem_mb"] for r in rows] == [times[m]["peak_mem_mb"] for m in ("grpo", "rlsd", "sdpg")]
     table = format_table(rows)
     assert "| rlsd |" in table and "sample tok/s" in table and "peak MiB" in table
