@@ -67,7 +67,7 @@ def peak_memory_mb(step: Callable, device: torch.device) -> float:
 
     Simplified on a CPU: the profiler does not see a tensor made before it started being
     freed, so a step that frees such a tensor and then allocates reads higher than on CUDA
-    (step_memory_mb frees the last step's gradients before the window opens for that reason).
+    (measure frees the last step's gradients before the window opens for that reason).
     """
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"peak memory is measured on cpu and cuda only, not on {device.type!r}")
@@ -106,22 +106,26 @@ def step_times(methods=tuple(METHODS), profile: str = "cpu", rounds: int = 5, wa
     problems = batch_problems(problems_of(load_splits(configs[methods[0]].data_dir)["train"]), 0,
                               configs[methods[0]])
     ref = copy.deepcopy(base).eval().requires_grad_(False)
-    times = {m: {"rounds": []} for m in methods}
-    for r in tqdm(range(warmup + rounds), desc="bench", disable=not progress):
-        for m in methods:
-            row = one_step(base, start, tokenizer, ref, problems, configs[m])
+    cases = {m: (base, start, ref, configs[m]) for m in methods}
+    return measure(cases, tokenizer, problems, rounds, warmup, "bench", progress)
+
+
+def measure(cases: dict, tokenizer, problems: list, rounds: int, warmup: int, desc: str,
+            progress: bool = True) -> dict:
+    """{case: {"rounds": [one_step's metrics, one dict per timed round], "peak_mem_mb": float}}
+    for cases {case: (model, start weights, ref, TrainConfig)}: each round runs one step of
+    every case in turn (interleaved); then one more, untimed step of each gives its memory."""
+    times = {case: {"rounds": []} for case in cases}
+    for r in tqdm(range(warmup + rounds), desc=desc, disable=not progress):
+        for case, (model, start, ref, cfg) in cases.items():
+            row = one_step(model, start, tokenizer, ref, problems, cfg)
             if r >= warmup:
-                times[m]["rounds"].append(row)
-    for m in methods:
-        times[m]["peak_mem_mb"] = step_memory_mb(base, start, tokenizer, ref, problems, configs[m])
+                times[case]["rounds"].append(row)
+    for case, (model, start, ref, cfg) in cases.items():
+        model.zero_grad(set_to_none=True)  # free the last step's gradients before the window opens
+        step = lambda: one_step(model, start, tokenizer, ref, problems, cfg)
+        times[case]["peak_mem_mb"] = peak_memory_mb(step, next(model.parameters()).device)
     return times
-
-
-def step_memory_mb(model, start: dict, tokenizer, ref, problems: list, cfg) -> float:
-    """peak_memory_mb of one more, untimed one_step (arguments as one_step's)."""
-    model.zero_grad(set_to_none=True)  # free the last step's gradients before the window opens
-    step = lambda: one_step(model, start, tokenizer, ref, problems, cfg)
-    return peak_memory_mb(step, next(model.parameters()).device)
 
 
 def one_step(model, start: dict, tokenizer, ref, problems: list, cfg) -> dict:

@@ -34,9 +34,7 @@ from __future__ import annotations
 import copy
 import statistics
 
-from tqdm.auto import tqdm
-
-from .bench import one_step, step_memory_mb
+from .bench import measure
 from .config import ModelConfig, pick_device, train_config
 from .methods import METHODS
 from .model import build_model, load, n_params
@@ -83,7 +81,7 @@ def scaling_times(axes=("group", "length", "model"), methods=("grpo", "rlsd"), p
                   progress: bool = True) -> dict:
     """{axis: {(method, value): {"rounds": [one_step's metrics, one dict per timed round],
     "params": parameter count of the model that ran, "peak_mem_mb": from one more, untimed step}}}
-    (rlsd_min.bench.step_times measures the same way). `values` overrides AXES per axis."""
+    (rlsd_min.bench.measure). `values` overrides AXES per axis."""
     values = {**AXES, **(values or {})}
     _check(axes, methods, values, rounds, warmup)
     plan = {}  # {axis: {(method, value): (model key, TrainConfig)}}, validated before any work
@@ -104,15 +102,10 @@ def scaling_times(axes=("group", "length", "model"), methods=("grpo", "rlsd"), p
     refs = {k: copy.deepcopy(m).eval().requires_grad_(False) if needs_ref else None for k, m in models.items()}
     times = {}
     for axis, cases in plan.items():
-        times[axis] = {case: {"rounds": [], "params": n_params(models[key])} for case, (key, _) in cases.items()}
-        for r in tqdm(range(warmup + rounds), desc=f"scaling {axis}", disable=not progress):
-            for case, (key, cfg) in cases.items():
-                row = one_step(models[key], starts[key], tokenizer, refs[key], problems, cfg)
-                if r >= warmup:
-                    times[axis][case]["rounds"].append(row)
-        for case, (key, cfg) in cases.items():
-            times[axis][case]["peak_mem_mb"] = step_memory_mb(models[key], starts[key], tokenizer, refs[key],
-                                                              problems, cfg)
+        runs = {case: (models[key], starts[key], refs[key], cfg) for case, (key, cfg) in cases.items()}
+        times[axis] = measure(runs, tokenizer, problems, rounds, warmup, f"scaling {axis}", progress)
+        for case, (key, _) in cases.items():
+            times[axis][case]["params"] = n_params(models[key])
     return times
 
 

