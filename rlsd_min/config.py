@@ -1,4 +1,5 @@
-"""Configuration: one dataclass per job, and the three profiles (ci, cpu, gpu).
+"""Configuration: one dataclass per job, the three profiles (ci, cpu, gpu), and the one place
+where a run's settings are resolved.
 
 Every field has a docstring that says what it controls; `python -m rlsd_min train
 --help` lists the overridable ones. Profiles size the same job for three budgets:
@@ -6,6 +7,13 @@ Every field has a docstring that says what it controls; `python -m rlsd_min trai
     ci   seconds on a 2-core CPU (the test suite and the notebooks under nbval)
     cpu  a few minutes on a laptop CPU (`make demo`)
     gpu  a classroom GPU lab (one GPU, one class period)
+
+A TrainConfig field left at None takes its value from the first layer that sets it:
+
+    the method (rlsd_min.methods.METHODS)  >  the task (rlsd_min.tasks.TASKS)  >  the profile (PROFILES)
+
+`TrainConfig.validate()` does that resolution and every check; `train_config(profile, ...)` is
+`TrainConfig(profile=profile, ...).validate()`. config.json records the resolved values.
 """
 
 from __future__ import annotations
@@ -15,25 +23,26 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from .advantages import SCALES as ADV_SCALES
+from .leakage import FLOORS
 from .objective import AGGREGATIONS
 from .reference_kl import ESTIMATORS, SDPG_NAMES
-from .reverse_kl import FULL_VOCAB_DIVERGENCES
-from .teacher import PRIVILEGED_TEMPLATE
+from .tasks import TASKS
+from .teacher import PRIVILEGED_TEMPLATE, teacher_prompt
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = REPO_ROOT / "data" / "arith"
-BASE_CHECKPOINT = REPO_ROOT / "data" / "base"
-RESULTS_DIR = REPO_ROOT / "results"
-PROFILES = ("ci", "cpu", "gpu")
 KL_ESTIMATORS = ESTIMATORS + tuple(SDPG_NAMES)
-DIVERGENCES = FULL_VOCAB_DIVERGENCES + ("sampled",)
-
-
+PROFILES = {
+    "ci": dict(steps=4, prompts_per_step=4, group_size=4, eval_every=2, eval_problems=16, checkpoint_every=2),
+    "cpu": dict(steps=100, prompts_per_step=16, group_size=8, eval_every=10, eval_problems=256, checkpoint_every=20),
+    "gpu": dict(steps=200, prompts_per_step=64, group_size=8, eval_every=10, eval_problems=512, checkpoint_every=50),
+}
+"""What each profile sets: the size of a run. ci: seconds (tests, notebooks under nbval);
+cpu: a minute or two per method on 2 CPU cores (`make demo`); gpu: a classroom GPU lab."""
+BASE_VALUES = dict(max_new_tokens=40)
+"""The value of a None field that no method, task or profile sets."""
 
 @dataclass
 class ModelConfig:
@@ -47,51 +56,6 @@ class ModelConfig:
     """attention heads"""
     max_positions: int = 128
     """longest sequence (prompt + completion) the model accepts"""
-
-
-@dataclass
-class TaskConfig:
-    ops: tuple = ("add",)
-    """operations to draw problems from: any of 'add', 'sub', 'mul'"""
-    digits: int = 3
-    """operand digits of train/validation/test problems (difficulty)"""
-    ood_digits: int = 4
-    """operand digits of the out-of-distribution split"""
-    n_train: int = 2000
-    """training prompts for RL"""
-    n_validation: int = 256
-    """held-out prompts for evaluation during training"""
-    n_test: int = 512
-    """held-out prompts for the final report"""
-    n_ood: int = 256
-    """harder held-out prompts with more digits"""
-    seed: int = 0
-    """seed of the data files"""
-
-
-@dataclass
-class Task:
-    """One task: how its data files are drawn, where they and its warm start live, and the
-    TrainConfig values it changes."""
-    data: TaskConfig
-    """the data files' recipe (rlsd_min.tasks.build_datasets)"""
-    data_dir: Path
-    """folder of the data files"""
-    base_checkpoint: Path
-    """its warm-started checkpoint (rlsd_min.sft)"""
-    overrides: dict = dataclasses.field(default_factory=dict)
-    """TrainConfig values the task changes"""
-
-
-TASKS = {
-    "arith": Task(data=TaskConfig(), data_dir=DATA_DIR, base_checkpoint=BASE_CHECKPOINT),
-    "split": Task(data=TaskConfig(ops=("split",), digits=3, ood_digits=4, n_train=400, n_validation=256, n_test=256),
-                  data_dir=REPO_ROOT / "data" / "split", base_checkpoint=REPO_ROOT / "data" / "base_split",
-                  overrides=dict(max_new_tokens=12)),  # a split answer is 5 characters long
-}
-"""The two tasks. arith: one valid answer, shown with a worked scratchpad. split: ten valid
-answers, the reference one of them at random (rlsd_min.tasks.SplitProblem); 400 training
-prompts, so RL revisits each about a dozen times and a shortcut to the reference could form."""
 
 
 @dataclass
@@ -121,21 +85,22 @@ class SFTConfig:
 
 @dataclass
 class TrainConfig:
-    """One RL run (`rlsd_min.train`)."""
+    """One RL run (`rlsd_min.train`). None = resolved by `validate()` (see the module docstring)."""
     method: str = "grpo"
     """which method: see rlsd_min.methods.METHODS"""
     task: str = "arith"
-    """arith (one valid answer) or split (ten valid answers); picks data_dir and base_checkpoint"""
+    """arith (one valid answer) or split (ten valid answers); picks the data and the warm start"""
     profile: str = "cpu"
-    """the profile these defaults came from (informational)"""
-    steps: int = 100
-    """RL steps (one batch of prompts each)"""
-    prompts_per_step: int = 16
-    """distinct prompts per step"""
-    group_size: int = 8
-    """completions sampled per prompt (G); at least 2 for group advantages"""
-    max_new_tokens: int = 40
-    """completion length limit"""
+    """ci, cpu or gpu: sets steps, prompts_per_step, group_size, eval_every, eval_problems and
+    checkpoint_every where they are left at None"""
+    steps: int | None = None
+    """RL steps (one batch of prompts each); None = the profile's (cpu 100)"""
+    prompts_per_step: int | None = None
+    """distinct prompts per step; None = the profile's (cpu 16)"""
+    group_size: int | None = None
+    """completions sampled per prompt (G), at least 2 for group advantages; None = the profile's (cpu 8)"""
+    max_new_tokens: int | None = None
+    """completion length limit; None = the task's (arith 40, split 12)"""
     temperature: float = 1.0
     """sampling temperature; 1.0 samples exactly from pi_theta"""
     lr: float = 1e-4
@@ -149,40 +114,45 @@ class TrainConfig:
     """PPO clip: ratio floor 1 - eps_low"""
     eps_high: float = 0.2
     """PPO clip: ratio ceiling 1 + eps_high (DAPO / RLSD code: 0.28)"""
-    loss_agg: str = "token-mean"
-    """token aggregation: token-mean, seq-mean or group-token-mean"""
+    loss_agg: str | None = None
+    """token aggregation: token-mean, seq-mean or group-token-mean; None = the method's (sdpg
+    group-token-mean, else token-mean)"""
     adv_scale: str = "group"
     """advantage normalisation: group, batch or none (Dr. GRPO)"""
     adv_eps: float = 1e-6
     """eps added to the std in the advantage (TRL: 1e-4; RLSD, SDPG: 1e-6)"""
     dual_clip: float = 0.0
     """C of the dual clip bounding the loss at C*|A| for A < 0 (0 = off; RLSD code 3, SDPG code 10)"""
-    kl_coef: float = 0.0
-    """alpha, weight of the reference-policy KL (0 = no reference model)"""
-    kl_estimator: str = "k3"
+    kl_coef: float | None = None
+    """alpha, weight of the reference-policy KL (0 = no reference model); None = the method's
+    (sdpg 0.01, else 0)"""
+    kl_estimator: str | None = None
     """reference KL estimator: k1, k2, k3, SDPG's names urkl (= k2), ufkl (= k3), or its code's
-    normalised fkl (pi_ref/pi_theta), rkl ((l+1)^2/2)"""
+    normalised fkl (pi_ref/pi_theta), rkl ((l+1)^2/2); None = the method's (sdpg ufkl, else k3)"""
     # --- self-distillation (teacher = the same model shown the reference) ---
-    teacher_mode: str = ""
-    """live, frozen, synced or ema; '' = the method's default (rlsd_min.methods.METHODS)"""
-    teacher_context: str = ""
-    """privileged context: answer or solution; '' = the method's default"""
+    teacher_mode: str | None = None
+    """live, frozen, synced or ema; None = the method's (opsd, grpo_opsd frozen; rlsd synced;
+    sdpg live); stays None for a method without a teacher"""
+    teacher_context: str | None = None
+    """privileged context: answer or solution; None = the method's (rlsd answer, else solution)"""
     privileged_template: str = PRIVILEGED_TEMPLATE
     """teacher prompt template with {context} and {prompt} placeholders"""
     sync_every: int = 10
     """synced teacher: steps between refreshes from the student (RLSD: 10 paper, 20 code)"""
     ema_rate: float = 0.05
     """ema teacher: rate of the moving average (SDPO: 0.05)"""
-    divergence: str = "reverse"
-    """OPSD-style term: reverse, forward, jsd (full vocabulary) or sampled (OPSD Eq. 9 estimator)"""
+    divergence: str | None = None
+    """distillation term D_t: reverse, forward, jsd (full vocabulary) or sampled (OPSD Eq. 9
+    estimator, opsd only); None = the method's (reverse); stays None for grpo and rlsd"""
     jsd_beta: float = 0.5
     """beta of the generalised JSD"""
     entry_clip: float = 0.0
     """forward KL: clip each vocabulary entry at this value (0 = off; OPSD v3)"""
     token_clip: float = 0.0
     """clip the per-token divergence at this value (0 = off; SDPG code: 20)"""
-    distill_coef: float = 0.0
-    """beta: weight of the distillation term (SDPG: beta_base of the schedule)"""
+    distill_coef: float | None = None
+    """beta: weight of the distillation term (SDPG: beta_base of the schedule); None = the
+    method's (opsd 1.0, grpo_opsd 0.1, sdpg 0.1); stays None for grpo and rlsd"""
     rlsd_lam: float = 0.5
     """RLSD: initial mixing weight lam of the teacher's per-token weight"""
     rlsd_lam_steps: int = 50
@@ -190,7 +160,8 @@ class TrainConfig:
     rlsd_eps_w: float = 0.2
     """RLSD: clip of the per-token weight w_t to [1 - eps_w, 1 + eps_w]"""
     sdpg_outcome: str = "reinforce"
-    """SDPG outcome term: reinforce (paper) or ppo (released code's clipped surrogate)"""
+    """SDPG outcome term: reinforce (paper) or ppo (the clipped surrogate of eps_low, eps_high and
+    dual_clip as set here; the released code runs it with eps_high 0.28 and dual_clip 10)"""
     sdpg_gate: bool = True
     """SDPG: distil only positive-advantage rollouts, m_i = 1[A_i > 0] (paper on, code off)"""
     sdpg_schedule: bool = True
@@ -199,43 +170,69 @@ class TrainConfig:
     """SDPG: T_warm as a fraction of steps (paper 50 / 400)"""
     sdpg_decay_frac: float = 0.875
     """SDPG: T_decay as a fraction of steps (paper 350 / 400)"""
-    # --- speed (issue #6); evaluation always runs in float32 with the default sampler ---
+    # --- speed; evaluation always runs in float32 with the default sampler ---
     bf16_autocast: bool = False
     """run the student, teacher and reference forwards and the sampling under bfloat16 autocast
     (log-probs and losses stay float32); sampling then draws from the bf16-computed policy"""
     static_cache_compile: bool = False
     """sample with a static KV cache and a torch.compile'd decoding forward (transformers'
     generate: cache_implementation='static' + compile_config); the first steps pay the compile"""
-    eval_every: int = 10
-    """steps between held-out evaluations"""
-    eval_problems: int = 256
-    """validation problems per evaluation"""
+    eval_every: int | None = None
+    """steps between held-out evaluations; None = the profile's (cpu 10)"""
+    eval_problems: int | None = None
+    """validation problems per evaluation; None = the profile's (cpu 256)"""
     probe_problems: int = 0
     """leakage probes at each evaluation (rlsd_min.leakage.leakage_probes) on this many training
     and this many held-out prompts; 0 = off"""
-    checkpoint_every: int = 20
-    """steps between checkpoints (and at the end)"""
+    distill_floor: bool = False
+    """log `distill_floor`, the exact floor of distill_loss found by enumerating the task's
+    references (rlsd_min.leakage.reference_floor; task split, a forward or reverse divergence);
+    costs one teacher forward per reference"""
+    checkpoint_every: int | None = None
+    """steps between checkpoints (and at the end); None = the profile's (cpu 20)"""
     seed: int = 0
     """seed of the prompt order, sampling and evaluation"""
-    base_checkpoint: str = str(BASE_CHECKPOINT)
-    """warm-started model to start from"""
-    data_dir: str = str(DATA_DIR)
-    """folder of the data files"""
+    base_checkpoint: str | None = None
+    """warm-started model to start from; None = the task's (data_root()/base, .../base_split)"""
+    data_dir: str | None = None
+    """folder of the data files; None = the task's (data_root()/arith, .../split)"""
 
     def validate(self) -> "TrainConfig":
-        """Raise a ValueError naming the first bad value; return self."""
+        """The resolved config: every None filled by the method, task or profile, every value
+        checked. Raises a ValueError naming the first bad value; returns a new TrainConfig."""
         from .methods import METHODS
 
+        for name, choices in (("profile", PROFILES), ("task", TASKS), ("method", METHODS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose from {tuple(choices)}")
+        method = METHODS[self.method]
+        layers = {**PROFILES[self.profile], **TASKS[self.task].overrides}
+        values = {f: v if v is not None else layers.get(f, BASE_VALUES.get(f))
+                  for f, v in dataclasses.asdict(self).items()}
+        cfg = TrainConfig(**method.resolve(values))
+        cfg._check()
+        return cfg
+
+    def _check(self) -> None:
+        """Types and ranges of every field (resolved values)."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), str(f.type).split(" | ")[0]
+            if value is None:
+                continue
+            ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+                  "float": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                  "bool": isinstance(value, bool), "str": isinstance(value, str)}[kind]
+            if not ok:
+                what = "a finite number" if kind == "float" else f"of type {kind}"
+                raise ValueError(f"{f.name} must be {what}, got {value!r}")
         checks = [
-            (self.method in METHODS, f"unknown method {self.method!r}; choose from {sorted(METHODS)}"),
-            (self.task in TASKS, f"unknown task {self.task!r}; choose from {tuple(TASKS)}"),
             (self.probe_problems >= 0, f"probe_problems must be >= 0, got {self.probe_problems}"),
             (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
             (self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}"),
             (self.group_size >= 2, f"group_size must be >= 2 for group advantages, got {self.group_size}"),
             (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
             (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
-            (math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}"),
             (self.eval_problems >= 1, f"eval_problems must be >= 1, got {self.eval_problems}"),
             (self.num_iterations >= 1, f"num_iterations must be >= 1, got {self.num_iterations}"),
@@ -247,21 +244,23 @@ class TrainConfig:
             (self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"),
             (self.kl_estimator in KL_ESTIMATORS, f"unknown kl_estimator {self.kl_estimator!r}; choose from {KL_ESTIMATORS}"),
             (self.dual_clip == 0 or self.dual_clip > 1, f"dual_clip must be 0 (off) or > 1, got {self.dual_clip}"),
-            (self.divergence in DIVERGENCES, f"unknown divergence {self.divergence!r}; choose from {DIVERGENCES}"),
             (0 < self.jsd_beta < 1, f"jsd_beta must be in (0, 1), got {self.jsd_beta}"),
+            (self.entry_clip >= 0, f"entry_clip must be >= 0 (0 = off), got {self.entry_clip}"),
+            (self.token_clip >= 0, f"token_clip must be >= 0 (0 = off), got {self.token_clip}"),
             (0 < self.rlsd_eps_w < 1, f"rlsd_eps_w must be in (0, 1), got {self.rlsd_eps_w}"),
             (0 <= self.rlsd_lam <= 1, f"rlsd_lam must be in [0, 1], got {self.rlsd_lam}"),
+            (self.rlsd_lam_steps >= 0, f"rlsd_lam_steps must be >= 0, got {self.rlsd_lam_steps}"),
             (0 <= self.sdpg_warm_frac <= 1, f"sdpg_warm_frac must be in [0, 1], got {self.sdpg_warm_frac}"),
             (0 <= self.sdpg_decay_frac <= 1, f"sdpg_decay_frac must be in [0, 1], got {self.sdpg_decay_frac}"),
             (self.sdpg_outcome in ("reinforce", "ppo"), f"unknown sdpg_outcome {self.sdpg_outcome!r}; choose reinforce or ppo"),
             (self.sync_every >= 1, f"sync_every must be >= 1, got {self.sync_every}"),
             (0 < self.ema_rate <= 1, f"ema_rate must be in (0, 1], got {self.ema_rate}"),
-            (self.distill_coef >= 0, f"distill_coef must be >= 0, got {self.distill_coef}"),
+            (self.distill_coef is None or self.distill_coef >= 0, f"distill_coef must be >= 0, got {self.distill_coef}"),
             (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
             (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
-            (isinstance(self.bf16_autocast, bool), f"bf16_autocast must be True or False, got {self.bf16_autocast!r}"),
-            (isinstance(self.static_cache_compile, bool),
-             f"static_cache_compile must be True or False, got {self.static_cache_compile!r}"),
+            (not (self.distill_floor and (self.task != "split" or self.divergence not in FLOORS))),
+             f"distill_floor=True needs task 'split' and a forward or reverse divergence, got task {self.task!r} "
+             f"and divergence {self.divergence!r}"),
             (not (self.bf16_autocast and self.static_cache_compile),
              "bf16_autocast=True and static_cache_compile=True cannot be combined: under autocast the "
              "rotary embedding returns float32 keys beside bfloat16 values, and transformers' static "
@@ -270,72 +269,38 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        self._check_teacher(METHODS[self.method])
-        return self
-
-    def _check_teacher(self, method) -> None:
-        """Fill '' teacher settings from the method's defaults; refuse ones it can't use."""
-        from .teacher import CONTEXT_KINDS, TEACHER_MODES, teacher_prompt
-
-        if method.teacher is None:
-            if self.teacher_mode or self.teacher_context:
-                raise ValueError(f"method {self.method!r} uses no teacher; teacher_mode={self.teacher_mode!r} "
-                                 f"and teacher_context={self.teacher_context!r} must be left empty")
-            return
-        self.teacher_mode = self.teacher_mode or method.defaults["teacher_mode"]
-        self.teacher_context = self.teacher_context or method.defaults["teacher_context"]
-        if self.teacher_mode not in TEACHER_MODES:
-            raise ValueError(f"unknown teacher_mode {self.teacher_mode!r}; choose from {TEACHER_MODES}")
-        if self.teacher_context not in CONTEXT_KINDS:
-            raise ValueError(f"unknown teacher_context {self.teacher_context!r}; choose from {CONTEXT_KINDS}")
-        if self.method == "rlsd" and self.divergence != "reverse":
-            raise ValueError(f"rlsd takes no divergence (its teacher only weights tokens); got divergence={self.divergence!r}")
-        if self.method in ("grpo_opsd", "sdpg") and self.divergence == "sampled":
-            raise ValueError(f"{self.method} needs a full-vocabulary divergence, got divergence='sampled'")
         teacher_prompt("x", "c", self.privileged_template)  # raises on a missing placeholder
+
+    def data_path(self) -> str:
+        """The data folder this run reads (the task's under the data root when data_dir is None)."""
+        return str(self.data_dir or TASKS[self.task].data_dir)
+
+    def base_path(self) -> str:
+        """The checkpoint this run starts from (the task's warm start when base_checkpoint is None)."""
+        return str(self.base_checkpoint or TASKS[self.task].base_checkpoint)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-_PROFILE_OVERRIDES = {
-    "ci": dict(steps=4, prompts_per_step=4, group_size=4, eval_every=2, eval_problems=16,
-               checkpoint_every=2),
-    "cpu": dict(),
-    "gpu": dict(steps=200, prompts_per_step=64, group_size=8, eval_every=10, eval_problems=512,
-                checkpoint_every=50),
-}
 
 
 def default_profile() -> str:
     """RLSD_PROFILE if set, else 'gpu' when CUDA is present, else 'cpu'."""
     name = os.environ.get("RLSD_PROFILE") or ("gpu" if torch.cuda.is_available() else "cpu")
     if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r} (from RLSD_PROFILE); choose from {PROFILES}")
+        raise ValueError(f"unknown profile {name!r} (from RLSD_PROFILE); choose from {tuple(PROFILES)}")
     return name
 
 
-def train_config(profile: str | None = None, **overrides) -> TrainConfig:
-    """The TrainConfig of a profile, with the task's and the method's defaults, then field
-    overrides; validated."""
-    profile = profile or default_profile()
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose from {PROFILES}")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(overrides) - fields)
+def train_config(profile: str | None = None, **fields) -> TrainConfig:
+    """TrainConfig(profile=profile, **fields).validate(), the profile defaulting to
+    `default_profile()`; unknown field names are refused by name."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(fields) - known)
     if unknown:
         raise ValueError(f"unknown TrainConfig field(s) {unknown}")
-    from .methods import METHODS
-
-    method, task = overrides.get("method", TrainConfig.method), overrides.get("task", TrainConfig.task)
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose from {tuple(TASKS)}")
-    values = {**_PROFILE_OVERRIDES[profile], "profile": profile, "data_dir": str(TASKS[task].data_dir),
-              "base_checkpoint": str(TASKS[task].base_checkpoint), **TASKS[task].overrides,
-              **METHODS[method].defaults, **overrides}
-    return TrainConfig(**values).validate()
+    if "profile" in fields:
+        raise ValueError("pass the profile as train_config's first argument, not as a field")
+    return TrainConfig(profile=profile or default_profile(), **fields).validate()
 
 
 def field_docs(cls) -> dict:

@@ -1,43 +1,36 @@
-"""Methods as small choices inside one loss template (METHODS.md, "Unified template"):
+"""Methods as small choices inside one loss template (METHODS.md, "Unified template";
+the template itself is rlsd_min.objective.template_loss):
 
     L = - agg[ surrogate(Ahat) ]  +  beta(k) * agg[ m_i * D_t ]  +  alpha * agg[ K_t ]
 
     method     Ahat_t                          D_t (full vocab)       m_i          beta(k)     teacher
     grpo       A_i                             -                      -            -           -
     opsd       - (no reward)                   reverse/forward/JSD    1            distill_coef frozen
-               or sg[log q - log p] ('sampled' divergence: the estimator as advantage)
+               or the surrogate of sg[log q - log p] ('sampled': OPSD Eq. 9's estimator)
     grpo_opsd  A_i                             reverse/forward/JSD    1            distill_coef frozen
     rlsd       A_i ((1-lam) + lam clip(w_t))   -                      -            -           synced
     sdpg       A_i (REINFORCE)                 KL(p || sg q)          1[A_i > 0]   sdpg_beta   live
 
 alpha * K_t (reference KL, rlsd_min.reference_kl) is available to every method via
 kl_coef; SDPG uses it by default. Every method gets the same `StepBatch` and returns
-(loss, metrics); `METHODS` records what each needs and its default settings.
+(loss, metrics). `METHODS` holds one `Method` record each: its loss, what it needs from
+the teacher, its defaults, and the rules that resolve and check its settings.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from .objective import aggregate, clipped_surrogate
-from .reference_kl import kl_penalty
-from .reverse_kl import divergence, sampled_token_advantage
-from .sampling import Rollout, masked_mean
+from .objective import clipped_surrogate, template_loss
+from .reverse_kl import FULL_VOCAB_DIVERGENCES, divergence, sampled_token_advantage
+from .sampling import masked_mean
+from .teacher import CONTEXT_KINDS, TEACHER_MODES
 
-
-@dataclass
-class StepBatch:
-    """Everything one RL step computes once and every update of that step reuses."""
-    rollout: Rollout
-    rewards: torch.Tensor                    # (N,) verifier rewards R_i
-    advantages: torch.Tensor                 # (N,) group-relative A_i
-    old_logp: torch.Tensor                   # (N, T) log-probs of the sampling policy (detached)
-    ref_logp: torch.Tensor | None = None     # (N, T) log pi_ref, when kl_coef > 0
-    teacher_logp: torch.Tensor | None = None     # (N, T) log q_t(y_t), detached
-    teacher_logits: torch.Tensor | None = None   # (N, T, V), when the method needs the full vocabulary
+if TYPE_CHECKING:
+    from .step import StepBatch
 
 
 # --- the equations ---------------------------------------------------------------------
@@ -95,47 +88,6 @@ def sdpg_windows(cfg) -> tuple[int, int]:
     return round(cfg.sdpg_warm_frac * cfg.steps), round(cfg.sdpg_decay_frac * cfg.steps)
 
 
-# --- the template ------------------------------------------------------------------------
-
-def template_loss(logp: torch.Tensor, batch: StepBatch, cfg, ahat: torch.Tensor | None = None,
-                  distill: torch.Tensor | None = None, gate: torch.Tensor | None = None,
-                  beta: float = 0.0, outcome: str = "ppo") -> tuple[torch.Tensor, dict]:
-    """- agg[surrogate(Ahat)] + beta * agg[m * D] + alpha * agg[K], and the metrics of each part.
-
-    ahat (N, T) token advantages or None (no policy-gradient term); outcome 'ppo' is the
-    clipped surrogate, 'reinforce' is -sg[Ahat] log pi (SDPG's L_out). distill (N, T) a
-    divergence D_t with gradient; gate (N,) m_i multiplies D (gated tokens still count
-    in the denominator, as in SDPG).
-    """
-    mask, G = batch.rollout.completion_mask, batch.rollout.group_size                # (N, T)
-    agg = lambda x: aggregate(x, mask, cfg.loss_agg, G)
-    loss, metrics = logp.new_zeros(()), {}
-    if ahat is not None:
-        if outcome == "reinforce":
-            pg, clipped = -ahat.detach() * logp, torch.zeros_like(mask, dtype=torch.bool)
-        else:
-            pg, clipped = clipped_surrogate(logp, batch.old_logp, ahat, cfg.eps_low, cfg.eps_high,
-                                            cfg.dual_clip or None)                 # (N, T)
-        pg_term = agg(pg)
-        loss = loss + pg_term
-        metrics.update(loss_pg=pg_term.item(), clip_frac=agg(clipped.float()).item())
-    if distill is not None:
-        gated = distill if gate is None else distill * gate[:, None]               # (N, T)
-        d = agg(gated)
-        loss = loss + beta * d
-        metrics.update(distill_loss=agg(distill).item(), beta=beta)
-        if gate is not None:
-            metrics["gate_frac"] = gate.float().mean().item()
-    if batch.ref_logp is not None:
-        kl = agg(kl_penalty(logp, batch.ref_logp, cfg.kl_estimator))
-        loss = loss + cfg.kl_coef * kl
-        metrics["kl_ref"] = kl.item()
-    if batch.teacher_logp is not None:  # the same sampled-token estimate for every teacher method
-        delta = sampled_token_advantage(batch.old_logp, batch.teacher_logp)        # (N, T)
-        metrics.update(delta_mean=agg(delta).item(), teacher_kl=agg(-delta).item())
-    return loss, metrics
-
-
 def _divergence(logits: torch.Tensor, batch: StepBatch, cfg) -> torch.Tensor:
     return divergence(cfg.divergence, logits, batch.teacher_logits, cfg.jsd_beta,
                       cfg.entry_clip or None, cfg.token_clip or None)
@@ -150,12 +102,17 @@ def grpo(logp, logits, batch: StepBatch, cfg, step: int):
 
 
 def opsd(logp, logits, batch: StepBatch, cfg, step: int):
-    """OPSD (Zhao et al. 2026, arXiv 2601.18734): minimise D(q_t, p_t) on the student's own
-    rollouts, no reward. divergence='sampled' uses OPSD Eq. 9's estimator as advantage."""
+    """OPSD (Zhao et al. 2026, arXiv 2601.18734): minimise distill_coef * D(q_t, p_t) on the
+    student's own rollouts, no reward. divergence='sampled' takes as D_t the clipped
+    surrogate of OPSD Eq. 9's estimator sg[log q - log p] used as a token advantage (its
+    value at ratio 1 is the sampled estimate of KL(p || q); its expected gradient is the
+    full reverse KL's, SDPG Prop. 3.1)."""
     if cfg.divergence == "sampled":
-        ahat = sampled_token_advantage(batch.old_logp, batch.teacher_logp)            # (N, T)
-        return template_loss(logp, batch, cfg, ahat=ahat)
-    return template_loss(logp, batch, cfg, distill=_divergence(logits, batch, cfg), beta=cfg.distill_coef)
+        delta = sampled_token_advantage(batch.old_logp, batch.teacher_logp)           # (N, T)
+        distill = clipped_surrogate(logp, batch.old_logp, delta, cfg.eps_low, cfg.eps_high)[0]  # (N, T)
+    else:
+        distill = _divergence(logits, batch, cfg)                                      # (N, T)
+    return template_loss(logp, batch, cfg, distill=distill, beta=cfg.distill_coef)
 
 
 def grpo_opsd(logp, logits, batch: StepBatch, cfg, step: int):
@@ -171,8 +128,9 @@ def rlsd(logp, logits, batch: StepBatch, cfg, step: int):
     ahat = rlsd_advantages(batch.advantages, batch.teacher_logp, batch.old_logp, lam, cfg.rlsd_eps_w)
     loss, metrics = template_loss(logp, batch, cfg, ahat=ahat)
     w = rlsd_weights(batch.advantages, batch.teacher_logp, batch.old_logp)          # (N, T)
-    outside = ((w < 1 - cfg.rlsd_eps_w) | (w > 1 + cfg.rlsd_eps_w)).float()
-    metrics.update(lam=lam, w_clip_frac=masked_mean(outside, batch.rollout.completion_mask).item())
+    outside = ((w < 1 - cfg.rlsd_eps_w) | (w > 1 + cfg.rlsd_eps_w)).to(logp.dtype)  # (N, T)
+    signed = batch.rollout.completion_mask * (batch.advantages != 0)[:, None]     # (N, T) tokens with A_i != 0
+    metrics.update(lam=lam, w_clip_frac=masked_mean(outside, signed).item())      # (w = 1 where A_i = 0)
     return loss, metrics
 
 
@@ -189,23 +147,67 @@ def sdpg(logp, logits, batch: StepBatch, cfg, step: int):
                          outcome=cfg.sdpg_outcome)
 
 
+METHOD_FIELDS = ("teacher_mode", "teacher_context", "divergence", "distill_coef", "kl_coef", "kl_estimator",
+                 "loss_agg")
+"""TrainConfig fields whose default depends on the method (None there = the method's value)."""
+COMMON = dict(kl_coef=0.0, kl_estimator="k3", loss_agg="token-mean")
+"""The method-dependent settings every method uses, at the value most methods take."""
+
+
+def sdpg_uses_total_steps(cfg) -> str | None:
+    if cfg.sdpg_schedule:
+        return "SDPG's beta(k) schedule is laid out over the total (sdpg_warm_frac, sdpg_decay_frac of steps)"
+    return None
+
+
 @dataclass(frozen=True)
 class Method:
+    """One method: its loss, what it needs from the teacher, its defaults and its rules."""
+    name: str
     loss: Callable
     teacher: str | None
     """None, 'logp' (sampled-token log-probs) or 'logits' (full vocabulary)"""
     defaults: dict = field(default_factory=dict)
-    """TrainConfig values this method starts from (a user's explicit setting wins)"""
+    """its value of each METHOD_FIELDS setting it uses; a setting it does not use is absent"""
+    divergences: tuple = ()
+    """the distillation terms D_t it can use (none: it has no distillation term)"""
+    uses_total_steps: Callable = lambda cfg: None
+    """cfg -> why a run depends on its total number of steps, or None: a finished run whose
+    method returns None can simply go on for more steps"""
+
+    def resolve(self, values: dict) -> dict:
+        """TrainConfig values with this method's settings filled where None, and checked:
+        an explicit value for a setting the method does not use is refused, not ignored."""
+        out = dict(values)
+        for name in METHOD_FIELDS:
+            if out[name] is None:
+                out[name] = self.defaults.get(name)
+            elif name not in self.defaults:
+                raise ValueError(f"method {self.name!r} does not use {name}; got {name}={out[name]!r} "
+                                 f"(leave it unset)")
+        choices = [("divergence", self.divergences)]
+        if self.teacher is not None:
+            choices += [("teacher_mode", TEACHER_MODES), ("teacher_context", CONTEXT_KINDS)]
+        for name, allowed in choices:
+            if out[name] is not None and out[name] not in allowed:
+                raise ValueError(f"method {self.name!r} cannot use {name}={out[name]!r}; choose from {allowed}")
+        return out
+
+    def needs_logits(self, cfg) -> bool:
+        """Whether the teacher must return full-vocabulary logits (not only log q_t(y_t)) for `cfg`."""
+        return self.teacher == "logits" and cfg.divergence != "sampled"
 
 
-METHODS = {
-    "grpo": Method(grpo, None),
-    "opsd": Method(opsd, "logits", dict(teacher_mode="frozen", teacher_context="solution",
-                                         divergence="reverse", distill_coef=1.0)),
-    "grpo_opsd": Method(grpo_opsd, "logits", dict(teacher_mode="frozen", teacher_context="solution",
-                                                   divergence="reverse", distill_coef=0.1)),
-    "rlsd": Method(rlsd, "logp", dict(teacher_mode="synced", teacher_context="answer", sync_every=10)),
-    "sdpg": Method(sdpg, "logits", dict(teacher_mode="live", teacher_context="solution", divergence="reverse",
-                                         distill_coef=0.1, kl_coef=0.01, kl_estimator="ufkl",
-                                         loss_agg="group-token-mean")),
-}
+_TEACHER = dict(teacher_mode="frozen", teacher_context="solution")
+METHODS = {m.name: m for m in (
+    Method("grpo", grpo, None, COMMON),
+    Method("opsd", opsd, "logits", dict(COMMON, **_TEACHER, divergence="reverse", distill_coef=1.0),
+           FULL_VOCAB_DIVERGENCES + ("sampled",)),
+    Method("grpo_opsd", grpo_opsd, "logits", dict(COMMON, **_TEACHER, divergence="reverse", distill_coef=0.1),
+           FULL_VOCAB_DIVERGENCES),
+    Method("rlsd", rlsd, "logp", dict(COMMON, teacher_mode="synced", teacher_context="answer")),
+    Method("sdpg", sdpg, "logits", dict(COMMON, teacher_mode="live", teacher_context="solution",
+                                         divergence="reverse", distill_coef=0.1, kl_coef=0.01,
+                                         kl_estimator="ufkl", loss_agg="group-token-mean"),
+           FULL_VOCAB_DIVERGENCES, sdpg_uses_total_steps),
+)}

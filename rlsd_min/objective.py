@@ -5,12 +5,22 @@
         + alpha * agg_t [ K_t ]             (reference-policy KL, if any)
 
 A method is a choice of the token advantage Ahat, the divergence D, the gate m, and
-the weights beta and alpha (rlsd_min.methods); this file knows none of them.
+the weights beta and alpha (rlsd_min.methods); this file knows none of them. It holds
+the template (`template_loss`) and its two pieces: the token aggregation and the
+clipped surrogate.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+from .reference_kl import kl_penalty
+from .reverse_kl import sampled_token_advantage
+
+if TYPE_CHECKING:
+    from .step import StepBatch
 
 AGGREGATIONS = ("token-mean", "seq-mean", "group-token-mean")
 
@@ -25,7 +35,8 @@ def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: str, group_size: int) -
     Masked-out tokens (after eos) never count; a gate is applied to x, not to the mask,
     so gated tokens still count in the denominator.
     """
-    x, mask = x * mask, mask.to(x.dtype)                                     # (N, T)
+    x = torch.where(mask.bool(), x, 0.0)     # (N, T); where, not x * mask: inf * 0 would be nan
+    mask = mask.to(x.dtype)                                                  # (N, T)
     if mode == "token-mean":
         return x.sum() / mask.sum().clamp(min=1)
     if mode == "seq-mean":
@@ -56,3 +67,46 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Ten
         objective = torch.where(bounded, dual_clip * adv, objective)
         was_clipped = was_clipped | bounded
     return -objective, was_clipped
+
+
+def template_loss(logp: torch.Tensor, batch: StepBatch, cfg, ahat: torch.Tensor | None = None,
+                  distill: torch.Tensor | None = None, gate: torch.Tensor | None = None,
+                  beta: float = 0.0, outcome: str = "ppo") -> tuple[torch.Tensor, dict]:
+    """- agg[surrogate(Ahat)] + beta * agg[m * D] + alpha * agg[K], and the metrics of each part.
+
+    ahat (N, T) token advantages or None (no policy-gradient term); outcome 'ppo' is the
+    clipped surrogate, 'reinforce' is -sg[Ahat] log pi (SDPG's L_out). distill (N, T) a
+    divergence D_t with gradient; gate (N,) m_i multiplies D (gated tokens still count
+    in the denominator, as in SDPG). alpha = cfg.kl_coef, applied when the batch holds
+    reference log-probs.
+
+    The metrics are the terms as they enter the loss, so that
+    loss = loss_pg + beta * distill_loss + kl_coef * kl_ref (a missing term counts 0).
+    """
+    mask, G = batch.rollout.completion_mask, batch.rollout.group_size                # (N, T)
+    agg = lambda x: aggregate(x, mask, cfg.loss_agg, G)
+    loss, metrics = logp.new_zeros(()), {}
+    if ahat is not None:
+        if outcome == "reinforce":
+            pg, clipped = -ahat.detach() * logp, torch.zeros_like(mask, dtype=torch.bool)   # (N, T)
+        else:
+            pg, clipped = clipped_surrogate(logp, batch.old_logp, ahat, cfg.eps_low, cfg.eps_high,
+                                            cfg.dual_clip or None)                 # (N, T)
+        pg_term = agg(pg)
+        loss = loss + pg_term
+        metrics.update(loss_pg=pg_term.item(), clip_frac=agg(clipped.to(logp.dtype)).item())
+    if distill is not None:
+        gated = distill if gate is None else distill * gate[:, None]               # (N, T)
+        d = agg(gated)
+        loss = loss + beta * d
+        metrics.update(distill_loss=d.item(), beta=beta)
+        if gate is not None:
+            metrics["gate_frac"] = gate.to(logp.dtype).mean().item()
+    if batch.ref_logp is not None:
+        kl = agg(kl_penalty(logp, batch.ref_logp, cfg.kl_estimator))
+        loss = loss + cfg.kl_coef * kl
+        metrics["kl_ref"] = kl.item()
+    if batch.teacher_logp is not None:  # the same sampled-token estimate for every teacher method
+        delta = sampled_token_advantage(batch.old_logp, batch.teacher_logp)        # (N, T)
+        metrics.update(delta_mean=agg(delta).item(), teacher_kl=agg(-delta).item())
+    return loss, metrics

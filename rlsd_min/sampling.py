@@ -13,6 +13,7 @@ what makes its log-probs line up with the student's column by column.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -149,14 +150,22 @@ def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion
     G = N // B
     prompt_pos = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)                 # (B, P)
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True)
-    cache = out.past_key_values
+    name = cache_argument(model)
+    cache = getattr(out, name)
     cache.batch_repeat_interleave(G)                                          # keys/values (N, ...)
     attn = torch.cat([prompt_mask.repeat_interleave(G, 0), completion_mask], dim=1)       # (N, P+T)
     position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)[:, P:]               # (N, T)
     rest = model(input_ids=completion_ids, attention_mask=attn, position_ids=position_ids,
-                 past_key_values=cache).logits                                # (N, T, V)
+                 **{name: cache}).logits                                      # (N, T, V)
     first = out.logits[:, -1:].repeat_interleave(G, 0)                        # (N, 1, V) predicts token 0
     return torch.cat([first, rest[:, :-1]], dim=1).float() / temperature      # (N, T, V)
+
+
+def cache_argument(model) -> str:
+    """The name under which this transformers version passes a KV cache to a model's forward
+    and returns it: `cache` (transformers 5.x deprecates `past_key_values`, to be removed in
+    5.40) where the forward takes it, else `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -22,11 +22,11 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from .config import ModelConfig, SFTConfig, TaskConfig, pick_device, save_json
-from .evaluate import evaluate
+from .config import ModelConfig, SFTConfig, pick_device, save_json
+from .evaluation import evaluate
 from .model import build_model, build_tokenizer, n_params, save
 from .sampling import completion_logits, encode_completions, encode_prompts, gather_logprobs, masked_mean
-from .tasks import load_splits, problems_of, random_problem
+from .tasks import TaskConfig, load_splits, problems_of, random_problem
 from .teacher import teacher_prompt
 
 

@@ -31,13 +31,80 @@ from __future__ import annotations
 import os
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 OPS = ("add", "sub", "mul")
 ALL_OPS = OPS + ("split",)
 """the arithmetic operations, and the multi-solution task's 'split'"""
 _SYMBOL = {"add": "+", "sub": "-", "mul": "*"}
 SPLITS = ("train", "validation", "test", "ood")
+DATA_ENV = "RLSD_DATA"
+"""environment variable naming another folder for the data files and warm starts"""
+
+
+def data_root() -> Path:
+    """The folder holding every task's data files and warm start: $RLSD_DATA when set, else
+    the copies shipped inside the package (rlsd_min/data, package data of the wheel too).
+
+    The one setting for where data lives: set RLSD_DATA to regenerate data or warm starts
+    outside an installed package (`python -m rlsd_min data`, `warmstart` write there).
+    """
+    return Path(os.environ.get(DATA_ENV) or Path(__file__).resolve().parent / "data")
+
+
+@dataclass
+class TaskConfig:
+    """How a task's data files are drawn (`build_datasets`)."""
+    ops: tuple = ("add",)
+    """operations to draw problems from: any of 'add', 'sub', 'mul' (or 'split')"""
+    digits: int = 3
+    """operand digits of train/validation/test problems (difficulty)"""
+    ood_digits: int = 4
+    """operand digits of the out-of-distribution split"""
+    n_train: int = 2000
+    """training prompts for RL"""
+    n_validation: int = 256
+    """held-out prompts for evaluation during training"""
+    n_test: int = 512
+    """held-out prompts for the final report"""
+    n_ood: int = 256
+    """harder held-out prompts with more digits"""
+    seed: int = 0
+    """seed of the data files"""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task: how its data files are drawn, the folders of its data and warm start under
+    the data root, and the TrainConfig values it changes."""
+    data: TaskConfig
+    """the data files' recipe (build_datasets)"""
+    data_name: str
+    """folder of the data files, under data_root()"""
+    base_name: str
+    """folder of its warm-started checkpoint (rlsd_min.sft), under data_root()"""
+    overrides: dict = field(default_factory=dict)
+    """TrainConfig values the task changes"""
+
+    @property
+    def data_dir(self) -> Path:
+        return data_root() / self.data_name
+
+    @property
+    def base_checkpoint(self) -> Path:
+        return data_root() / self.base_name
+
+
+TASKS = {
+    "arith": Task(data=TaskConfig(), data_name="arith", base_name="base"),
+    "split": Task(data=TaskConfig(ops=("split",), digits=3, ood_digits=4, n_train=400, n_validation=256, n_test=256),
+                  data_name="split", base_name="base_split",
+                  overrides=dict(max_new_tokens=12)),  # a split answer is 5 characters long
+}
+"""The two tasks. arith: one valid answer, shown with a worked scratchpad. split: ten valid
+answers, the reference one of them at random (SplitProblem); 400 training prompts, so RL
+revisits each about a dozen times and a shortcut to the reference could form."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,10 @@ import torch
 
 import rlsd_min
 from rlsd_min import model as model_io
-from rlsd_min.config import BASE_CHECKPOINT, DATA_DIR, ModelConfig
+from rlsd_min.config import ModelConfig
+from rlsd_min.tasks import TASKS
+
+BASE_CHECKPOINT, DATA_DIR = TASKS["arith"].base_checkpoint, TASKS["arith"].data_dir
 from rlsd_min.tasks import load_splits, problems_of
 
 # One intra-op thread: the models are tiny, and on a shared 2-core machine two OpenMP

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from rlsd_min.bench import PHASES, format_table, peak_memory_mb, step_times, summarize
-from rlsd_min.bench_scaling import format_scaling, scaling_times, summarize_scaling
+from rlsd_min.lab.bench import PHASES, format_table, peak_memory_mb, step_times, summarize
+from rlsd_min.lab.bench_scaling import format_scaling, scaling_times, summarize_scaling
 from rlsd_min.config import train_config
 
 
@@ -86,7 +86,7 @@ def test_bench_bad_input():
 def test_trl_mode_without_trl_says_how_to_install_it(monkeypatch):
     import builtins
 
-    from rlsd_min.bench_trl import require_trl
+    from rlsd_min.lab.bench_trl import require_trl
 
     real_import = builtins.__import__
 
@@ -139,7 +139,7 @@ def test_scaling_bad_input_is_named(kwargs, pattern):
 
 
 def test_trl_comparison_ratio_is_the_median_of_per_step_ratios():
-    from rlsd_min.bench_trl import format_comparison
+    from rlsd_min.lab.bench_trl import format_comparison
 
     text = format_comparison({"trl": [1.0, 2.0, 4.0], "ours": [0.9, 0.2, 4.0]})
     assert "ours / TRL per step: 0.90 0.10 1.00" in text

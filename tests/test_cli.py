@@ -8,9 +8,11 @@ import pytest
 
 import dataclasses
 
-from rlsd_min.__main__ import _parse_sets, main
+from rlsd_min.lab.cli import _parse_sets, main
 from rlsd_min.config import TrainConfig
-from rlsd_min.config import DATA_DIR
+from rlsd_min.tasks import TASKS
+
+DATA_DIR = TASKS["arith"].data_dir
 from rlsd_min.tasks import SPLITS
 
 
@@ -106,7 +108,7 @@ def test_set_values_are_typed_like_their_fields():
 def test_train_help_lists_every_field_with_its_docstring(capsys):
     import dataclasses
 
-    from rlsd_min.__main__ import main
+    from rlsd_min.lab.cli import main
     from rlsd_min.config import TrainConfig
 
     with pytest.raises(SystemExit):

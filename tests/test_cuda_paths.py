@@ -8,9 +8,9 @@ not the GPU itself. The real device is exercised by the gpu profile where one is
 import pytest
 import torch
 
-from rlsd_min.bench import peak_memory_mb
+from rlsd_min.lab.bench import peak_memory_mb
 from rlsd_min.config import default_profile, pick_device
-from rlsd_min.train import _clock
+from rlsd_min.step import PhaseClock
 
 MIB = 2**20
 
@@ -30,11 +30,12 @@ def test_cuda_picks_the_device_and_the_gpu_profile(monkeypatch):
 def test_phase_clock_waits_for_queued_gpu_work(monkeypatch):
     synced = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
-    _clock(torch.device("cpu"))
+    PhaseClock(torch.device("cpu")).lap("sample")
     assert synced == []
     gpu = torch.device("cuda")
-    _clock(gpu)
-    assert synced == [gpu]
+    clock = PhaseClock(gpu)
+    clock.lap("sample")
+    assert synced == [gpu, gpu] and set(clock.metrics()) == {"step_time_s", "time_sample_s"}
 
 
 def test_cuda_peak_memory_is_the_allocator_peak_above_the_start(monkeypatch):

@@ -131,7 +131,7 @@ def test_token_kinds():
 
 def test_probes_on_both_tasks(base, splits):
     from rlsd_min import model as model_io
-    from rlsd_min.config import TASKS
+    from rlsd_min.tasks import TASKS
     from rlsd_min.tasks import load_splits, problems_of
 
     model, tok = base

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from rlsd_min import model as model_io
-from rlsd_min.config import DATA_DIR, ModelConfig, SFTConfig, TaskConfig
+from rlsd_min.config import ModelConfig, SFTConfig
+from rlsd_min.tasks import TASKS, TaskConfig
+
+DATA_DIR = TASKS["arith"].data_dir
 from rlsd_min.sft import sft_loss, warm_start
 from rlsd_min.tasks import Problem
 

@@ -1,8 +1,8 @@
-"""The collapse rule and steps to a threshold (rlsd_min.stability)."""
+"""The collapse rule and steps to a threshold (rlsd_min.lab.stability)."""
 
 import pytest
 
-from rlsd_min.stability import collapsed, steps_to_threshold
+from rlsd_min.lab.stability import collapsed, steps_to_threshold
 
 
 @pytest.mark.parametrize("accs, expected", [

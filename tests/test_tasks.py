@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from rlsd_min.config import TaskConfig
+from rlsd_min.tasks import TaskConfig
 from rlsd_min.tasks import (OPS, SPLITS, Problem, build_datasets, load_splits, max_completion_chars,
                             n_distinct, parse_answer, problems_of, random_problem, sample_problems, verify)
 
@@ -327,7 +327,7 @@ def test_split_task_data_distinct_prompts_random_references(tmp_path):
 
 
 def test_shipped_split_data_and_warm_start():
-    from rlsd_min.config import TASKS
+    from rlsd_min.tasks import TASKS
 
     data, base = TASKS["split"].data_dir, TASKS["split"].base_checkpoint
     ds = load_splits(str(data))

@@ -15,11 +15,12 @@ import torch
 
 from rlsd_min import model as model_io
 from rlsd_min import train, train_config
-from rlsd_min.config import BASE_CHECKPOINT
 from rlsd_min.methods import METHODS
+from rlsd_min.step import NonFiniteLossError
+from rlsd_min.tasks import TASKS
 
-train_mod = importlib.import_module("rlsd_min.train")  # `rlsd_min.train` the attribute is the function
-NonFiniteLossError = train_mod.NonFiniteLossError
+BASE_CHECKPOINT = TASKS["arith"].base_checkpoint
+step_mod = importlib.import_module("rlsd_min.step")
 
 
 class Interrupted(Exception):
@@ -307,7 +308,7 @@ def test_rl_step_under_bf16_autocast_matches_float32_on_the_same_batch(splits, m
     ref = model_io.load(str(BASE_CHECKPOINT))[0].eval().requires_grad_(False)
     problems = splits["train"][:4]
     torch.manual_seed(0)
-    rollout = train_mod.sample_group(policy, tok, [p.prompt for p in problems], 4, 40)
+    rollout = step_mod.sample_group(policy, tok, [p.prompt for p in problems], 4, 40)
     seen = []
 
     def pinned(*args, **kwargs):  # the same batch for both runs; record how sampling was asked for
@@ -321,7 +322,7 @@ def test_rl_step_under_bf16_autocast_matches_float32_on_the_same_batch(splits, m
         policy.load_state_dict(start)
         teacher = Teacher(policy, cfg.teacher_mode, cfg.sync_every, cfg.ema_rate)
         opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
-        rows[flag] = train_mod.rl_step(policy, tok, ref, opt, problems, cfg, 0, teacher)
+        rows[flag] = step_mod.rl_step(policy, tok, ref, opt, problems, cfg, 0, teacher)
     assert seen == [(False, False), (True, False)]
     fp32, bf16 = rows[False], rows[True]
     assert all(math.isfinite(r[k]) for r in (fp32, bf16) for k in ("loss", "grad_norm", "entropy", "distill_loss", "kl_ref"))

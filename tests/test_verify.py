@@ -5,8 +5,9 @@ import os
 
 import pytest
 
-from rlsd_min.report import claims, compare
-from rlsd_min.verify import experiment_config, run_experiment, run_summary
+from rlsd_min.lab.report import claims, compare
+from rlsd_min.lab.experiment import experiment_config, run_experiment
+from rlsd_min.lab.results import run_summary
 
 
 @pytest.mark.parametrize("seeds", [0, -1, 1.5])

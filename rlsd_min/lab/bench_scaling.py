@@ -34,12 +34,12 @@ from __future__ import annotations
 import copy
 import statistics
 
+from ..config import ModelConfig, pick_device, train_config
+from ..methods import METHODS
+from ..model import build_model, load, n_params
+from ..step import batch_problems
+from ..tasks import load_splits, problems_of
 from .bench import measure
-from .config import ModelConfig, pick_device, train_config
-from .methods import METHODS
-from .model import build_model, load, n_params
-from .tasks import load_splits, problems_of
-from .train import batch_problems
 
 MODEL_SIZES = {"0.5M": ModelConfig(), "2M": ModelConfig(hidden_size=256, intermediate_size=1024)}
 FLAGS = ("off", "bf16_autocast", "static_cache_compile")
@@ -92,8 +92,8 @@ def scaling_times(axes=("group", "length", "model"), methods=("grpo", "rlsd"), p
             plan[axis].update({(m, v): (key, train_config(profile, method=m, **overrides)) for m in methods})
     device = pick_device(device)
     first = train_config(profile, method=methods[0])
-    base, tokenizer = load(first.base_checkpoint, device)
-    problems = batch_problems(problems_of(load_splits(first.data_dir)["train"]), 0, first)
+    base, tokenizer = load(first.base_path(), device)
+    problems = batch_problems(problems_of(load_splits(first.data_path())["train"]), 0, first)
     models = {"base": base}
     for size in values["model"] if "model" in axes else ():
         models[size] = build_model(MODEL_SIZES[size], tokenizer, seed=0).to(device)
@@ -124,8 +124,13 @@ def summarize_scaling(times: dict) -> list[dict]:
                          "median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
                          "ratio": statistics.median(t / b for t, b in zip(ts, base)),
                          **{k: statistics.median(s[k] for s in steps)
-                            for k in ("completion_len", "time_sample_s", "time_teacher_s", "time_update_s")}})
+                            for k in ("completion_len", "time_sample_s", "time_teacher_s", "time_update_s")
+                            if k in steps[0]}})
     return sorted(rows, key=lambda r: (list(times).index(r["axis"]), r["method"]))
+
+
+def _seconds(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def format_scaling(rows: list[dict]) -> str:
@@ -135,6 +140,6 @@ def format_scaling(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"| {r['axis']} | {r['value']} | {r['method']} | {r['params'] / 1e6:.2f}M | {r['median_s']:.3f} "
                      f"| {r['min_s']:.3f}-{r['max_s']:.3f} | {r['ratio']:.2f} | {r['completion_len']:.1f} "
-                     f"| {r['time_sample_s']:.3f} | {r['time_teacher_s']:.3f} | {r['time_update_s']:.3f} "
+                     f"| {r['time_sample_s']:.3f} | {_seconds(r.get('time_teacher_s'))} | {r['time_update_s']:.3f} "
                      f"| {r['peak_mem_mb']:.1f} |")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ import json
 import os
 
 from .plots import plt, plot_seed_bands
-from .verify import TAIL, finished_history, run_dir
+from .results import TAIL, finished_history, run_dir
 
 LABELS = {"grpo": "GRPO", "opsd": "OPSD", "grpo_opsd": "GRPO+OPSD", "rlsd": "RLSD", "sdpg": "SDPG"}
 STABILITY_KEYS = (("entropy", "entropy (nats/token)"), ("completion_len", "completion length (tokens)"),

@@ -21,10 +21,10 @@ import time
 
 import torch
 
-from .config import train_config
-from .model import load
-from .tasks import load_splits, problems_of, verify
-from .train import batch_problems, rl_step
+from ..config import train_config
+from ..model import load
+from ..step import batch_problems, rl_step
+from ..tasks import load_splits, problems_of, verify
 
 
 def require_trl():
@@ -45,9 +45,9 @@ def trl_comparison(profile: str = "cpu", rounds: int = 5, warmup: int = 1) -> di
     from transformers import TrainerCallback
 
     cfg = train_config(profile, method="grpo")
-    ours, tokenizer = load(cfg.base_checkpoint)
+    ours, tokenizer = load(cfg.base_path())
     optimizer = torch.optim.AdamW(ours.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
-    train_set = problems_of(load_splits(cfg.data_dir)["train"])
+    train_set = problems_of(load_splits(cfg.data_path())["train"])
     steps = warmup + rounds
     rows = [{"prompt": p.prompt, "answer": p.answer}
             for step in range(steps) for p in batch_problems(train_set, step, cfg)]
@@ -77,7 +77,7 @@ def trl_comparison(profile: str = "cpu", rounds: int = 5, warmup: int = 1) -> di
             max_grad_norm=cfg.max_grad_norm, max_steps=steps, logging_strategy="no", save_strategy="no",
             report_to="none", use_cpu=not torch.cuda.is_available(), bf16=False,
             gradient_checkpointing=False, seed=cfg.seed, shuffle_dataset=False, disable_tqdm=True)
-        trainer = trl.GRPOTrainer(model=cfg.base_checkpoint, reward_funcs=reward, args=args,
+        trainer = trl.GRPOTrainer(model=cfg.base_path(), reward_funcs=reward, args=args,
                                   train_dataset=Dataset.from_list(rows), processing_class=copy.deepcopy(tokenizer),
                                   callbacks=[Interleave()])
         trainer.train()

@@ -31,12 +31,11 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .config import pick_device, train_config
-from .methods import METHODS
-from .model import load
-from .tasks import load_splits, problems_of
-from .teacher import Teacher
-from .train import batch_problems, rl_step
+from ..config import pick_device, train_config
+from ..methods import METHODS
+from ..model import load
+from ..step import batch_problems, make_teacher, rl_step
+from ..tasks import load_splits, problems_of
 
 
 PHASES = ("time_sample_s", "time_ref_s", "time_teacher_s", "time_update_s", "time_optim_s")
@@ -101,9 +100,9 @@ def step_times(methods=tuple(METHODS), profile: str = "cpu", rounds: int = 5, wa
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     device = pick_device(device)
     configs = {m: train_config(profile, method=m) for m in methods}
-    base, tokenizer = load(configs[methods[0]].base_checkpoint, device)
+    base, tokenizer = load(configs[methods[0]].base_path(), device)
     start = copy.deepcopy(base.state_dict())
-    problems = batch_problems(problems_of(load_splits(configs[methods[0]].data_dir)["train"]), 0,
+    problems = batch_problems(problems_of(load_splits(configs[methods[0]].data_path())["train"]), 0,
                               configs[methods[0]])
     ref = copy.deepcopy(base).eval().requires_grad_(False)
     cases = {m: (base, start, ref, configs[m]) for m in methods}
@@ -134,7 +133,7 @@ def one_step(model, start: dict, tokenizer, ref, problems: list, cfg) -> dict:
     `sample_tok_s`: completion tokens sampled per second of the sampling phase (generate,
     verify and advantages; <eos> counted, padding not)."""
     model.load_state_dict(start)
-    teacher = Teacher(model, cfg.teacher_mode, cfg.sync_every, cfg.ema_rate) if METHODS[cfg.method].teacher else None
+    teacher = make_teacher(model, cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     torch.manual_seed(0)
     row = rl_step(model, tokenizer, ref if cfg.kl_coef > 0 else None, opt, problems, cfg, 0, teacher)
@@ -156,8 +155,9 @@ def summarize(times: dict, baseline: str = "grpo") -> list[dict]:
         if baseline in times:
             base = [s["step_time_s"] for s in times[baseline]["rounds"]]
             row["ratio"] = statistics.median(t / b for t, b in zip(ts, base))
-        for key in PHASES + ("sample_tok_s",):
-            row[key] = statistics.median(s[key] for s in steps)
+        for key in PHASES + ("sample_tok_s",):  # a phase the method does not run is absent
+            if key in steps[0]:
+                row[key] = statistics.median(s[key] for s in steps)
         tok_s = [s["sample_tok_s"] for s in steps]
         row["sample_tok_s_min"], row["sample_tok_s_max"] = min(tok_s), max(tok_s)
         rows.append(row)
@@ -172,7 +172,7 @@ def format_table(rows: list[dict], baseline: str = "grpo") -> str:
     lines = [head, "|---" * 12 + "|"]
     for r in rows:
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
-        phases = " | ".join(f"{r[k]:.3f}" for k in PHASES)
+        phases = " | ".join(f"{r[k]:.3f}" if k in r else "-" for k in PHASES)
         lines.append(f"| {r['method']} | {r['median_s']:.3f} | {r['min_s']:.3f}-{r['max_s']:.3f} | {ratio} | "
                      f"{phases} | {r['sample_tok_s']:.0f} | {r['sample_tok_s_min']:.0f}-{r['sample_tok_s_max']:.0f} "
                      f"| {r['peak_mem_mb']:.1f} |")

@@ -1,0 +1,1 @@
+"""The lab: the tools around the method (benchmarks, the verification experiment and its report, plots, the command line). The concepts live one level up, in rlsd_min/; nothing there imports from here."""
