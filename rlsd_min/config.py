@@ -258,7 +258,7 @@ class TrainConfig:
             (self.distill_coef is None or self.distill_coef >= 0, f"distill_coef must be >= 0, got {self.distill_coef}"),
             (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
             (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
-            (not (self.distill_floor and (self.task != "split" or self.divergence not in FLOORS))),
+            (not (self.distill_floor and (self.task != "split" or self.divergence not in FLOORS)),
              f"distill_floor=True needs task 'split' and a forward or reverse divergence, got task {self.task!r} "
              f"and divergence {self.divergence!r}"),
             (not (self.bf16_autocast and self.static_cache_compile),
