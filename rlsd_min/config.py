@@ -298,8 +298,6 @@ def train_config(profile: str | None = None, **fields) -> TrainConfig:
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ValueError(f"unknown TrainConfig field(s) {unknown}")
-    if "profile" in fields:
-        raise ValueError("pass the profile as train_config's first argument, not as a field")
     return TrainConfig(profile=profile or default_profile(), **fields).validate()
 
 

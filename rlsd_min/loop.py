@@ -34,7 +34,7 @@ from .tasks import load_splits, problems_of
 from .teacher import teacher_prompt
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(ValueError):
     """A run folder that cannot be used as it is: busy, damaged, or holding another run."""
 
 

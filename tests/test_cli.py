@@ -130,7 +130,8 @@ def test_verify_errors_name_the_bad_value_before_any_work(argv, needle, tmp_path
 
 
 def test_train_on_the_split_task(tmp_path, capsys):
-    main(["train", "--task", "split", "--method", "opsd", "--profile", "ci", "--out", str(tmp_path / "r")])
+    main(["train", "--task", "split", "--method", "opsd", "--profile", "ci", "--out", str(tmp_path / "r"),
+          "--set", "distill_floor=true"])
     assert "opsd: validation accuracy" in capsys.readouterr().out
     rows = [json.loads(line) for line in open(tmp_path / "r" / "metrics.jsonl")]
     assert all(r["distill_floor"] > 0 for r in rows[1:])      # ten references: a strictly positive floor

@@ -135,8 +135,7 @@ def test_sdpg_gate_zeroes_the_distillation_term_on_non_positive_advantages():
     gate = (batch.advantages > 0).float()[:, None]
     expected = rlsd_min.objective.aggregate(d * gate, batch.rollout.completion_mask, cfg.loss_agg, 4)
     _, m2 = template_loss(logp.detach(), batch, cfg, distill=d, gate=gate[:, 0], beta=1.0)
-    assert m2["distill_loss"] == pytest.approx(
-        rlsd_min.objective.aggregate(d, batch.rollout.completion_mask, cfg.loss_agg, 4).item())
+    assert m2["distill_loss"] == pytest.approx(expected.item())  # the gated term, as it enters the loss
     assert loss.item() == pytest.approx(
         expected.item() + rlsd_min.objective.aggregate(
             -batch.advantages[:, None] * logp.detach(), batch.rollout.completion_mask, cfg.loss_agg, 4).item(),
@@ -219,9 +218,15 @@ def test_each_method_trains_on_the_ci_profile_and_changes_the_parameters(method,
     (dict(method="opsd", divergence="sideways"), "'sideways'"),
     (dict(method="rlsd", rlsd_eps_w=1.0), "rlsd_eps_w"),
     (dict(method="rlsd", rlsd_lam=-0.1), "-0.1"),
-    (dict(method="grpo", teacher_mode="frozen"), "uses no teacher"),
+    (dict(method="grpo", teacher_mode="frozen"), "'grpo' does not use teacher_mode"),
+    (dict(method="rlsd", distill_coef=0.5), "'rlsd' does not use distill_coef"),
+    (dict(method="grpo_opsd", divergence="sampled"), "cannot use divergence='sampled'"),
+    (dict(method="opsd", distill_coef=float("nan")), "distill_coef must be a finite number, got nan"),
+    (dict(method="sdpg", kl_coef=float("inf")), "kl_coef must be a finite number, got inf"),
+    (dict(method="grpo", steps=2.5), "steps must be of type int, got 2.5"),
+    (dict(method="grpo", task="split", distill_floor=True), "distill_floor=True needs"),
     (dict(method="rlsd", teacher_mode="warm"), "'warm'"),
-    (dict(method="sdpg", divergence="sampled"), "full-vocabulary"),
+    (dict(method="sdpg", divergence="sampled"), "cannot use divergence='sampled'"),
     (dict(method="sdpg", sdpg_warm_frac=-0.1), "sdpg_warm_frac must be in \\[0, 1\\], got -0.1"),
     (dict(method="sdpg", sdpg_decay_frac=1.5), "sdpg_decay_frac must be in \\[0, 1\\], got 1.5"),
     (dict(method="rlsd", privileged_template="{prompt} only"), "{context}"),

@@ -229,3 +229,42 @@ def test_static_cache_compile_gives_the_same_greedy_completions(base, splits):
     assert static.texts == default.texts
     assert torch.equal(static.completion_ids, default.completion_ids)
     assert torch.equal(static.completion_mask, default.completion_mask)
+
+
+class _CacheModel(torch.nn.Module):
+    """Stands for a transformers model of either side of the `past_key_values` -> `cache` rename."""
+
+    def __init__(self, inner, new: bool):
+        super().__init__()
+        self.inner, self.new, self.config = inner, new, inner.config
+        self.forward = self.forward_new if new else self.forward_old
+
+    def forward_new(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=None):
+        out = self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=use_cache, **({"cache": cache} if cache is not None else {}))
+        return out
+
+    def forward_old(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None):
+        out = self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=use_cache, **({"cache": past_key_values} if past_key_values is not None else {}))
+        return type("Out", (), {"logits": out.logits, "past_key_values": out.cache})()
+
+
+@pytest.mark.parametrize("new", [True, False])
+def test_completion_logits_works_on_both_sides_of_the_cache_rename(tiny_model, tokenizer, new):
+    """transformers 5.x renames the forward's `past_key_values` to `cache` (removal in 5.40): the
+    two-pass forward finds the name the model takes and gives the one-pass forward's logits."""
+    from rlsd_min.sampling import cache_argument, completion_logits, encode_completions, encode_prompts
+
+    model = tiny_model()
+    wrapped = _CacheModel(model, new)
+    assert cache_argument(wrapped) == ("cache" if new else "past_key_values")
+    ids, mask = encode_prompts(tokenizer, ["12+34=", "1+2="], "cpu")                   # (B, P)
+    cids, cmask = encode_completions(tokenizer, ["46", "3", "99", "4"], "cpu")         # (N, T), G = 2
+    with torch.no_grad():
+        two_pass = completion_logits(wrapped, ids, mask, cids, cmask)                  # (N, T, V)
+        full = model(input_ids=torch.cat([ids.repeat_interleave(2, 0), cids], 1),
+                     attention_mask=torch.cat([mask.repeat_interleave(2, 0), cmask], 1)).logits
+    P = ids.shape[1]
+    rows = cmask.bool()
+    torch.testing.assert_close(two_pass[rows], full[:, P - 1:-1][rows], atol=1e-5, rtol=1e-5)

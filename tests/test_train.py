@@ -315,7 +315,7 @@ def test_rl_step_under_bf16_autocast_matches_float32_on_the_same_batch(splits, m
         seen.append((torch.is_autocast_enabled("cpu"), kwargs["static_cache_compile"]))
         return rollout
 
-    monkeypatch.setattr(train_mod, "sample_group", pinned)
+    monkeypatch.setattr(step_mod, "sample_group", pinned)
     rows = {}
     for flag in (False, True):
         cfg = train_config("ci", method="grpo_opsd", kl_coef=0.05, bf16_autocast=flag)
