@@ -21,6 +21,7 @@ from rlsd_min.tasks import TASKS
 
 BASE_CHECKPOINT = TASKS["arith"].base_checkpoint
 step_mod = importlib.import_module("rlsd_min.step")
+train_mod = importlib.import_module("rlsd_min.loop")
 
 
 class Interrupted(Exception):
@@ -339,3 +340,17 @@ def test_train_refuses_more_distinct_problems_than_the_task_has(field, value, tm
     with pytest.raises(ValueError, match=f"cannot produce {value} distinct problems for {field}"):
         train(cfg, str(tmp_path / "run"), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("method, context", [("rlsd", "answer"), ("opsd", "solution"), ("grpo", "answer")])
+def test_probes_use_the_runs_teacher_context(tmp_path, monkeypatch, method, context):
+    seen = []
+
+    def probes(model, tok, train_p, held_p, context_kind, template, seed):
+        seen.append(context_kind)
+        return {}
+
+    monkeypatch.setattr(train_mod, "leakage_probes", probes)
+    cfg = train_config("ci", method=method, steps=1, eval_every=1, checkpoint_every=1, probe_problems=2)
+    train(cfg, str(tmp_path / "r"), progress=False)
+    assert seen and set(seen) == {context}          # grpo has no teacher: the minimal context
