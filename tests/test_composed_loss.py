@@ -1,6 +1,7 @@
 """Every method's whole loss, `METHODS[m].loss(logp, logits, batch, cfg, step)`, against an
-independent float64 computation written out below from the papers' equations (METHODS.md
-"Unified template" and "The methods"): the loss value, its parts (the metrics) and the
+independent float64 computation written out below from the papers' equations (GRPO, Shao et
+al. 2024; OPSD, arXiv 2601.18734; RLSD, arXiv 2604.03128; SDPG, arXiv 2606.04036; the PPO
+clipped surrogate; Schulman's k1/k2/k3): the loss value, its parts (the metrics) and the
 gradient with respect to the student logits.
 
 The reference uses torch only for elementary operations (log_softmax, exp, clamp, boolean
