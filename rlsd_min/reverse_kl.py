@@ -13,9 +13,13 @@ The sampled-token estimator is the cheap one: its expected gradient equals the
 full-vocabulary gradient (SDPG Prop. 3.1; tests/test_reverse_kl.py checks it by Monte
 Carlo). The full-vocabulary forms are computed in chunks of positions, so the same code
 serves a 150k-token vocabulary without materialising several (N, T, V) temporaries.
+Half-precision logits (float16, bfloat16) are upcast to float32 for the softmax;
+float32 and float64 logits keep their dtype, and so does the result.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -24,15 +28,24 @@ CHUNK = 1024
 """positions per chunk in the full-vocabulary divergences"""
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """Half precision (float16, bfloat16) to float32; float32 and float64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _chunked(fn, student_logits: torch.Tensor, teacher_logits: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Apply fn to matching chunks of flattened positions: (..., V), (..., V) -> (...)."""
+    """Apply fn to matching chunks of flattened positions: (..., V), (..., V) -> (...).
+
+    Each chunk is upcast to float32 when it is half precision (`_upcast`), never downcast:
+    float64 in gives float64 out.
+    """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} must have the same shape")
     lead, V = student_logits.shape[:-1], student_logits.shape[-1]
     s = student_logits.reshape(-1, V)                                         # (M, V), M = N * T
     t = teacher_logits.detach().reshape(-1, V)                                # (M, V)
-    out = [fn(s[i:i + chunk].float(), t[i:i + chunk].float()) for i in range(0, s.shape[0], chunk)]
+    out = [fn(_upcast(s[i:i + chunk]), _upcast(t[i:i + chunk])) for i in range(0, s.shape[0], chunk)]  # (m,) each
     return torch.cat(out).reshape(lead)                                       # (N, T)
 
 
@@ -80,8 +93,9 @@ def jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float 
 
     def div(s, t):                                                            # (m, V) each
         log_p, log_q = torch.log_softmax(s, -1), torch.log_softmax(t, -1)
-        log_m = torch.logsumexp(torch.stack([log_q + torch.log(torch.tensor(beta)),
-                                             log_p + torch.log(torch.tensor(1 - beta))]), 0)  # (m, V)
+        # log M = logsumexp(log q + log beta, log p + log(1 - beta)); the logs as Python floats,
+        # so a float64 chunk is not mixed with a float32 log(beta)
+        log_m = torch.logsumexp(torch.stack([log_q + math.log(beta), log_p + math.log(1 - beta)]), 0)  # (m, V)
         kl_q = (log_q.exp() * (log_q - log_m)).sum(-1)
         kl_p = (log_p.exp() * (log_p - log_m)).sum(-1)
         return beta * kl_q + (1 - beta) * kl_p                                # (m,)

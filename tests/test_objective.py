@@ -150,3 +150,20 @@ def test_dual_clip_random_inputs_against_reference():
     loss, _ = clipped_surrogate(logp, old, adv, 0.2, 0.28, dual_clip=3.0)
     torch.testing.assert_close(loss.double(), _reference(logp, old, adv, 0.2, 0.28, 3.0), rtol=1e-5, atol=1e-6)
     assert (loss[adv < 0] <= 3.0 * adv.abs()[adv < 0] + 1e-6).all()
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean", "group-token-mean"])
+def test_a_non_finite_value_at_a_padded_position_does_not_leak(mode, bad):
+    """aggregate masks with torch.where, not x * mask: inf * 0 would be nan (e.g. a log-prob of
+    -inf, or a divergence of inf, on a pad token after eos). Value and gradient stay finite."""
+    x = X.double().clone()
+    x[MASK == 0] = bad
+    x.requires_grad_(True)
+    out = aggregate(x, MASK, mode, 2)
+    assert torch.isfinite(out)
+    assert out.item() == pytest.approx(aggregate(X.double(), MASK, mode, 2).item(), abs=1e-12)
+    out.backward()
+    assert torch.isfinite(x.grad).all() and (x.grad[MASK == 0] == 0).all()
+    # the multiplication that where replaces would have given nan: the test is not vacuous
+    assert torch.isnan((x.detach() * MASK).sum())

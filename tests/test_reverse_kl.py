@@ -104,3 +104,111 @@ def test_sampled_token_estimator_expected_gradient_matches_full_gradient():
     assert ((mean - exact).abs() <= 5 * se + 1e-9).all(), (mean, exact, se)
     # and the estimator is not trivially zero: the gradient is informative
     assert exact.abs().max() > 10 * se.max()
+
+
+# --- dtypes -------------------------------------------------------------------------------
+
+def _reference_divergences(s, t, beta=0.5, entry_clip=None):
+    """Float64 definitions written out: reverse KL, forward KL (entries clipped at entry_clip), JSD_beta."""
+    p, q = _probs(s), _probs(t)
+    entries = q * (q.log() - p.log())
+    if entry_clip is not None:
+        entries = entries.clamp(max=entry_clip)
+    m = beta * q + (1 - beta) * p
+    return {"reverse": (p * (p.log() - q.log())).sum(-1), "forward": entries.sum(-1),
+            "jsd": beta * (q * (q / m).log()).sum(-1) + (1 - beta) * (p * (p / m).log()).sum(-1)}
+
+
+def test_float64_in_gives_float64_out_matching_a_float64_reference():
+    """float64 logits are not downcast to float32 (regression: _chunked used .float())."""
+    g = torch.Generator().manual_seed(7)
+    s = torch.randn(3, 5, 11, generator=g, dtype=torch.float64) * 3
+    t = torch.randn(3, 5, 11, generator=g, dtype=torch.float64) * 3
+    expected = _reference_divergences(s, t, beta=0.3)
+    for name in ("reverse", "forward", "jsd"):
+        got = divergence(name, s, t, jsd_beta=0.3)
+        assert got.dtype == torch.float64, name
+        # float32 rounding would leave errors around 1e-7; float64 agrees to ~1e-15
+        torch.testing.assert_close(got, expected[name], rtol=1e-12, atol=1e-13, msg=name)
+    torch.testing.assert_close(forward_kl(s, t, entry_clip=0.05),
+                               _reference_divergences(s, t, entry_clip=0.05)["forward"], rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_half_precision_is_upcast_to_float32_and_float32_stays(dtype):
+    g = torch.Generator().manual_seed(8)
+    s, t = torch.randn(2, 3, 9, generator=g).to(dtype), torch.randn(2, 3, 9, generator=g).to(dtype)
+    expected = _reference_divergences(s, t)
+    for name in ("reverse", "forward", "jsd"):
+        got = divergence(name, s, t)
+        assert got.dtype == torch.float32, (name, dtype)
+        torch.testing.assert_close(got.double(), expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+# --- gradcheck (float64, fresh random inputs) ------------------------------------------------
+
+def _gradcheck_inputs(seed, shape=(2, 3, 5), scale=2.0):
+    g = torch.Generator().manual_seed(seed)
+    s = (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).requires_grad_()
+    t = torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+    return s, t
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gradcheck_full_reverse_kl(seed):
+    s, t = _gradcheck_inputs(seed)
+    assert torch.autograd.gradcheck(lambda x: full_reverse_kl(x, t), (s,))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gradcheck_full_reverse_kl_with_token_clip(seed):
+    """The clip sits halfway between two neighbouring token values, far from every kink;
+    some tokens are clipped (zero gradient) and some are not."""
+    s, t = _gradcheck_inputs(seed, shape=(3, 4, 5), scale=3.0)
+    values = full_reverse_kl(s, t).detach().flatten().sort().values            # (12,)
+    k = int(values.diff()[3:-3].argmax()) + 3                                   # a wide gap in the middle
+    clip = float(values[k] + values[k + 1]) / 2
+    assert (values - clip).abs().min() > 1e-3
+    assert (values > clip).any() and (values < clip).any()
+    assert torch.autograd.gradcheck(lambda x: full_reverse_kl(x, t, token_clip=clip), (s,))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gradcheck_forward_kl(seed):
+    s, t = _gradcheck_inputs(seed)
+    assert torch.autograd.gradcheck(lambda x: forward_kl(x, t), (s,))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gradcheck_forward_kl_with_entry_clip(seed):
+    """tau away from every entry l_{t,a}; some entries clipped, some not."""
+    s, t = _gradcheck_inputs(seed, scale=3.0)
+    p, q = _probs(s.detach()), _probs(t)
+    entries = (q * (q.log() - p.log())).flatten().sort().values
+    k = int(entries.diff()[5:-5].argmax()) + 5
+    tau = float(entries[k] + entries[k + 1]) / 2
+    assert (entries - tau).abs().min() > 1e-4
+    assert (entries > tau).any() and (entries < tau).any()
+    assert torch.autograd.gradcheck(lambda x: forward_kl(x, t, entry_clip=tau), (s,))
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 0.8])
+def test_gradcheck_jsd(beta):
+    s, t = _gradcheck_inputs(int(beta * 10))
+    assert torch.autograd.gradcheck(lambda x: jsd(x, t, beta), (s,))
+
+
+@pytest.mark.parametrize("name", ["reverse", "forward", "jsd"])
+def test_gradcheck_divergence_dispatcher(name):
+    s, t = _gradcheck_inputs(20 + len(name))
+    assert torch.autograd.gradcheck(lambda x: divergence(name, x, t, jsd_beta=0.3), (s,))
+    # and the dispatcher's value is the named function's
+    direct = {"reverse": full_reverse_kl(s, t), "forward": forward_kl(s, t), "jsd": jsd(s, t, 0.3)}[name]
+    torch.testing.assert_close(divergence(name, s, t, jsd_beta=0.3), direct, rtol=0, atol=0)
+
+
+def test_gradcheck_chunked_path():
+    """Chunk boundaries inside the batch: the gradient is still exact."""
+    s, t = _gradcheck_inputs(30, shape=(3, 5, 4))
+    for fn in (full_reverse_kl, forward_kl, jsd):
+        assert torch.autograd.gradcheck(lambda x: fn(x, t, chunk=4), (s,))
