@@ -84,8 +84,11 @@ def sdpg_beta(step: int, total_steps: int, beta_base: float, t_warm: int, t_deca
 
 def sdpg_windows(cfg) -> tuple[int, int]:
     """(T_warm, T_decay) of a run: the fractions sdpg_warm_frac, sdpg_decay_frac of its steps,
-    so a run of any length keeps the paper's shape (50 and 350 of 400 steps)."""
-    return round(cfg.sdpg_warm_frac * cfg.steps), round(cfg.sdpg_decay_frac * cfg.steps)
+    so a run of any length keeps the paper's shape (50 and 350 of 400 steps). A window of a
+    non-zero fraction lasts at least one step, so a very short run still starts at beta = 0."""
+    def window(frac: float) -> int:
+        return max(1, round(frac * cfg.steps)) if frac > 0 else 0
+    return window(cfg.sdpg_warm_frac), window(cfg.sdpg_decay_frac)
 
 
 def _divergence(logits: torch.Tensor, batch: StepBatch, cfg) -> torch.Tensor:
@@ -108,7 +111,7 @@ def opsd(logp, logits, batch: StepBatch, cfg, step: int):
     value at ratio 1 is the sampled estimate of KL(p || q); its expected gradient is the
     full reverse KL's, SDPG Prop. 3.1)."""
     if cfg.divergence == "sampled":
-        delta = sampled_token_advantage(batch.old_logp, batch.teacher_logp)           # (N, T)
+        delta = sampled_token_advantage(logp, batch.teacher_logp)     # (N, T) sg[log q - log p], p current
         distill = clipped_surrogate(logp, batch.old_logp, delta, cfg.eps_low, cfg.eps_high)[0]  # (N, T)
     else:
         distill = _divergence(logits, batch, cfg)                                      # (N, T)
@@ -125,9 +128,9 @@ def grpo_opsd(logp, logits, batch: StepBatch, cfg, step: int):
 def rlsd(logp, logits, batch: StepBatch, cfg, step: int):
     """RLSD: the verifier's A_i sets the direction, the teacher's Delta_t the per-token magnitude."""
     lam = rlsd_lambda(step, cfg.rlsd_lam, cfg.rlsd_lam_steps)
-    ahat = rlsd_advantages(batch.advantages, batch.teacher_logp, batch.old_logp, lam, cfg.rlsd_eps_w)
+    ahat = rlsd_advantages(batch.advantages, batch.teacher_logp, logp, lam, cfg.rlsd_eps_w)  # Delta of the current p
     loss, metrics = template_loss(logp, batch, cfg, ahat=ahat)
-    w = rlsd_weights(batch.advantages, batch.teacher_logp, batch.old_logp)          # (N, T)
+    w = rlsd_weights(batch.advantages, batch.teacher_logp, logp)                    # (N, T)
     outside = ((w < 1 - cfg.rlsd_eps_w) | (w > 1 + cfg.rlsd_eps_w)).to(logp.dtype)  # (N, T)
     signed = batch.rollout.completion_mask * (batch.advantages != 0)[:, None]     # (N, T) tokens with A_i != 0
     metrics.update(lam=lam, w_clip_frac=masked_mean(outside, signed).item())      # (w = 1 where A_i = 0)

@@ -127,9 +127,9 @@ def reference(logits, batch, cfg, step):
         parts["loss_pg"], parts["clip_frac"] = agg(ppo(A_t)), agg(clip_flags(A_t))
     if cfg.method == "rlsd":
         lam = cfg.rlsd_lam * max(0.0, 1 - step / cfg.rlsd_lam_steps)
-        # Delta_t = log q - log p on the sampled token, p of the policy that sampled (the
-        # package's choice; the same as the current policy's when num_iterations = 1)
-        w = torch.exp(torch.sign(A_t) * (lq - old))                      # (N, T)
+        # Delta_t = sg[log q - log p] on the sampled token, p the current policy (RLSD's paper
+        # and code; the same as the sampling policy's when num_iterations = 1)
+        w = torch.exp(torch.sign(A_t) * (lq - lp.detach()))              # (N, T)
         ahat = A_t * ((1 - lam) + lam * torch.clamp(w, 1 - cfg.rlsd_eps_w, 1 + cfg.rlsd_eps_w))
         parts["loss_pg"], parts["clip_frac"], parts["lam"] = agg(ppo(ahat)), agg(clip_flags(ahat)), lam
         outside = (w < 1 - cfg.rlsd_eps_w) | (w > 1 + cfg.rlsd_eps_w)    # over real tokens of rows A_i != 0
@@ -137,7 +137,7 @@ def reference(logits, batch, cfg, step):
         parts["w_clip_frac"] = (outside & signed).sum() / signed.sum()
     if cfg.method in ("opsd", "grpo_opsd"):
         if cfg.divergence == "sampled":                                   # OPSD Eq. 9 in the surrogate
-            d = ppo(lq - old)
+            d = ppo(lq - lp.detach())
         else:
             d = full_vocab()
         parts["distill_loss"], parts["beta"] = agg(d), cfg.distill_coef
@@ -280,7 +280,7 @@ def test_rlsd_w_clip_frac_counts_only_tokens_of_rows_with_nonzero_advantage(off_
     mask = batch.rollout.completion_mask.bool()
     batch.teacher_logp = torch.where(mask, batch.teacher_logp, 50.0)   # w = e^{+-50} on padding
     A = batch.advantages
-    w = torch.exp(torch.sign(A)[:, None] * (batch.teacher_logp - batch.old_logp))
+    w = torch.exp(torch.sign(A)[:, None] * (batch.teacher_logp - logp.detach()))
     outside = (w < 1 - cfg.rlsd_eps_w) | (w > 1 + cfg.rlsd_eps_w)
     signed = mask & (A != 0)[:, None]
     expected = (outside & signed).sum().item() / signed.sum().item()

@@ -93,6 +93,8 @@ def test_sdpg_windows_are_the_papers_fractions_of_the_run():
     assert sdpg_windows(train_config("cpu", method="sdpg", steps=400)) == (50, 350)  # the paper's run
     assert sdpg_windows(train_config("cpu", method="sdpg", steps=80)) == (10, 70)
     assert sdpg_windows(train_config("cpu", method="sdpg", steps=80, sdpg_warm_frac=0.5)) == (40, 70)
+    assert sdpg_windows(train_config("ci", method="sdpg")) == (1, 4)       # 4 steps: still a warm-up from beta = 0
+    assert sdpg_windows(train_config("ci", method="sdpg", sdpg_warm_frac=0.0)) == (0, 4)   # 0 = no window
 
 
 def _fake_batch(N=8, T=5, V=7, G=4, seed=0):
