@@ -10,7 +10,7 @@ Every field has a docstring that says what it controls; `python -m rlsd_min trai
 
 A TrainConfig field left at None takes its value from the first layer that sets it:
 
-    the method (rlsd_min.methods.METHODS)  >  the task (rlsd_min.tasks.TASKS)  >  the profile (PROFILES)
+    the method (rlsd_min.registry.METHODS)  >  the task (rlsd_min.tasks.TASKS)  >  the profile (PROFILES)
 
 `TrainConfig.validate()` does that resolution and every check; `train_config(profile, ...)` is
 `TrainConfig(profile=profile, ...).validate()`. config.json records the resolved values.
@@ -24,16 +24,9 @@ import math
 import os
 from dataclasses import dataclass
 
-import torch
-
-from .advantages import SCALES as ADV_SCALES
-from .leakage import FLOORS
-from .objective import AGGREGATIONS
-from .reference_kl import ESTIMATORS, SDPG_NAMES
+from .registry import METHODS
 from .tasks import TASKS
-from .teacher import PRIVILEGED_TEMPLATE, teacher_prompt
 
-KL_ESTIMATORS = ESTIMATORS + tuple(SDPG_NAMES)
 PROFILES = {
     "ci": dict(steps=4, prompts_per_step=4, group_size=4, eval_every=2, eval_problems=16, checkpoint_every=2),
     "cpu": dict(steps=100, prompts_per_step=16, group_size=8, eval_every=10, eval_problems=256, checkpoint_every=20),
@@ -87,7 +80,7 @@ class SFTConfig:
 class TrainConfig:
     """One RL run (`rlsd_min.train`). None = resolved by `validate()` (see the module docstring)."""
     method: str = "grpo"
-    """which method: see rlsd_min.methods.METHODS"""
+    """which method: see rlsd_min.registry.METHODS"""
     task: str = "arith"
     """arith (one valid answer) or split (ten valid answers); picks the data and the warm start"""
     profile: str = "cpu"
@@ -135,8 +128,9 @@ class TrainConfig:
     sdpg live); stays None for a method without a teacher"""
     teacher_context: str | None = None
     """privileged context: answer or solution; None = the method's (rlsd answer, else solution)"""
-    privileged_template: str = PRIVILEGED_TEMPLATE
-    """teacher prompt template with {context} and {prompt} placeholders"""
+    privileged_template: str | None = None
+    """teacher prompt template with {context} and {prompt} placeholders; None = the package's,
+    rlsd_min.teacher.PRIVILEGED_TEMPLATE ("{context}|{prompt}")"""
     sync_every: int = 10
     """synced teacher: steps between refreshes from the student (RLSD: 10 paper, 20 code)"""
     ema_rate: float = 0.05
@@ -199,14 +193,15 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """The resolved config: every None filled by the method, task or profile, every value
-        checked. Raises a ValueError naming the first bad value; returns a new TrainConfig."""
-        from .methods import METHODS
+        checked. Raises a ValueError naming the first bad value; returns a new TrainConfig.
+        (Imports the concept modules, torch with them; building a TrainConfig does not.)"""
+        from .teacher import PRIVILEGED_TEMPLATE
 
         for name, choices in (("profile", PROFILES), ("task", TASKS), ("method", METHODS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose from {tuple(choices)}")
         method = METHODS[self.method]
-        layers = {**PROFILES[self.profile], **TASKS[self.task].overrides}
+        layers = {**PROFILES[self.profile], **TASKS[self.task].overrides, "privileged_template": PRIVILEGED_TEMPLATE}
         values = {f: v if v is not None else layers.get(f, BASE_VALUES.get(f))
                   for f, v in dataclasses.asdict(self).items()}
         cfg = TrainConfig(**method.resolve(values))
@@ -215,6 +210,13 @@ class TrainConfig:
 
     def _check(self) -> None:
         """Types and ranges of every field (resolved values)."""
+        from .advantages import SCALES as ADV_SCALES
+        from .leakage import FLOORS
+        from .objective import AGGREGATIONS
+        from .reference_kl import ESTIMATORS, SDPG_NAMES
+        from .teacher import teacher_prompt
+
+        kl_estimators = ESTIMATORS + tuple(SDPG_NAMES)
         for f in dataclasses.fields(self):
             value, kind = getattr(self, f.name), str(f.type).split(" | ")[0]
             if value is None:
@@ -242,7 +244,7 @@ class TrainConfig:
             (self.adv_scale in ADV_SCALES, f"unknown adv_scale {self.adv_scale!r}; choose from {ADV_SCALES}"),
             (self.adv_eps >= 0, f"adv_eps must be >= 0, got {self.adv_eps}"),
             (self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"),
-            (self.kl_estimator in KL_ESTIMATORS, f"unknown kl_estimator {self.kl_estimator!r}; choose from {KL_ESTIMATORS}"),
+            (self.kl_estimator in kl_estimators, f"unknown kl_estimator {self.kl_estimator!r}; choose from {kl_estimators}"),
             (self.dual_clip == 0 or self.dual_clip > 1, f"dual_clip must be 0 (off) or > 1, got {self.dual_clip}"),
             (0 < self.jsd_beta < 1, f"jsd_beta must be in (0, 1), got {self.jsd_beta}"),
             (self.entry_clip >= 0, f"entry_clip must be >= 0 (0 = off), got {self.entry_clip}"),
@@ -285,6 +287,8 @@ class TrainConfig:
 
 def default_profile() -> str:
     """RLSD_PROFILE if set, else 'gpu' when CUDA is present, else 'cpu'."""
+    import torch
+
     name = os.environ.get("RLSD_PROFILE") or ("gpu" if torch.cuda.is_available() else "cpu")
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r} (from RLSD_PROFILE); choose from {tuple(PROFILES)}")
@@ -324,6 +328,8 @@ def save_json(obj, path) -> None:
 
 def pick_device(device: str | None = None) -> torch.device:
     """CUDA when present, else CPU (an explicit `device` wins)."""
+    import torch
+
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

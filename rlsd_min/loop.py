@@ -27,7 +27,7 @@ from . import model as model_io
 from .config import TrainConfig, pick_device, save_json
 from .evaluation import evaluate
 from .leakage import leakage_probes
-from .methods import METHODS
+from .registry import METHODS
 from .sampling import check_fits
 from .step import NonFiniteLossError, batch_problems, make_teacher, rl_step
 from .tasks import load_splits, problems_of

@@ -13,8 +13,8 @@ the template itself is rlsd_min.objective.template_loss):
 
 alpha * K_t (reference KL, rlsd_min.reference_kl) is available to every method via
 kl_coef; SDPG uses it by default. Every method gets the same `StepBatch` and returns
-(loss, metrics). `METHODS` holds one `Method` record each: its loss, what it needs from
-the teacher, its defaults, and the rules that resolve and check its settings.
+(loss, metrics). Their records (what each needs from the teacher, its defaults, the rules
+that resolve and check its settings) are `rlsd_min.registry.METHODS`.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from .objective import clipped_surrogate, template_loss
-from .reverse_kl import FULL_VOCAB_DIVERGENCES, divergence, sampled_token_advantage
+from .reverse_kl import divergence, sampled_token_advantage
 from .sampling import masked_mean
-from .teacher import CONTEXT_KINDS, TEACHER_MODES
 
 if TYPE_CHECKING:
     from .step import StepBatch
@@ -148,69 +147,3 @@ def sdpg(logp, logits, batch: StepBatch, cfg, step: int):
         beta = cfg.distill_coef
     return template_loss(logp, batch, cfg, ahat=ahat, distill=distill, gate=gate, beta=beta,
                          outcome=cfg.sdpg_outcome)
-
-
-METHOD_FIELDS = ("teacher_mode", "teacher_context", "divergence", "distill_coef", "kl_coef", "kl_estimator",
-                 "loss_agg")
-"""TrainConfig fields whose default depends on the method (None there = the method's value)."""
-COMMON = dict(kl_coef=0.0, kl_estimator="k3", loss_agg="token-mean")
-"""The method-dependent settings every method uses, at the value most methods take."""
-
-
-def sdpg_uses_total_steps(cfg) -> str | None:
-    if cfg.sdpg_schedule:
-        return "SDPG's beta(k) schedule is laid out over the total (sdpg_warm_frac, sdpg_decay_frac of steps)"
-    return None
-
-
-@dataclass(frozen=True)
-class Method:
-    """One method: its loss, what it needs from the teacher, its defaults and its rules."""
-    name: str
-    loss: Callable
-    teacher: str | None
-    """None, 'logp' (sampled-token log-probs) or 'logits' (full vocabulary)"""
-    defaults: dict = field(default_factory=dict)
-    """its value of each METHOD_FIELDS setting it uses; a setting it does not use is absent"""
-    divergences: tuple = ()
-    """the distillation terms D_t it can use (none: it has no distillation term)"""
-    uses_total_steps: Callable = lambda cfg: None
-    """cfg -> why a run depends on its total number of steps, or None: a finished run whose
-    method returns None can simply go on for more steps"""
-
-    def resolve(self, values: dict) -> dict:
-        """TrainConfig values with this method's settings filled where None, and checked:
-        an explicit value for a setting the method does not use is refused, not ignored."""
-        out = dict(values)
-        for name in METHOD_FIELDS:
-            if out[name] is None:
-                out[name] = self.defaults.get(name)
-            elif name not in self.defaults:
-                raise ValueError(f"method {self.name!r} does not use {name}; got {name}={out[name]!r} "
-                                 f"(leave it unset)")
-        choices = [("divergence", self.divergences)]
-        if self.teacher is not None:
-            choices += [("teacher_mode", TEACHER_MODES), ("teacher_context", CONTEXT_KINDS)]
-        for name, allowed in choices:
-            if out[name] is not None and out[name] not in allowed:
-                raise ValueError(f"method {self.name!r} cannot use {name}={out[name]!r}; choose from {allowed}")
-        return out
-
-    def needs_logits(self, cfg) -> bool:
-        """Whether the teacher must return full-vocabulary logits (not only log q_t(y_t)) for `cfg`."""
-        return self.teacher == "logits" and cfg.divergence != "sampled"
-
-
-_TEACHER = dict(teacher_mode="frozen", teacher_context="solution")
-METHODS = {m.name: m for m in (
-    Method("grpo", grpo, None, COMMON),
-    Method("opsd", opsd, "logits", dict(COMMON, **_TEACHER, divergence="reverse", distill_coef=1.0),
-           FULL_VOCAB_DIVERGENCES + ("sampled",)),
-    Method("grpo_opsd", grpo_opsd, "logits", dict(COMMON, **_TEACHER, divergence="reverse", distill_coef=0.1),
-           FULL_VOCAB_DIVERGENCES),
-    Method("rlsd", rlsd, "logp", dict(COMMON, teacher_mode="synced", teacher_context="answer")),
-    Method("sdpg", sdpg, "logits", dict(COMMON, teacher_mode="live", teacher_context="solution",
-                                         divergence="reverse", distill_coef=0.1, kl_coef=0.01,
-                                         kl_estimator="ufkl", loss_agg="group-token-mean"),
-           FULL_VOCAB_DIVERGENCES, sdpg_uses_total_steps),
-)}

@@ -27,7 +27,7 @@ import torch
 
 from .advantages import frac_zero_std, group_advantages
 from .leakage import reference_floor
-from .methods import METHODS
+from .registry import METHODS
 from .objective import aggregate
 from .sampling import Rollout, bf16_autocast, entropy, masked_mean, sample_group, token_logprobs
 from .teacher import Teacher, teacher_logprobs, teacher_prompt

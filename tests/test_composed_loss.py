@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from rlsd_min.config import TrainConfig
-from rlsd_min.methods import METHODS
+from rlsd_min.registry import METHODS
 from rlsd_min.sampling import Rollout
 from rlsd_min.step import StepBatch
 

@@ -8,7 +8,8 @@ import torch
 import rlsd_min
 from rlsd_min import rlsd_advantages, sdpg_beta, teacher_logprobs, token_logprobs
 from rlsd_min.config import train_config
-from rlsd_min.methods import METHODS, sdpg
+from rlsd_min.methods import sdpg
+from rlsd_min.registry import METHODS
 from rlsd_min.objective import template_loss
 from rlsd_min.step import StepBatch
 from rlsd_min.model import load

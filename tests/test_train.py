@@ -15,7 +15,7 @@ import torch
 
 from rlsd_min import model as model_io
 from rlsd_min import train, train_config
-from rlsd_min.methods import METHODS
+from rlsd_min.registry import METHODS
 from rlsd_min.step import NonFiniteLossError
 from rlsd_min.tasks import TASKS
 
@@ -29,13 +29,10 @@ class Interrupted(Exception):
 
 
 def patch_grpo(monkeypatch, on_call):
-    """Wrap the grpo loss in place: on_call(n, loss) -> loss, n counting calls from 1.
-
-    Works whether METHODS['grpo'] is the loss function itself or a record holding it in
-    `.loss` (train.py looks METHODS up at every step, so patching the entry suffices).
-    """
+    """Wrap the grpo loss: on_call(n, loss) -> loss, n counting calls from 1 (the loop looks
+    METHODS up at every step, so replacing the record suffices)."""
     entry = METHODS["grpo"]
-    original = entry.loss if hasattr(entry, "loss") else entry
+    original = entry.loss
     calls = {"n": 0}
 
     def wrapped(*args, **kwargs):
@@ -43,13 +40,7 @@ def patch_grpo(monkeypatch, on_call):
         loss, metrics = original(*args, **kwargs)
         return on_call(calls["n"], loss), metrics
 
-    if hasattr(entry, "loss"):
-        new = dataclasses.replace(entry, loss=wrapped) if dataclasses.is_dataclass(entry) else entry
-        if new is entry:
-            monkeypatch.setattr(entry, "loss", wrapped)
-    else:
-        new = wrapped
-    monkeypatch.setitem(METHODS, "grpo", new)
+    monkeypatch.setitem(METHODS, "grpo", dataclasses.replace(entry, loss_fn=wrapped))
     return calls
 
 

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import pick_device, train_config
-from ..methods import METHODS
+from ..registry import METHODS
 from ..model import load
 from ..step import batch_problems, make_teacher, rl_step
 from ..tasks import load_splits, problems_of

@@ -35,7 +35,7 @@ import copy
 import statistics
 
 from ..config import ModelConfig, pick_device, train_config
-from ..methods import METHODS
+from ..registry import METHODS
 from ..model import build_model, load, n_params
 from ..step import batch_problems
 from ..tasks import load_splits, problems_of
