@@ -5,9 +5,11 @@
                     every `eval_every` steps: held-out accuracy (and the leakage probes)
                     every `checkpoint_every` steps: an atomic checkpoint
 
-A run lives in one folder: config.json (the resolved config), metrics.jsonl (one line per
-step), metrics.csv, and checkpoint/ (model, tokenizer, optimiser and RNG state), written
-atomically every `checkpoint_every` steps. Calling `train` again on the folder resumes from
+A run lives in one folder: config.json (the resolved config), provenance.json (where each
+start or resume came from: versions, git commit, command line, time), metrics.jsonl (one line
+per step), metrics.csv, and checkpoint/ (model, tokenizer, optimiser and RNG state), written
+atomically every `checkpoint_every` steps. Nothing in it names a path of this machine, so a
+copied folder resumes in another clone or install. Calling `train` again on the folder resumes from
 the last checkpoint with the same config; a different config is refused, except a new
 `steps` where nothing already done depends on the total. While a process trains in the
 folder it holds run.lock there, and a second process is refused.
@@ -16,9 +18,15 @@ folder it holds run.lock there, and a second process is refused.
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import os
+import platform
 import socket
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -38,6 +46,38 @@ class RunFolderError(ValueError):
     """A run folder that cannot be used as it is: busy, damaged, or holding another run."""
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: says where the last checkpoint is and how to resume."""
+
+
+def provenance(start_step: int) -> dict:
+    """Where this start of a run came from: package, torch and transformers versions, the git
+    commit of the package's checkout (None when installed from a wheel), the command line, time."""
+    import torch
+    import transformers
+
+    def version(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    def git(*args):
+        try:
+            out = subprocess.run(["git", "-C", str(Path(__file__).parent), *args], capture_output=True,
+                                 text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    return {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "from_step": start_step, "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+            "rlsd_min": version("rlsd_min"), "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "git_commit": commit,
+            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None}
+
+
 class RunDir:
     """A run's folder: config check, lock, metrics files, atomic checkpoints."""
 
@@ -46,6 +86,8 @@ class RunDir:
         self.ckpt = os.path.join(self.path, "checkpoint")
         self.cfg_path = os.path.join(self.path, "config.json")
         self.lock_path = os.path.join(self.path, "run.lock")
+        self.provenance_path = os.path.join(self.path, "provenance.json")
+        self.saved_step = None  # the step of the checkpoint on disk
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise RunFolderError(f"{self.path} is a file, not a run folder; pass another output folder")
         self.old_steps = None  # the recorded total, when this call asks for another one
@@ -72,12 +114,15 @@ class RunDir:
             raise RunFolderError(f"{path} is damaged ({e}); restore it, or delete the run folder "
                                  f"{self.path} to start again") from None
 
-    def start(self) -> None:
-        """Create the folder, take its lock, and record the config (once every check has passed)."""
+    def start(self, start_step: int) -> None:
+        """Create the folder, take its lock, record the config and this start's provenance (once
+        every check has passed; earlier starts' provenance is kept)."""
         os.makedirs(self.path, exist_ok=True)
         self._lock()
         if not os.path.exists(self.cfg_path) or self.old_steps is not None:
             save_json(self.cfg.to_dict(), self.cfg_path)
+        starts = self._read_json(self.provenance_path)["starts"] if os.path.exists(self.provenance_path) else []
+        save_json({"starts": starts + [provenance(start_step)]}, self.provenance_path)
 
     def _lock(self) -> None:
         """Take run.lock (pid and host of the holder); refuse while a live process holds it."""
@@ -111,6 +156,7 @@ class RunDir:
                  "torch_rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
         model_io.save(policy, tokenizer, self.ckpt, extra={"state.pt": state})
+        self.saved_step = history[-1]["step"]
         self.write_metrics(history)
 
     def load(self, device) -> tuple:
@@ -197,10 +243,15 @@ def train(cfg: TrainConfig, out_dir: str, device=None, progress: bool = True) ->
         ref_model = model_io.load(cfg.base_path(), device)[0].eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
     policy.train()
-    run.start()
+    run.saved_step = state["history"][-1]["step"] if resuming else None
+    run.start(run.saved_step or 0)
     try:
         return _loop(cfg, run, policy, tokenizer, ref_model, optimizer, train_set, heldout, val_set,
                      state if resuming else None, progress)
+    except KeyboardInterrupt:
+        where = (f"the last checkpoint (step {run.saved_step}) is in {run.ckpt}" if run.saved_step
+                 else "no checkpoint was written yet")
+        raise RunInterrupted(f"interrupted: {where}; run the same command again to resume") from None
     finally:
         run.release()
 
@@ -247,6 +298,7 @@ def _loop(cfg, run, policy, tokenizer, ref_model, optimizer, train_set, heldout,
         if row["step"] % cfg.eval_every == 0 or row["step"] == cfg.steps:
             row.update(evaluation())
             bar.set_postfix(reward=f"{row['reward_mean']:.2f}", acc=f"{row['eval_acc']:.2f}")
+        row.update(lr=optimizer.param_groups[0]["lr"], num_tokens=history[-1].get("num_tokens", 0) + row["tokens"])
         history.append(row)
         run.append(row)
         if row["step"] % cfg.checkpoint_every == 0 or row["step"] == cfg.steps:

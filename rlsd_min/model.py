@@ -87,10 +87,14 @@ def save(model, tokenizer, path: str, extra: dict | None = None) -> None:
 def load(path: str, device: str | torch.device = "cpu"):
     """(model, tokenizer) from a save() folder; a clear error if it is not one."""
     path = str(path)
+    if os.path.isdir(os.path.join(path, "checkpoint")):
+        raise FileNotFoundError(f"{path!r} is a run folder, not a checkpoint: load {os.path.join(path, 'checkpoint')!r}")
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(
-            f"no checkpoint at {path!r} (expected a save_pretrained folder with config.json); "
-            "make the warm-started base with `python -m rlsd_min warmstart`")
+            f"no checkpoint at {path!r} (expected a save_pretrained folder with config.json): for a task's "
+            "warm start, make it with `python -m rlsd_min warmstart --task <task>`; a run's checkpoint is "
+            "<run folder>/checkpoint, written every checkpoint_every steps by `python -m rlsd_min train --out "
+            "<run folder>`")
     tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).to(device)

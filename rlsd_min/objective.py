@@ -107,6 +107,6 @@ def template_loss(logp: torch.Tensor, batch: StepBatch, cfg, ahat: torch.Tensor 
         loss = loss + cfg.kl_coef * kl
         metrics["kl_ref"] = kl.item()
     if batch.teacher_logp is not None:  # the same sampled-token estimate for every teacher method
-        delta = sampled_token_advantage(batch.old_logp, batch.teacher_logp)        # (N, T)
-        metrics.update(delta_mean=agg(delta).item(), teacher_kl=agg(-delta).item())
+        delta = sampled_token_advantage(batch.old_logp, batch.teacher_logp)        # (N, T) log q - log p
+        metrics["teacher_kl"] = agg(-delta).item()       # KL(p || q) on the sampled tokens (minus RLSD's mean Delta)
     return loss, metrics

@@ -105,6 +105,9 @@ def collect(policy, tokenizer, problems: list, cfg, ref_model=None, teacher: Tea
                            device=rollout.completion_ids.device)                        # (N,)
     advantages = group_advantages(rewards, cfg.group_size, cfg.adv_scale, cfg.adv_eps)  # (N,)
     batch = StepBatch(rollout, rewards, advantages)
+    ended = (rollout.completion_ids == tokenizer.eos_token_id).any(dim=1)                # (N,) stopped by <eos>
+    batch.metrics.update(truncated_frac=1.0 - ended.float().mean().item(),   # cut by max_new_tokens
+                         tokens=int(rollout.prompt_mask.sum() + rollout.completion_mask.sum()))
     clock.lap("sample")                                   # generate + verify + advantages
     if ref_model is not None:
         with torch.inference_mode(), bf16_autocast(device, cfg.bf16_autocast):
@@ -178,6 +181,7 @@ def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg, step: 
     mask = batch.rollout.completion_mask
     return {"step": step + 1, **row, **batch.metrics,
             "reward_mean": batch.rewards.mean().item(),
+            "reward_std": batch.rewards.std().item(),             # over the whole batch, as TRL's
             "frac_zero_std": frac_zero_std(batch.rewards, cfg.group_size),
             "completion_len": mask.sum(1).float().mean().item(),
             **clock.metrics()}

@@ -16,12 +16,15 @@ DATA_DIR = TASKS["arith"].data_dir
 from rlsd_min.tasks import SPLITS
 
 
-def run_main(argv) -> str:
-    """main(argv) must exit with an error; return the exit message."""
+def run_main(argv, capsys=None) -> str:
+    """main(argv) must exit with an error; return the exit message (argparse's usage errors,
+    exit code 2, print theirs to stderr: pass capsys to read it)."""
     with pytest.raises(SystemExit) as err:
         main(argv)
     code = err.value.code
     assert code not in (0, None), f"{argv} exited successfully"
+    if code == 2 and capsys is not None:
+        return capsys.readouterr().err.strip().splitlines()[-1].split(": ", 1)[1]
     return str(code)
 
 
@@ -42,8 +45,8 @@ def test_unknown_profile_exits_nonzero_naming_it_subprocess(tmp_path):
     (["train", "--profile", "ci", "--set", "bogus=1"], "'bogus'"),
     (["train", "--profile", "ci", "--set", "group_size=1"], "group_size"),
 ])
-def test_train_errors_name_the_bad_value(argv, needle, tmp_path):
-    message = run_main(argv + ["--out", str(tmp_path / "run")])
+def test_train_errors_name_the_bad_value(argv, needle, tmp_path, capsys):
+    message = run_main(argv + ["--out", str(tmp_path / "run")], capsys)
     assert needle in message and message.startswith("error:")
     assert not (tmp_path / "run").exists()
 
@@ -94,12 +97,13 @@ def test_train_command_runs_with_typed_overrides(tmp_path, capsys):
 
 
 def test_set_values_are_typed_like_their_fields():
-    parsed = _parse_sets(["steps=3", "lr=2e-4", "method=grpo", "temperature=1"])
-    assert parsed == {"steps": 3, "lr": 2e-4, "method": "grpo", "temperature": 1.0}
+    parsed = _parse_sets(["steps=3", "lr=2e-4", "teacher_mode=live", "temperature=1"])
+    assert parsed == {"steps": 3, "lr": 2e-4, "teacher_mode": "live", "temperature": 1.0}
     assert type(parsed["steps"]) is int and type(parsed["temperature"]) is float
     with pytest.raises(ValueError, match="'2.5'"):
         _parse_sets(["steps=2.5"])
     bools = [f.name for f in dataclasses.fields(TrainConfig) if str(f.type) == "bool"]
+    assert bools
     for name in bools:  # a string 'false' would be truthy: booleans must be parsed
         assert _parse_sets([f"{name}=false"])[name] is False
         assert _parse_sets([f"{name}=true"])[name] is True
@@ -115,7 +119,7 @@ def test_train_help_lists_every_field_with_its_docstring(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "rlsd_eps_w = 0.2: RLSD: clip of the per-token weight" in out
-    assert all(f"  {f.name} = " in out for f in dataclasses.fields(TrainConfig) if f.name not in ("profile", "method"))
+    assert all(f"  {f.name} = " in out for f in dataclasses.fields(TrainConfig) if f.name not in ("profile", "method", "task"))
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -211,7 +211,7 @@ def test_each_method_trains_on_the_ci_profile_and_changes_the_parameters(method,
     assert changed > 0
     assert len(history) == 3 and "eval_acc" in history[-1]
     expected = {"opsd": {"teacher_kl", "distill_loss"}, "grpo_opsd": {"teacher_kl", "distill_loss", "beta"},
-                "rlsd": {"lam", "w_clip_frac", "delta_mean"}, "sdpg": {"gate_frac", "beta", "kl_ref"},
+                "rlsd": {"lam", "w_clip_frac", "teacher_kl"}, "sdpg": {"gate_frac", "beta", "kl_ref"},
                 "grpo": {"clip_frac", "frac_zero_std"}}[method]
     assert expected <= set(history[-1])
 

@@ -14,38 +14,64 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import json
 import os
 import sys
 import time
 
+# Only torch-free modules at the top: --help and every check of a name or a --set answer in
+# well under a second; the heavy libraries load inside the commands that need them.
 from ..config import PROFILES, ModelConfig, SFTConfig, TrainConfig, field_docs, pick_device, train_config
+from ..registry import METHODS
 from ..tasks import TASKS
 
 DEMO_METHODS = ("grpo", "rlsd", "sdpg")
+BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+FLAG_FIELDS = {"method": "--method", "task": "--task", "profile": "--profile"}
+"""TrainConfig fields that have their own flag: not settable through --set too"""
 
 
 def _bool(value: str) -> bool:
-    if value.lower() not in ("true", "false", "1", "0"):
+    if value.lower() not in BOOLS:
         raise ValueError(value)
-    return value.lower() in ("true", "1")
+    return BOOLS[value.lower()]
 
 
 def _parse_sets(pairs: list[str]) -> dict:
     """--set key=value pairs, typed like the TrainConfig field they name."""
-    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    types = {f.name: str(f.type).split(" | ")[0] for f in dataclasses.fields(TrainConfig)}
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"--set expects key=value, got {pair!r}")
+        if key in FLAG_FIELDS:
+            raise ValueError(f"--set {pair!r}: {key} has its own flag; pass {FLAG_FIELDS[key]} {value} instead")
         if key not in types:
-            raise ValueError(f"unknown TrainConfig field {key!r} in --set {pair!r}")
-        kind = {"int": int, "float": float, "str": str, "bool": _bool}.get(str(types[key]).split(" | ")[0], str)
+            close = difflib.get_close_matches(key, list(types), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; `train --help` lists the fields"
+            raise ValueError(f"unknown TrainConfig field {key!r} in --set {pair!r}{hint}")
+        if key in out:
+            raise ValueError(f"--set {key} is given twice ({out[key]!r} and {value!r})")
+        kind = {"int": int, "float": float, "str": str, "bool": _bool}[types[key]]
         try:
             out[key] = kind(value)
         except ValueError:
-            raise ValueError(f"--set {pair!r}: {value!r} is not a valid {types[key]}") from None
+            spelled = f"one of {'/'.join(BOOLS)}" if types[key] == "bool" else f"a valid {types[key]}"
+            raise ValueError(f"--set {pair!r}: {value!r} is not {spelled}") from None
     return out
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Keeps the descriptions' line breaks and shows every option's default (where its help
+    does not already say it)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def cmd_data(args) -> None:
@@ -74,27 +100,56 @@ def cmd_warmstart(args) -> None:
 
 
 def cmd_train(args) -> None:
+    sets = _parse_sets(args.set)  # before any heavy import: a typo answers at once
+    cfg = train_config(args.profile, **{"method": args.method, "task": args.task, **sets})
+    if args.print_config:  # exactly what the run folder's config.json would hold
+        print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+        return
     from ..loop import last_eval, train
     from ..tasks import ensure_data
 
-    cfg = train_config(args.profile, **{"method": args.method, "task": args.task, **_parse_sets(args.set)})
     ensure_data(cfg.data_path(), TASKS[cfg.task].data)
     out = args.out or os.path.join("runs", f"{cfg.task}-{cfg.method}-{cfg.profile}-seed{cfg.seed}")
     history = train(cfg, out)
     print(f"{cfg.method}: validation accuracy {history[0]['eval_acc']:.3f} -> {last_eval(history):.3f}; run in {out}")
 
 
+def _checkpoint_of(path: str) -> tuple[str, str | None]:
+    """(the model folder to load, the run's task) for --ckpt: a run folder stands for its
+    checkpoint/, whose task its config.json records."""
+    run_config = os.path.join(path, "config.json")
+    if os.path.isdir(os.path.join(path, "checkpoint")) or os.path.isfile(os.path.join(path, "metrics.jsonl")):
+        if not os.path.isdir(os.path.join(path, "checkpoint")):
+            raise FileNotFoundError(f"the run folder {path} holds no checkpoint/ (a run writes one every "
+                                    "checkpoint_every steps and at the end; a verification folder keeps only the "
+                                    "metrics); train it, or pass another checkpoint")
+        task = json.load(open(run_config)).get("task") if os.path.isfile(run_config) else None
+        return os.path.join(path, "checkpoint"), task
+    return path, None
+
+
 def cmd_eval(args) -> None:
+    if args.ckpt:
+        ckpt, run_task = _checkpoint_of(args.ckpt)
+        task = args.task or run_task or "arith"
+        if args.task and run_task and args.task != run_task:
+            raise ValueError(f"--task {args.task} but the run in {args.ckpt} trained on task {run_task!r}")
+        what = f"{ckpt} (task {task})"
+    else:
+        task = args.task or "arith"
+        ckpt = str(TASKS[task].base_checkpoint)
+        what = f"the warm start of task {task!r} ({ckpt})"
+    print(f"evaluating {what}")
     from ..evaluation import evaluate
     from ..model import load
     from ..tasks import load_splits, problems_of
 
-    model, tok = load(args.ckpt or str(TASKS[args.task].base_checkpoint), pick_device())
-    problems = problems_of(load_splits(args.data or str(TASKS[args.task].data_dir))[args.split])
+    model, tok = load(ckpt, pick_device())
+    problems = problems_of(load_splits(args.data or str(TASKS[task].data_dir))[args.split])
     acc = evaluate(model, tok, problems, samples=args.samples, seed=args.seed)
     greedy = evaluate(model, tok, problems, greedy=True)
-    print(f"{args.ckpt} on {args.split} ({len(problems)} problems): "
-          f"sampled accuracy {acc:.3f} ({args.samples} per problem), greedy accuracy {greedy:.3f}")
+    print(f"{args.split} ({len(problems)} problems): sampled accuracy {acc:.3f} ({args.samples} per problem, "
+          f"seed {args.seed}), greedy accuracy {greedy:.3f}")
 
 
 def cmd_demo(args) -> None:
@@ -169,64 +224,72 @@ def cmd_verify(args) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rlsd_min", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    task_help = f"one of {tuple(TASKS)}: arith (one valid answer) or split (ten)"
-    p = sub.add_parser("data", help="write the data files")
+    def command(name, summary, **kwargs):
+        return sub.add_parser(name, help=summary, description=summary, formatter_class=_Help, **kwargs)
+
+    task_help = "arith (one valid answer) or split (ten)"
+    profile_help = "ci (seconds), cpu (minutes on a laptop) or gpu (a classroom GPU)"
+    p = command("data", "write a task's data files (train, validation, test, ood)")
     p.add_argument("--task", default="arith", choices=tuple(TASKS), help=task_help)
-    p.add_argument("--out", default=None, help="default: the task's folder under data/")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="folder (default: the task's folder in the data root)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the problem draws")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("warmstart", help="supervised warm start of a fresh model")
+    p = command("warmstart", "supervised warm start of a fresh model to partial competence")
     p.add_argument("--task", default="arith", choices=tuple(TASKS), help=task_help)
-    p.add_argument("--out", default=None, help="default: data/base (arith), data/base_split (split)")
-    p.add_argument("--data", default=None, help="default: the task's data folder")
-    p.add_argument("--target-acc", type=float, default=SFTConfig().target_acc)
-    p.add_argument("--seed", type=int, default=SFTConfig().seed)
+    p.add_argument("--out", default=None, help="checkpoint folder (default: the task's warm start in the data root)")
+    p.add_argument("--data", default=None, help="data folder (default: the task's)")
+    p.add_argument("--target-acc", type=float, default=SFTConfig().target_acc, help="stop at this sampled accuracy")
+    p.add_argument("--seed", type=int, default=SFTConfig().seed, help="seed of initialisation and data order")
     p.add_argument("--force", action="store_true", help="replace an existing checkpoint")
     p.set_defaults(func=cmd_warmstart)
 
     fields = "\n".join(f"  {name} = {default!r}: {doc}" for name, (default, doc) in field_docs(TrainConfig).items()
-                        if name not in ("profile", "method"))
-    p = sub.add_parser("train", help="RL from the warm start", epilog="TrainConfig fields for --set (cpu defaults; "
-                       "a method's own defaults apply on top):\n" + fields,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", default="grpo", help="one of grpo, opsd, grpo_opsd, rlsd, sdpg")
+                        if name not in FLAG_FIELDS)
+    p = command("train", "RL from the warm start into a resumable run folder",
+                epilog=f"TrainConfig fields for --set KEY=VALUE (None = the method's, task's or profile's value; "
+                       f"bools take {'/'.join(BOOLS)}):\n" + fields)
+    p.add_argument("--method", default="grpo", choices=tuple(METHODS), help="the method")
     p.add_argument("--task", default="arith", choices=tuple(TASKS), help=task_help)
-    p.add_argument("--profile", default=None, help=f"one of {tuple(PROFILES)} (default: $RLSD_PROFILE, else gpu with CUDA, else cpu)")
-    p.add_argument("--out", default=None, help="run folder (resumed if it holds a checkpoint)")
+    p.add_argument("--profile", default=None, choices=tuple(PROFILES),
+                   help=profile_help + "; default: $RLSD_PROFILE, else gpu with CUDA, else cpu")
+    p.add_argument("--out", default=None, help="run folder, resumed if it holds a checkpoint "
+                   "(default: runs/<task>-<method>-<profile>-seed<seed>)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override TrainConfig fields")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config, as the run folder would record it, and exit")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="accuracy of a checkpoint on a split")
-    p.add_argument("--task", default="arith", choices=tuple(TASKS), help=task_help)
-    p.add_argument("--ckpt", default=None, help="default: the task's warm start")
-    p.add_argument("--data", default=None, help="default: the task's data folder")
-    p.add_argument("--split", default="test", choices=["train", "validation", "test", "ood"])
+    p = command("eval", "accuracy of a checkpoint (or a run folder's) on a split")
+    p.add_argument("--task", default=None, choices=tuple(TASKS), help=task_help + " (default: the run's, else arith)")
+    p.add_argument("--ckpt", default=None, help="a checkpoint or a run folder (default: the task's warm start)")
+    p.add_argument("--data", default=None, help="data folder (default: the task's)")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test", "ood"], help="which split")
     p.add_argument("--samples", type=int, default=4, help="sampled completions per problem")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("demo", help="warm start if needed, RL from it, plot")
-    p.add_argument("--profile", default="cpu")
-    p.add_argument("--out", default=os.path.join("runs", "demo"))
+    p = command("demo", "warm start if needed, GRPO, RLSD and SDPG from it, one plot")
+    p.add_argument("--profile", default="cpu", choices=tuple(PROFILES), help=profile_help)
+    p.add_argument("--out", default=os.path.join("runs", "demo"), help="folder of the three runs and the plot")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("bench", help="median seconds per RL step of each method on the same batch, with the "
-                       "cost split, sampling throughput and peak memory")
-    p.add_argument("--profile", default="cpu")
+    p = command("bench", "median seconds per RL step of each method on the same batch, with the "
+                "cost split, sampling throughput and peak memory")
+    p.add_argument("--profile", default="cpu", choices=tuple(PROFILES), help=profile_help)
     p.add_argument("--methods", default=None, help="comma-separated (default: all five; grpo,rlsd with --scaling)")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     p.add_argument("--trl", action="store_true", help="rlsd_min GRPO against TRL's GRPOTrainer (needs .[bench])")
-    p.add_argument("--scaling", action="store_true", help="step time against each axis of --axes (rlsd_min.bench_scaling)")
+    p.add_argument("--scaling", action="store_true", help="step time against each axis of --axes (rlsd_min.lab.bench_scaling)")
     p.add_argument("--axes", default="group,length,model", help="with --scaling: any of group, length, model, flags")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("verify", help="every method on both tasks over several seeds -> results/ and REPORT.md")
-    p.add_argument("--profile", default="cpu", help=f"one of {tuple(PROFILES)}")
+    p = command("verify", "every method on both tasks over several seeds -> results/ and REPORT.md")
+    p.add_argument("--profile", default="cpu", choices=tuple(PROFILES), help=profile_help)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", default="results", help="results folder (resumed if it holds this experiment)")
     p.add_argument("--methods", default="grpo,opsd,grpo_opsd,rlsd,sdpg")
@@ -239,6 +302,9 @@ def main(argv=None) -> None:
         args.func(args)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt as e:  # a run says where its checkpoint is (rlsd_min.loop.RunInterrupted)
+        print(str(e) or "interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
