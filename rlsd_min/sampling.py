@@ -17,7 +17,7 @@ import inspect
 from dataclasses import dataclass
 
 import torch
-from transformers import CompileConfig
+from transformers import CompileConfig, DynamicCache, StaticCache
 
 
 @dataclass
@@ -94,19 +94,19 @@ STATIC_COMPILE._compile_all_devices = True  # generate compiles on accelerators 
 
 def sample_group(model, tokenizer, prompts: list[str], group_size: int, max_new_tokens: int,
                  temperature: float = 1.0, greedy: bool = False, static_cache_compile: bool = False) -> Rollout:
-    """Sample G = group_size completions per prompt from pi_theta (KV-cached generate).
+    """Sample G = group_size completions per prompt from pi_theta, KV-cached (`decode`).
 
-    Pure ancestral sampling: temperature 1 with top_k=0 and top_p=1 draws exactly from
-    the model's distribution, which the policy gradient assumes. Rows of one group are
-    adjacent: row i belongs to prompt i // G. greedy=True decodes the argmax instead
-    (for evaluation only).
+    Pure ancestral sampling: each token is drawn from softmax(logits / temperature) with no
+    truncation (no top-k, no top-p), so temperature 1 draws exactly from the model's
+    distribution, which the policy gradient assumes. Rows of one group are adjacent: row i
+    belongs to prompt i // G. greedy=True decodes the argmax instead (for evaluation only).
+    Reproducible from torch's seed.
 
-    static_cache_compile=True preallocates the KV cache for prompt + max_new_tokens
-    (cache_implementation="static") so that every decoding step has the same shapes, and
-    lets generate run that step through torch.compile (STATIC_COMPILE; the prompt's
-    prefill stays eager). The same numbers up to kernel rounding; the first call per
-    batch shape pays the compilation, and a new shape (batch size, longer cache) compiles
-    again. Run under bf16_autocast by the caller for bfloat16 sampling.
+    static_cache_compile=True samples through transformers' `generate` instead, with a
+    static KV cache and its decoding forward compiled by torch.compile (STATIC_COMPILE; the
+    prompt's prefill stays eager): the same distribution, up to kernel rounding; the first
+    call per batch shape pays the compilation. Run under bf16_autocast by the caller for
+    bfloat16 sampling.
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -115,20 +115,67 @@ def sample_group(model, tokenizer, prompts: list[str], group_size: int, max_new_
     check_fits(model, ids.shape[1], max_new_tokens)
     ids = ids.repeat_interleave(group_size, dim=0)                          # (N, P)
     mask = mask.repeat_interleave(group_size, dim=0)                        # (N, P)
-    # transformers defaults to top_k=50: switch every truncation off explicitly
-    decoding = dict(do_sample=False) if greedy else dict(
-        do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
-    if static_cache_compile:
-        decoding.update(cache_implementation="static", compile_config=STATIC_COMPILE)
     with torch.inference_mode():
-        out = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, **decoding,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    completion = out[:, ids.shape[1]:].clone()  # (N, T); clone: a normal tensor for autograd
+        if static_cache_compile:
+            # transformers defaults to top_k=50: switch every truncation off explicitly
+            decoding = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature,
+                                                                 top_k=0, top_p=1.0)
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, **decoding,
+                                 cache_implementation="static", compile_config=STATIC_COMPILE,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            completion = out[:, ids.shape[1]:]                               # (N, T)
+        else:
+            completion = decode(model, ids, mask, max_new_tokens, temperature, greedy, tokenizer.eos_token_id,
+                                tokenizer.pad_token_id)                    # (N, T)
+    completion = completion.clone()  # clone: a normal tensor for autograd
     cmask = completion_mask(completion, tokenizer.eos_token_id)             # (N, T)
     completion = completion.masked_fill(cmask == 0, tokenizer.pad_token_id)
     texts = decode_completions(tokenizer, completion, cmask)
     return Rollout(ids, mask, completion, cmask, texts, group_size)
+
+
+def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+           greedy: bool = False, eos_id: int = 2, pad_id: int = 0) -> torch.Tensor:
+    """The decoding loop: one forward over the left-padded prompts (N, P), then one forward
+    per new token through the KV cache, until every row has produced <eos> or max_new_tokens.
+    Returns the new tokens (N, T), T <= max_new_tokens; a row that has ended gets pad_id.
+
+    What it leaves out of transformers' `generate` is what this project never uses (logits
+    processors, stopping criteria, beam search, the per-call argument checks). Position ids
+    count real tokens only, as in completion_logits, so a left-padded row is numbered as if
+    it were alone. The cache is preallocated (transformers' StaticCache, written in place)
+    rather than grown by concatenation every step, except under autocast, where the rotary
+    embedding's float32 keys and the bfloat16 values cannot share one static cache.
+    """
+    N, P = ids.shape
+    name = cache_argument(model)
+    static = not torch.is_autocast_enabled(ids.device.type)
+    cache = StaticCache(config=model.config, max_cache_len=P + max_new_tokens) if static else DynamicCache()
+    attn = torch.cat([mask, mask.new_zeros(N, max_new_tokens)], dim=1)      # (N, P + T) grows into the zeros
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)                       # (N, P)
+    out = model(input_ids=ids, attention_mask=attn[:, :P], position_ids=positions,
+                use_cache=True, cache_position=torch.arange(P, device=ids.device), **{name: cache})
+    logits = out.logits[:, -1]                                              # (N, V) predicts token 0
+    next_pos = positions[:, -1:] + 1                                        # (N, 1)
+    ended = torch.zeros(N, dtype=torch.bool, device=ids.device)
+    tokens = []
+    for t in range(max_new_tokens):
+        if greedy:
+            token = logits.argmax(dim=-1)                                   # (N,)
+        else:
+            probs = torch.softmax(logits.float() / temperature, dim=-1)    # (N, V)
+            token = torch.multinomial(probs, 1).squeeze(1)                  # (N,)
+        token = torch.where(ended, pad_id, token)                           # (N,)
+        tokens.append(token)
+        ended = ended | (token == eos_id)
+        if t == max_new_tokens - 1 or bool(ended.all()):
+            break
+        attn[:, P + t] = 1
+        width = attn.shape[1] if static else P + t + 1
+        out = model(input_ids=token[:, None], attention_mask=attn[:, :width], position_ids=next_pos + t,
+                    use_cache=True, cache_position=torch.tensor([P + t], device=ids.device), **{name: cache})
+        logits = out.logits[:, -1]                                          # (N, V)
+    return torch.stack(tokens, dim=1)                                       # (N, T)
 
 
 def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask,

@@ -268,3 +268,27 @@ def test_completion_logits_works_on_both_sides_of_the_cache_rename(tiny_model, t
     P = ids.shape[1]
     rows = cmask.bool()
     torch.testing.assert_close(two_pass[rows], full[:, P - 1:-1][rows], atol=1e-5, rtol=1e-5)
+
+
+
+def test_a_seeded_draw_is_reproducible_and_another_seed_differs(tiny_model, tokenizer):
+    from rlsd_min.sampling import sample_group
+
+    model = tiny_model(seed=4)
+    draws = []
+    for seed in (5, 5, 6):
+        torch.manual_seed(seed)
+        draws.append(sample_group(model, tokenizer, ["12+3=", "7+8="], 8, 12).completion_ids)
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+
+
+def test_decoding_stops_when_every_row_has_ended(base, splits):
+    """No step is spent once all rows have produced <eos>: the completion is as wide as the
+    longest row, not max_new_tokens."""
+    from rlsd_min.sampling import sample_group
+
+    model, tok = base
+    torch.manual_seed(0)
+    r = sample_group(model, tok, [p.prompt for p in splits["validation"][:8]], 2, 120 - 9, greedy=True)
+    assert r.completion_ids.shape[1] == int(r.completion_mask.sum(1).max()) < 60
+    assert (r.completion_ids == tok.eos_token_id).any(1).all()
