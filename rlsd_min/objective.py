@@ -108,5 +108,7 @@ def template_loss(logp: torch.Tensor, batch: StepBatch, cfg, ahat: torch.Tensor 
         metrics["kl_ref"] = kl.item()
     if batch.teacher_logp is not None:  # the same sampled-token estimate for every teacher method
         delta = sampled_token_advantage(batch.old_logp, batch.teacher_logp)        # (N, T) log q - log p
-        metrics["teacher_kl"] = agg(-delta).item()       # KL(p || q) on the sampled tokens (minus RLSD's mean Delta)
+        scored = mask if batch.teacher_rows is None else mask * batch.teacher_rows[:, None]   # (N, T)
+        # KL(p || q) on the sampled tokens of the rows the teacher scored (minus RLSD's mean Delta)
+        metrics["teacher_kl"] = aggregate(-delta, scored, cfg.loss_agg, G).item()
     return loss, metrics

@@ -42,6 +42,9 @@ class Method:
     uses_total_steps: Callable = lambda cfg: None
     """cfg -> why a run depends on its total number of steps, or None: a finished run whose
     method returns None can simply go on for more steps"""
+    teacher_rows: Callable = lambda advantages, cfg: None
+    """(advantages (N,), cfg) -> (N,) bool of the rows whose loss the teacher can change, or None
+    for all: the teacher scores only those (the others' teacher term is multiplied by 0)"""
     loss_fn: Callable | None = None
     """the loss, when not rlsd_min.methods.<name> (a test's wrapper, say)"""
 
@@ -88,9 +91,12 @@ METHODS = {m.name: m for m in (
     Method("grpo", None, COMMON),
     Method("opsd", "logits", dict(COMMON, **_TEACHER, divergence="reverse", distill_coef=1.0), ("full", "sampled")),
     Method("grpo_opsd", "logits", dict(COMMON, **_TEACHER, divergence="reverse", distill_coef=0.1), ("full",)),
-    Method("rlsd", "logp", dict(COMMON, teacher_mode="synced", teacher_context="answer")),
+    # RLSD's token advantage is A_i times the teacher's factor: nothing to weight where A_i = 0
+    Method("rlsd", "logp", dict(COMMON, teacher_mode="synced", teacher_context="answer"),
+           teacher_rows=lambda advantages, cfg: advantages != 0),
+    # SDPG's gate m_i = 1[A_i > 0] zeroes the distillation term of every other rollout
     Method("sdpg", "logits", dict(COMMON, teacher_mode="live", teacher_context="solution", divergence="reverse",
                                   distill_coef=0.1, kl_coef=0.01, kl_estimator="ufkl", loss_agg="group-token-mean"),
-           ("full",), sdpg_uses_total_steps),
+           ("full",), sdpg_uses_total_steps, teacher_rows=lambda advantages, cfg: advantages > 0 if cfg.sdpg_gate else None),
 )}
 """GRPO, OPSD, GRPO+OPSD, RLSD, SDPG (the table in rlsd_min.methods)."""

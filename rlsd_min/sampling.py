@@ -179,32 +179,34 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, te
 
 
 def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                      temperature: float = 1.0) -> torch.Tensor:
+                      temperature: float = 1.0, groups: torch.Tensor | None = None) -> torch.Tensor:
     """Logits (N, T, V) that predict each completion token, for B = prompt_ids.shape[0]
-    prompts of G = N / B completions each (group members adjacent).
+    prompts of G = N / B completions each (group members adjacent), or, given `groups`
+    (N,), the prompt index of each completion row.
 
     The same numbers as one forward pass over [prompt | completion], computed in two:
-    the prompts once per group, their KV cache repeated G times, then the completions
-    attending to it. A group shares its prompt, so this saves (G-1)/G of the prompt's
-    cost (the teacher's privileged prompt is longer than the completion). Gradients
-    flow through both passes. Position ids count real tokens only, so a left-padded row
-    is numbered exactly as it would be alone.
+    the prompts once per group, their KV cache repeated for each of the group's rows, then
+    the completions attending to it. A group shares its prompt, so this saves (G-1)/G of
+    the prompt's cost (the teacher's privileged prompt is longer than the completion).
+    Gradients flow through both passes. Position ids count real tokens only, so a
+    left-padded row is numbered exactly as it would be alone.
     """
     B, P = prompt_ids.shape
     N, T = completion_ids.shape
-    if N % B:
-        raise ValueError(f"{N} completions do not split into groups over {B} prompts")
-    G = N // B
+    if groups is None:
+        if N % B:
+            raise ValueError(f"{N} completions do not split into groups over {B} prompts")
+        groups = torch.arange(B, device=prompt_ids.device).repeat_interleave(N // B)   # (N,)
     prompt_pos = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)                 # (B, P)
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True)
     name = cache_argument(model)
     cache = getattr(out, name)
-    cache.batch_repeat_interleave(G)                                          # keys/values (N, ...)
-    attn = torch.cat([prompt_mask.repeat_interleave(G, 0), completion_mask], dim=1)       # (N, P+T)
+    cache.batch_select_indices(groups)                                        # keys/values (N, ...)
+    attn = torch.cat([prompt_mask[groups], completion_mask], dim=1)           # (N, P+T)
     position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)[:, P:]               # (N, T)
     rest = model(input_ids=completion_ids, attention_mask=attn, position_ids=position_ids,
                  **{name: cache}).logits                                      # (N, T, V)
-    first = out.logits[:, -1:].repeat_interleave(G, 0)                        # (N, 1, V) predicts token 0
+    first = out.logits[groups, -1:]                                           # (N, 1, V) predicts token 0
     return torch.cat([first, rest[:, :-1]], dim=1).float() / temperature      # (N, T, V)
 
 

@@ -48,6 +48,8 @@ class StepBatch:
     ref_logp: torch.Tensor | None = None         # (N, T) log pi_ref, when kl_coef > 0
     teacher_logp: torch.Tensor | None = None     # (N, T) log q_t(y_t), detached
     teacher_logits: torch.Tensor | None = None   # (N, T, V), when the method needs the full vocabulary
+    teacher_rows: torch.Tensor | None = None     # (N,) bool: the rows the teacher scored (None = all);
+                                                 #        elsewhere its log-probs are 0, its logits 0 (uniform)
     metrics: dict = field(default_factory=dict)  # measured while collecting (distill_floor)
 
 
@@ -120,10 +122,21 @@ def collect(policy, tokenizer, problems: list, cfg, ref_model=None, teacher: Tea
         prompts = [teacher_prompt(p.prompt, p.context(cfg.teacher_context), cfg.privileged_template)
                    for p in problems]
         full_vocab = method.needs_logits(cfg)
-        with bf16_autocast(device, cfg.bf16_autocast):
-            out = teacher_logprobs(teacher.model, tokenizer, prompts, rollout, return_logits=full_vocab,
-                                   temperature=cfg.temperature)                  # (N, T) [, (N, T, V)]
-        batch.teacher_logp, batch.teacher_logits = out if full_vocab else (out, None)
+        rows = method.teacher_rows(advantages, cfg)                              # (N,) bool or None
+        batch.teacher_rows = rows
+        N, T = rollout.completion_ids.shape
+        logp, logits = torch.zeros(N, T, device=device), None                   # a row not scored: 0
+        if full_vocab:
+            logits = torch.zeros(N, T, teacher.model.config.vocab_size, device=device)   # (N, T, V)
+        if rows is None or rows.any():
+            with bf16_autocast(device, cfg.bf16_autocast):
+                out = teacher_logprobs(teacher.model, tokenizer, prompts, rollout, return_logits=full_vocab,
+                                       temperature=cfg.temperature, rows=rows)  # (n, T) [, (n, T, V)]
+            scored = slice(None) if rows is None else rows
+            logp[scored] = out[0] if full_vocab else out
+            if full_vocab:
+                logits[scored] = out[1]
+        batch.teacher_logp, batch.teacher_logits = logp, logits
         clock.lap("teacher")
         if cfg.distill_floor:  # the OPSD loss floor, on a task with several references (rlsd_min.leakage)
             floor = reference_floor(teacher.model, tokenizer, problems, rollout, cfg.divergence,

@@ -34,26 +34,31 @@ def teacher_prompt(prompt: str, context: str, template: str = PRIVILEGED_TEMPLAT
 
 
 def teacher_logprobs(model, tokenizer, teacher_prompts: list[str], rollout, return_logits: bool = False,
-                     temperature: float = 1.0):
+                     temperature: float = 1.0, rows: torch.Tensor | None = None):
     """The teacher's log-probs of the student's own completion tokens, aligned with the student's.
 
     teacher_prompts holds one prompt per *group* (B = N / G), in the rollout's order.
     The teacher sees [teacher prompt | completion]; both are laid out like the student's
     batch (prompts left-padded, completions in the same columns), so column t of the
     result scores completion token t exactly where the student's log-probs do.
-    One no-grad forward over all N rows. Returns detached (N, T) log q_t(y_t), and the
-    (N, T, V) logits too when return_logits.
+    One no-grad forward. rows (N,) bool scores only those rows (and only their groups'
+    prompts): the result then has one row per selected row, n = rows.sum(). Returns
+    detached (n, T) log q_t(y_t), and the (n, T, V) logits too when return_logits.
     """
     G = rollout.group_size
-    if len(teacher_prompts) * G != rollout.completion_ids.shape[0]:
-        raise ValueError(f"{len(teacher_prompts)} teacher prompts x group size {G} != "
-                         f"{rollout.completion_ids.shape[0]} completions")
-    ids, mask = encode_prompts(tokenizer, teacher_prompts, rollout.completion_ids.device)  # (B, P')
+    N = rollout.completion_ids.shape[0]
+    if len(teacher_prompts) * G != N:
+        raise ValueError(f"{len(teacher_prompts)} teacher prompts x group size {G} != {N} completions")
+    device = rollout.completion_ids.device
+    picked = torch.arange(N, device=device) if rows is None else rows.nonzero().squeeze(1)   # (n,)
+    used, groups = torch.unique(picked // G, return_inverse=True)                # prompts needed, (n,) into them
+    ids, mask = encode_prompts(tokenizer, [teacher_prompts[g] for g in used.tolist()], device)  # (b, P')
     check_fits(model, ids.shape[1], rollout.completion_ids.shape[1])
+    completion = rollout.completion_ids[picked]                                             # (n, T)
     with torch.inference_mode():
-        logits = completion_logits(model, ids, mask,
-                                   rollout.completion_ids, rollout.completion_mask, temperature)  # (N, T, V)
-        logp = gather_logprobs(logits, rollout.completion_ids)                                    # (N, T)
+        logits = completion_logits(model, ids, mask, completion, rollout.completion_mask[picked],
+                                   temperature, groups)                                     # (n, T, V)
+        logp = gather_logprobs(logits, completion)                                          # (n, T)
     # clone: inference tensors become ordinary (still gradient-free) tensors for the loss
     return (logp.clone(), logits.clone()) if return_logits else logp.clone()
 

@@ -345,3 +345,34 @@ def test_probes_use_the_runs_teacher_context(tmp_path, monkeypatch, method, cont
     cfg = train_config("ci", method=method, steps=1, eval_every=1, checkpoint_every=1, probe_problems=2)
     train(cfg, str(tmp_path / "r"), progress=False)
     assert seen and set(seen) == {context}          # grpo has no teacher: the minimal context
+
+
+@pytest.mark.parametrize("method", ["sdpg", "rlsd"])
+def test_the_teacher_scores_only_rows_whose_loss_it_can_change(method, splits, monkeypatch):
+    """SDPG's gate zeroes the distillation term where A_i <= 0 and RLSD's factor multiplies
+    A_i: scoring only the rows that count gives the loss and gradient of scoring them all."""
+    from rlsd_min.step import collect, make_teacher, method_loss
+
+    policy, tok = model_io.load(str(BASE_CHECKPOINT))
+    cfg = train_config("ci", method=method, prompts_per_step=4, group_size=4)
+    problems = splits["train"][:4]
+    results = {}
+    for rows in ("subset", "all"):
+        if rows == "all":
+            monkeypatch.setitem(METHODS, method, dataclasses.replace(METHODS[method],
+                                                                     teacher_rows=lambda a, c: None))
+        torch.manual_seed(0)
+        batch = collect(policy, tok, problems, cfg, None, make_teacher(policy, cfg))
+        policy.zero_grad()
+        loss, metrics, _ = method_loss(policy, batch, cfg, step=1)
+        loss.backward()
+        results[rows] = (batch, loss.item(), [p.grad.clone() for p in policy.parameters()])
+    subset, every = results["subset"][0], results["all"][0]
+    assert every.teacher_rows is None and 0 < int(subset.teacher_rows.sum()) < len(subset.rewards)
+    expected = subset.advantages > 0 if method == "sdpg" else subset.advantages != 0
+    assert torch.equal(subset.teacher_rows, expected)
+    kept = subset.teacher_rows
+    torch.testing.assert_close(subset.teacher_logp[kept], every.teacher_logp[kept], atol=1e-5, rtol=1e-5)
+    assert results["subset"][1] == pytest.approx(results["all"][1], rel=1e-5, abs=1e-7)
+    for a, b in zip(results["subset"][2], results["all"][2]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
