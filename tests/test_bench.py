@@ -148,3 +148,37 @@ def test_trl_comparison_ratio_is_the_median_of_per_step_ratios():
     text = format_comparison({"trl": [1.0, 2.0, 4.0], "ours": [0.9, 0.2, 4.0]})
     assert "ours / TRL per step: 0.90 0.10 1.00" in text
     assert "(median of per-step ratios): 0.90" in text  # not 0.45, the ratio of the medians
+
+
+def test_forward_flops_match_torchs_flop_counter(tiny_model):
+    """rlsd_min.lab.limits.forward_flops against torch's own count of a forward's matrix
+    products: the weight products alone (SDPA's CPU kernel is not counted by torch), then with
+    eager attention, whose scores and weighted sum are counted over the full S x S."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from rlsd_min.lab.limits import forward_flops
+
+    def products(model, ids):
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(input_ids=ids)
+        return sum(v for k, v in counter.get_flop_counts()["Global"].items()
+                   if str(k).split(".")[-1] in ("mm", "addmm", "bmm"))
+
+    model = tiny_model()
+    B, S = 3, 10
+    ids = torch.randint(4, model.config.vocab_size, (B, S))
+    assert products(model, ids) == forward_flops(model.config, B * S, context=0)
+    model.set_attn_implementation("eager")
+    assert products(model, ids) == forward_flops(model.config, B * S, context=S)
+
+
+def test_phase_flops_add_the_parts_and_the_backward():
+    from types import SimpleNamespace
+
+    from rlsd_min.lab.limits import forward_flops, phase_flops
+
+    cfg = SimpleNamespace(hidden_size=8, intermediate_size=16, num_hidden_layers=2, vocab_size=5)
+    f = phase_flops(cfg, n_prompts=2, group_size=3, prompt_len=4, completion_len=6)
+    assert f["sample"] == forward_flops(cfg, 6 * 4, 2) + forward_flops(cfg, 6 * 6, 7)
+    assert f["update"] == 3 * (forward_flops(cfg, 2 * 4, 2) + forward_flops(cfg, 6 * 6, 7))

@@ -36,6 +36,7 @@ from ..registry import METHODS
 from ..model import load
 from ..step import batch_problems, make_teacher, rl_step
 from ..tasks import load_splits, problems_of
+from .limits import matmul_rate, phase_flops
 
 
 PHASES = ("time_sample_s", "time_ref_s", "time_teacher_s", "time_update_s", "time_optim_s")
@@ -106,7 +107,18 @@ def step_times(methods=tuple(METHODS), profile: str = "cpu", rounds: int = 5, wa
                               configs[methods[0]])
     ref = copy.deepcopy(base).eval().requires_grad_(False)
     cases = {m: (base, start, ref, configs[m]) for m in methods}
-    return measure(cases, tokenizer, problems, rounds, warmup, "bench", progress)
+    times = measure(cases, tokenizer, problems, rounds, warmup, "bench", progress)
+    cfg = configs[methods[0]]
+    rows = cfg.prompts_per_step * cfg.group_size * (len(tokenizer(problems[0].prompt).input_ids) + cfg.max_new_tokens)
+    rate = matmul_rate(base.config, rows, device)  # the machine's limit, on the step's own shapes
+    prompt_len = statistics.mean(len(tokenizer(p.prompt).input_ids) for p in problems)
+    for measured in times.values():
+        measured["matmul_gflops"] = rate
+        for row in measured["rounds"]:
+            flops = phase_flops(base.config, len(problems), cfg.group_size, prompt_len, row["completion_len"])
+            row["sample_gflops"] = flops["sample"] / row["time_sample_s"] / 1e9
+            row["update_gflops"] = flops["update"] / row["time_update_s"] / 1e9
+    return times
 
 
 def measure(cases: dict, tokenizer, problems: list, rounds: int, warmup: int, desc: str,
@@ -155,13 +167,28 @@ def summarize(times: dict, baseline: str = "grpo") -> list[dict]:
         if baseline in times:
             base = [s["step_time_s"] for s in times[baseline]["rounds"]]
             row["ratio"] = statistics.median(t / b for t, b in zip(ts, base))
-        for key in PHASES + ("sample_tok_s",):  # a phase the method does not run is absent
+        for key in PHASES + ("sample_tok_s", "sample_gflops", "update_gflops"):  # a phase not run is absent
             if key in steps[0]:
                 row[key] = statistics.median(s[key] for s in steps)
+        if "matmul_gflops" in measured:
+            row["matmul_gflops"] = measured["matmul_gflops"]
         tok_s = [s["sample_tok_s"] for s in steps]
         row["sample_tok_s_min"], row["sample_tok_s_max"] = min(tok_s), max(tok_s)
         rows.append(row)
     return rows
+
+
+def format_limits(rows: list[dict]) -> str:
+    """A markdown table of each method's distance to the machine's matmul rate: the achieved
+    GFLOP/s of sampling and of the student's forward + backward (rlsd_min.lab.limits), and
+    their fraction of the rate."""
+    lines = [f"matmul rate on the step's shapes: {rows[0]['matmul_gflops']:.0f} GFLOP/s (float32)", "",
+             "| method | sample GFLOP/s | of the rate | student fwd+bwd GFLOP/s | of the rate |", "|---" * 5 + "|"]
+    for r in rows:
+        rate = r["matmul_gflops"]
+        lines.append(f"| {r['method']} | {r['sample_gflops']:.1f} | {r['sample_gflops'] / rate:.0%} "
+                     f"| {r['update_gflops']:.1f} | {r['update_gflops'] / rate:.0%} |")
+    return "\n".join(lines)
 
 
 def format_table(rows: list[dict], baseline: str = "grpo") -> str:

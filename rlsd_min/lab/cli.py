@@ -181,7 +181,7 @@ def cmd_demo(args) -> None:
 def cmd_bench(args) -> None:
     import torch
 
-    from .bench import MEMORY_NOTE, format_table, step_times, summarize
+    from .bench import MEMORY_NOTE, format_limits, format_table, step_times, summarize
 
     header = f"device {pick_device()}, torch threads {torch.get_num_threads()}"
 
@@ -208,7 +208,10 @@ def cmd_bench(args) -> None:
     times = step_times(methods, args.profile, args.rounds, args.warmup)
     print(f"\n{args.profile} profile, {args.rounds} rounds after {args.warmup} warm-up, {header}; "
           f"phases in seconds; {MEMORY_NOTE}")
-    print(format_table(summarize(times)))
+    rows = summarize(times)
+    print(format_table(rows))
+    print()
+    print(format_limits(rows))
 
 
 def cmd_verify(args) -> None:
