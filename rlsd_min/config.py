@@ -169,8 +169,8 @@ class TrainConfig:
     """run the student, teacher and reference forwards and the sampling under bfloat16 autocast
     (log-probs and losses stay float32); sampling then draws from the bf16-computed policy"""
     static_cache_compile: bool = False
-    """sample with a static KV cache and a torch.compile'd decoding forward (transformers'
-    generate: cache_implementation='static' + compile_config); the first steps pay the compile"""
+    """sample with the decoding step's forward compiled by torch.compile (rlsd_min.sampling.
+    compiled_forward; the KV cache is static either way); the first step pays the compile"""
     eval_every: int | None = None
     """steps between held-out evaluations; None = the profile's (cpu 10)"""
     eval_problems: int | None = None

@@ -14,10 +14,11 @@ what makes its log-probs line up with the student's column by column.
 from __future__ import annotations
 
 import inspect
+import weakref
 from dataclasses import dataclass
 
 import torch
-from transformers import CompileConfig, DynamicCache, StaticCache
+from transformers import DynamicCache, StaticCache
 
 
 @dataclass
@@ -85,11 +86,18 @@ def bf16_autocast(device, enabled: bool = True) -> torch.autocast:
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
 
 
-STATIC_COMPILE = CompileConfig(fullgraph=True)
-"""How generate compiles its decoding forward when static_cache_compile is on: one graph,
-transformers' default mode (CUDA graphs on a GPU). Simplified: the same settings on every
-device; transformers itself finds compiling on a CPU "often not optimal"."""
-STATIC_COMPILE._compile_all_devices = True  # generate compiles on accelerators only, unless this is set
+_COMPILED = weakref.WeakKeyDictionary()
+"""model -> its torch.compile'd forward, made once per model (static_cache_compile)"""
+
+
+def compiled_forward(model):
+    """The model's forward through torch.compile, with fixed shapes (dynamic=False): with the
+    static cache, every decoding step of a batch has the same shapes, so one graph serves them
+    all; a new batch size or cache length compiles again. Default mode (CUDA graphs are
+    torch's choice on a GPU). The first call pays the compilation (tens of seconds on a CPU)."""
+    if model not in _COMPILED:
+        _COMPILED[model] = torch.compile(model, dynamic=False)
+    return _COMPILED[model]
 
 
 def sample_group(model, tokenizer, prompts: list[str], group_size: int, max_new_tokens: int,
@@ -102,11 +110,10 @@ def sample_group(model, tokenizer, prompts: list[str], group_size: int, max_new_
     belongs to prompt i // G. greedy=True decodes the argmax instead (for evaluation only).
     Reproducible from torch's seed.
 
-    static_cache_compile=True samples through transformers' `generate` instead, with a
-    static KV cache and its decoding forward compiled by torch.compile (STATIC_COMPILE; the
-    prompt's prefill stays eager): the same distribution, up to kernel rounding; the first
-    call per batch shape pays the compilation. Run under bf16_autocast by the caller for
-    bfloat16 sampling.
+    static_cache_compile=True runs the decoding steps through torch.compile
+    (`compiled_forward`; the prompt's forward stays eager): the same distribution, up to
+    kernel rounding; the first call per batch shape pays the compilation. Run under
+    bf16_autocast by the caller for bfloat16 sampling.
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -116,17 +123,8 @@ def sample_group(model, tokenizer, prompts: list[str], group_size: int, max_new_
     ids = ids.repeat_interleave(group_size, dim=0)                          # (N, P)
     mask = mask.repeat_interleave(group_size, dim=0)                        # (N, P)
     with torch.inference_mode():
-        if static_cache_compile:
-            # transformers defaults to top_k=50: switch every truncation off explicitly
-            decoding = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature,
-                                                                 top_k=0, top_p=1.0)
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, **decoding,
-                                 cache_implementation="static", compile_config=STATIC_COMPILE,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            completion = out[:, ids.shape[1]:]                               # (N, T)
-        else:
-            completion = decode(model, ids, mask, max_new_tokens, temperature, greedy, tokenizer.eos_token_id,
-                                tokenizer.pad_token_id)                    # (N, T)
+        completion = decode(model, ids, mask, max_new_tokens, temperature, greedy, tokenizer.eos_token_id,
+                            tokenizer.pad_token_id, compiled=static_cache_compile)   # (N, T)
     completion = completion.clone()  # clone: a normal tensor for autograd
     cmask = completion_mask(completion, tokenizer.eos_token_id)             # (N, T)
     completion = completion.masked_fill(cmask == 0, tokenizer.pad_token_id)
@@ -135,7 +133,7 @@ def sample_group(model, tokenizer, prompts: list[str], group_size: int, max_new_
 
 
 def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-           greedy: bool = False, eos_id: int = 2, pad_id: int = 0) -> torch.Tensor:
+           greedy: bool = False, eos_id: int = 2, pad_id: int = 0, compiled: bool = False) -> torch.Tensor:
     """The decoding loop: one forward over the left-padded prompts (N, P), then one forward
     per new token through the KV cache, until every row has produced <eos> or max_new_tokens.
     Returns the new tokens (N, T), T <= max_new_tokens; a row that has ended gets pad_id.
@@ -146,10 +144,14 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, te
     it were alone. The cache is preallocated (transformers' StaticCache, written in place)
     rather than grown by concatenation every step, except under autocast, where the rotary
     embedding's float32 keys and the bfloat16 values cannot share one static cache.
+    compiled=True runs the decoding steps through `compiled_forward` (static cache only).
     """
     N, P = ids.shape
     name = cache_argument(model)
     static = not torch.is_autocast_enabled(ids.device.type)
+    if compiled and not static:
+        raise ValueError("the compiled decoding step needs the static cache, which autocast rules out")
+    step = compiled_forward(model) if compiled else model
     cache = StaticCache(config=model.config, max_cache_len=P + max_new_tokens) if static else DynamicCache()
     attn = torch.cat([mask, mask.new_zeros(N, max_new_tokens)], dim=1)      # (N, P + T) grows into the zeros
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)                       # (N, P)
@@ -172,7 +174,7 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, te
             break
         attn[:, P + t] = 1
         width = attn.shape[1] if static else P + t + 1
-        out = model(input_ids=token[:, None], attention_mask=attn[:, :width], position_ids=next_pos + t,
+        out = step(input_ids=token[:, None], attention_mask=attn[:, :width], position_ids=next_pos + t,
                     use_cache=True, cache_position=torch.tensor([P + t], device=ids.device), **{name: cache})
         logits = out.logits[:, -1]                                          # (N, V)
     return torch.stack(tokens, dim=1)                                       # (N, T)

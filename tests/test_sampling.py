@@ -219,13 +219,13 @@ def test_static_cache_compile_gives_the_same_greedy_completions(base, splits):
         pytest.skip("torch.compile on CPU (inductor) needs a C++ compiler: no g++, c++ or clang++ on PATH")
     from torch._dynamo.utils import counters
 
-    model, tok = copy.deepcopy(base[0]), base[1]   # a model generate has never compiled for
+    model, tok = copy.deepcopy(base[0]), base[1]   # a model never compiled before
     prompts = [p.prompt for p in splits["validation"][:8]] + ["1+2="]   # one left-padded row
     default = sample_group(model, tok, prompts, group_size=2, max_new_tokens=40, greedy=True)
     counters.clear()
     static = sample_group(model, tok, prompts, group_size=2, max_new_tokens=40, greedy=True,
                           static_cache_compile=True)
-    assert counters["stats"]["unique_graphs"] >= 1, "generate did not compile its decoding forward"
+    assert counters["stats"]["unique_graphs"] >= 1, "the decoding forward was not compiled"
     assert static.texts == default.texts
     assert torch.equal(static.completion_ids, default.completion_ids)
     assert torch.equal(static.completion_mask, default.completion_mask)
