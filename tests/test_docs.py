@@ -29,7 +29,7 @@ NOTEBOOK_PASS = "fixed by the notebook pass"
 KNOWN_NOTEBOOK_FAILURES = {
     # (test, notebook): what fails today, to be fixed where the notebooks are edited
     ("outside", "00_task_and_model.ipynb"),   # an absolute path to a METHODS.md outside the repository
-    ("named", "00_task_and_model.ipynb"),     # METHODS.md, MEASURED.md: files the repository does not hold
+    ("named", "00_task_and_model.ipynb"),     # MEASURED.md: a file the repository does not hold
     ("named", "02_sampling_and_grpo.ipynb"),  # METHODS.md
     ("named", "06_rlsd.ipynb"),               # METHODS.md
     ("named", "08_stability_and_verification.ipynb"),  # METHODS.md
