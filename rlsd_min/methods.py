@@ -1,5 +1,5 @@
-"""Methods as small choices inside one loss template (METHODS.md, "Unified template";
-the template itself is rlsd_min.objective.template_loss):
+"""Methods as small choices inside one loss template (one page per method in docs/: grpo.md,
+opsd.md, grpo_opsd.md, rlsd.md, sdpg.md; the template itself is rlsd_min.objective.template_loss):
 
     L = - agg[ surrogate(Ahat) ]  +  beta(k) * agg[ m_i * D_t ]  +  alpha * agg[ K_t ]
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 def rlsd_advantages(advantages: torch.Tensor, teacher_logp: torch.Tensor, student_logp: torch.Tensor,
                     lam: float, eps_w: float) -> torch.Tensor:
-    """RLSD token advantages (Yang et al. 2026, arXiv 2604.03128; METHODS.md "RLSD"):
+    """RLSD token advantages (Yang et al. 2026, arXiv 2604.03128; docs/rlsd.md):
 
         Delta_t = sg[log q_t(y_t) - log p_t(y_t)]
         w_t     = exp(sign(A_i) * Delta_t)            (= (q/p)^sign(A))
@@ -68,7 +68,7 @@ def rlsd_lambda(step: int, lam0: float, decay_steps: int) -> float:
 
 
 def sdpg_beta(step: int, total_steps: int, beta_base: float, t_warm: int, t_decay: int) -> float:
-    """SDPG's distillation weight (Liu et al. 2026, arXiv 2606.04036; METHODS.md "SDPG"):
+    """SDPG's distillation weight (Liu et al. 2026, arXiv 2606.04036, Sec. 3; docs/sdpg.md):
 
         beta(k) = beta_base * min(1, k / T_warm) * min(1, (T - k) / T_decay)
 

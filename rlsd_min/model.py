@@ -3,9 +3,9 @@
 The vocabulary is every character the tasks use plus four special tokens, so a
 completion is one token per character and the teacher-student comparison is
 token-by-token readable. The model is a real `LlamaForCausalLM` (RoPE, RMSNorm,
-SwiGLU), just small: 0.5M parameters by default (MEASURED.md: a 2-core CPU trains
-it on the 3-digit scratchpad in about a minute). Nothing is downloaded: the
-tokenizer is built here and the weights start random.
+SwiGLU), just small: 0.5M parameters by default (a 2-core CPU warm-starts it on the
+3-digit scratchpad in about a minute: data/base/warmstart.json, docs/tasks_and_model.md).
+Nothing is downloaded: the tokenizer is built here and the weights start random.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one loss template every method instantiates (METHODS.md, "Unified template"):
+"""The one loss template every method instantiates (the README; one page per method in docs/):
 
     L = - agg_t [ min(rho_t * Ahat_t, clip(rho_t, 1 - eps_low, 1 + eps_high) * Ahat_t) ]
         + beta  * agg_t [ m_i * D_t ]       (distillation term, if any)
@@ -26,7 +26,7 @@ AGGREGATIONS = ("token-mean", "seq-mean", "group-token-mean")
 
 
 def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: str, group_size: int) -> torch.Tensor:
-    """Reduce per-token values (N, T) to a scalar (METHODS.md, "loss_agg").
+    """Reduce per-token values (N, T) to a scalar (`loss_agg`; docs/grpo.md, "Implementation details").
 
     token-mean        sum over all completion tokens / their number (DAPO, TRL default)
     seq-mean          mean over each sequence's tokens, then over sequences (original GRPO)

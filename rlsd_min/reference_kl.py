@@ -26,8 +26,8 @@ SDPG_NAMES = {"urkl": "k2", "ufkl": "k3"}
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
-    """Per-token KL(pi_theta || pi_ref) penalty, shape of `logp` (METHODS.md, Schulman k1/k2/k3;
-    SDPG's released code for fkl/rkl).
+    """Per-token KL(pi_theta || pi_ref) penalty, shape of `logp` (Schulman k1/k2/k3;
+    DeepSeekMath Eq. 4 for k3; SDPG's released code for fkl/rkl; docs/grpo.md, docs/sdpg.md).
 
     logp carries the gradient; ref_logp is treated as a constant. Accepts SDPG's
     names 'urkl' (= k2) and 'ufkl' (= k3).

@@ -12,8 +12,8 @@ subtraction the borrow, for one-digit multiplication the carry (two digits wide
 then, as 9*9+8 = 89). Writing the digits backwards is the trick minGPT's adder
 uses too: the model then produces every digit after the digits it depends on.
 
-The privileged context `c` that the teacher sees comes in two forms (METHODS.md,
-"Teacher conditioning"): `answer` (the final answer only, RLSD's minimal
+The privileged context `c` that the teacher sees comes in two forms
+(docs/tasks_and_model.md): `answer` (the final answer only, RLSD's minimal
 requirement) and `solution` (the full reference completion, as in OPSD and SDPG).
 
 Simplifications: subtraction keeps `a >= b` so answers are never negative, and
@@ -22,8 +22,8 @@ multiplication is by a one-digit number (`b` has one digit).
 The second task, `split`, has many valid answers (`SplitProblem`): write n as a
 one-digit number plus the rest, `123=` -> `7+116`. Its privileged reference is one
 of the ten valid answers, drawn at random when the data are made, so the reference is
-*not* a function of the question: the setting of the leakage experiments (METHODS.md,
-"Information leakage").
+*not* a function of the question: the setting of the leakage experiments (RLSD
+paper, Theorem 1; docs/leakage.md).
 """
 
 from __future__ import annotations

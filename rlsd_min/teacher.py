@@ -64,7 +64,7 @@ def teacher_logprobs(model, tokenizer, teacher_prompts: list[str], rollout, retu
 
 
 class Teacher:
-    """Which weights act as teacher (METHODS.md, `teacher_mode`).
+    """Which weights act as teacher (`teacher_mode`; docs/opsd.md, "Implementation details").
 
     live    the current student weights (OPSD Algorithm 1 variant, SDPG)
     frozen  the initial weights theta_0 (OPSD paper default)

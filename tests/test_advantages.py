@@ -1,4 +1,4 @@
-"""Group-relative advantages (METHODS.md, "Group advantages"), checked against hand computations."""
+"""Group-relative advantages (GRPO, DeepSeekMath; docs/grpo.md), checked against hand computations."""
 
 import math
 
@@ -73,7 +73,7 @@ def test_zero_std_group_gives_exactly_zero(scale):
 
 @pytest.mark.parametrize("scale", ["group", "batch"])
 def test_zero_std_group_with_eps_zero_gives_zero_not_nan(scale):
-    """An all-equal group gives A = 0, not 0/0 = NaN, even with eps = 0 (METHODS.md; regression)."""
+    """An all-equal group gives A = 0, not 0/0 = NaN, even with eps = 0 (docs/grpo.md; regression)."""
     adv = group_advantages(torch.tensor([1.0, 1.0, 1.0, 1.0]), 4, scale, 0.0)
     assert torch.equal(adv, torch.zeros(4)), adv
 

@@ -1,4 +1,4 @@
-"""Schulman's k1/k2/k3 reference-KL estimators (METHODS.md, "Reference-policy KL")."""
+"""Schulman's k1/k2/k3 reference-KL estimators (docs/grpo.md, docs/sdpg.md)."""
 
 import pytest
 import torch

@@ -1,7 +1,7 @@
 """REPORT.md and the figures of a verification folder, generated from its run folders only.
 
-Each claim of the papers (METHODS.md, "What the papers report") is judged by a stated
-rule on the summary, so the verdict is as reproducible as the numbers:
+Each claim of the RLSD and SDPG papers (docs/rlsd.md, docs/sdpg.md, docs/leakage.md) is
+judged by a stated rule on the summary, so the verdict is as reproducible as the numbers:
 
     a difference of means counts when it exceeds the larger of the two std over seeds
     (and 0.01); otherwise the claim is 'mixed' (within seed noise at this scale).

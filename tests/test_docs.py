@@ -1,0 +1,223 @@
+"""The documentation as someone who clones the repository reads it.
+
+README.md, docs/*.md and the notebooks' markdown cells, one test case per file:
+
+- every relative link (markdown links and images, reference definitions, HTML src/href)
+  resolves to a file or folder inside the repository that git does not ignore, and an
+  `#anchor` into a markdown file (or the file itself) names one of its headings;
+- no text points outside the repository: `../shared`, or an absolute path of a
+  development machine (/work/..., /home/..., /Users/...);
+- every repository path the text names (`rlsd_min/lab/report.py`, `docs/sdpg.md`) exists, and
+  every markdown file it names by itself (`REPORT.md`) is one the repository holds.
+
+Links to the web are not followed (the tests run offline).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import urllib.parse
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_PASS = "fixed by the notebook pass"
+KNOWN_NOTEBOOK_FAILURES = {
+    # (test, notebook): what fails today, to be fixed where the notebooks are edited
+    ("outside", "00_task_and_model.ipynb"),   # an absolute path to a METHODS.md outside the repository
+    ("named", "00_task_and_model.ipynb"),     # MEASURED.md: a file the repository does not hold
+    ("named", "02_sampling_and_grpo.ipynb"),  # METHODS.md
+    ("named", "06_rlsd.ipynb"),               # METHODS.md
+    ("named", "08_stability_and_verification.ipynb"),  # METHODS.md
+    ("named", "09_gpu_lab.ipynb"),            # METHODS.md
+}
+
+
+def sources() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "notebooks").glob("*.ipynb"))]
+
+
+def cases(test: str) -> list:
+    out = []
+    for path in sources():
+        marks = ()
+        if (test, path.name) in KNOWN_NOTEBOOK_FAILURES:
+            marks = (pytest.mark.xfail(strict=True, reason=NOTEBOOK_PASS),)
+        out.append(pytest.param(path, id=str(path.relative_to(ROOT)), marks=marks))
+    return out
+
+
+# --- reading the files ---------------------------------------------------------------------
+
+def markdown_of(path: Path) -> str:
+    """The markdown of a .md file, or of a notebook's markdown cells (one after the other)."""
+    if path.suffix == ".ipynb":
+        cells = json.loads(path.read_text())["cells"]
+        return "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    return path.read_text()
+
+
+def all_text_of(path: Path) -> str:
+    """Everything a reader sees: for a notebook, every cell's source and its stored text outputs."""
+    if path.suffix != ".ipynb":
+        return path.read_text()
+    parts = []
+    for cell in json.loads(path.read_text())["cells"]:
+        parts.append("".join(cell["source"]))
+        for out in cell.get("outputs", []):
+            parts.append("".join(out.get("text", "")))
+            parts.extend("".join(v) for k, v in out.get("data", {}).items() if k.startswith("text/"))
+            parts.extend(out.get("traceback", []))
+    return "\n".join(parts)
+
+
+FENCE = re.compile(r"^\s*(```|~~~)")
+
+
+def prose(markdown: str, inline: bool = True) -> str:
+    """The markdown without its code: fenced blocks, indented blocks and (`inline`) code spans."""
+    lines, in_fence, previous_blank = [], False, True
+    for line in markdown.splitlines():
+        if FENCE.match(line):
+            in_fence = not in_fence
+            lines.append("")
+            continue
+        indented_code = previous_blank and (line.startswith("    ") or line.startswith("\t"))
+        if in_fence or indented_code:
+            lines.append("")
+            continue  # an indented block stays code until a blank line (previous_blank stays False)
+        previous_blank = not line.strip()
+        lines.append(line)
+    text = "\n".join(lines)
+    return re.sub(r"`[^`\n]*`", "", text) if inline else text
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip())   # a link's text stays
+    return re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
+
+
+@lru_cache(maxsize=None)
+def anchors(path: Path) -> frozenset:
+    """Every heading anchor of a markdown file or notebook, with GitHub's -1, -2 for repeats."""
+    seen, out = {}, set()
+    for line in prose(markdown_of(path), inline=False).splitlines():  # a heading's `code` is in its anchor
+        m = re.match(r"^ {0,3}#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if m:
+            base = slug(m[1])
+            n = seen.get(base, 0)
+            seen[base] = n + 1
+            out.add(base if n == 0 else f"{base}-{n}")
+    return frozenset(out)
+
+
+LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]*)>?(?:\s+[\"'(][^)]*)?\)")
+REFERENCE = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)", re.M)
+HTML = re.compile(r"""\b(?:src|href)\s*=\s*["']([^"']+)["']""")
+SCHEME = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*:|//)")
+
+
+def links(markdown: str) -> list[str]:
+    text = prose(markdown)
+    return [t for pattern in (LINK, REFERENCE, HTML) for t in pattern.findall(text)]
+
+
+@lru_cache(maxsize=None)
+def ignored(path: Path) -> bool:
+    """Whether git ignores the path (a file made by running something, not shipped); False without git."""
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", str(path)], capture_output=True,
+                             timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0
+
+
+def link_problem(source: Path, target: str) -> str | None:
+    """Why a link of `source` does not resolve inside the repository, or None when it does."""
+    if not target or SCHEME.match(target):
+        return None  # empty, or a web / mail link
+    where, _, anchor = target.partition("#")
+    where = urllib.parse.unquote(where)
+    path = (source.parent / where).resolve() if where else source
+    if not path.is_relative_to(ROOT):
+        return f"{target}: outside the repository"
+    if not path.exists():
+        return f"{target}: no such file in the repository"
+    if where and ignored(path):
+        return f"{target}: ignored by git (made by a run, not in a clone)"
+    if anchor and path.suffix in (".md", ".ipynb") and anchor.lower() not in anchors(path):
+        return f"{target}: no heading #{anchor} in {path.relative_to(ROOT)}"
+    return None
+
+
+OUTSIDE = re.compile(r"\.\./shared\b|\bshared/spec\b|(?<![\w.~-])/(?:work|home|root|Users|mnt|opt)/[\w.-]")
+TOP = ("rlsd_min", "docs", "notebooks", "results", "benchmarks", "tests")
+NAMED_PATH = re.compile(r"(?<![\w./-])((?:%s)/[\w./-]*\.(?:py|md|ipynb|json|jsonl|png|csv|toml|safetensors))\b"
+                        % "|".join(TOP))
+NAMED_MD = re.compile(r"(?<![\w./-])([A-Za-z][\w-]*\.md)\b")
+
+
+@lru_cache(maxsize=None)
+def markdown_names() -> frozenset:
+    """The names of the markdown files the repository holds (outside ignored folders)."""
+    return frozenset(p.name for p in ROOT.rglob("*.md")
+                     if ".git" not in p.parts and ".venv" not in p.parts and not ignored(p))
+
+
+# --- the tests -----------------------------------------------------------------------------
+
+def test_the_sources_are_there():
+    names = {p.name for p in sources()}
+    assert "README.md" in names and len([p for p in sources() if p.suffix == ".ipynb"]) >= 1
+    for page in ("grpo", "opsd", "grpo_opsd", "rlsd", "sdpg", "leakage", "tasks_and_model"):
+        assert f"{page}.md" in names, f"docs/{page}.md is missing"
+
+
+@pytest.mark.parametrize("path", cases("links"))
+def test_relative_links_resolve_inside_the_repository(path):
+    problems = [p for t in links(markdown_of(path)) if (p := link_problem(path, t))]
+    assert not problems, f"{path.relative_to(ROOT)}: broken links:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("path", cases("outside"))
+def test_no_text_points_outside_the_repository(path):
+    text = all_text_of(path)
+    hits = sorted({text[max(0, m.start() - 30):m.end() + 30].replace("\n", " ") for m in OUTSIDE.finditer(text)})
+    assert not hits, f"{path.relative_to(ROOT)} points outside the repository:\n  " + "\n  ".join(hits)
+
+
+@pytest.mark.parametrize("path", cases("named"))
+def test_the_files_it_names_exist(path):
+    text = markdown_of(path)
+    missing = sorted({name for name in NAMED_PATH.findall(text) if not (ROOT / name).exists()}
+                     | {name for name in NAMED_MD.findall(text) if name not in markdown_names()})
+    assert not missing, f"{path.relative_to(ROOT)} names files the repository does not hold: {missing}"
+
+
+# --- the checker itself --------------------------------------------------------------------
+
+def test_the_link_reader_on_a_hand_example(tmp_path):
+    md = ("# A title\n\nSee [the page](docs/x.md#key-equations), ![img](a.png 'title'),\n"
+          "<img src=\"b.png\"> and [web](https://example.com).\n\n[ref]: c.md\n\n"
+          "```\n[not a link](code.md)\n```\n\n    [indented code](code2.md)\n\nand `[inline](code3.md)`.\n")
+    assert sorted(links(md)) == sorted(["docs/x.md#key-equations", "a.png", "https://example.com", "c.md", "b.png"])
+    assert slug("3. Key equations (`RLSD`, Eq. 9)") == "3-key-equations-rlsd-eq-9"
+    assert slug("GRPO+OPSD: the sum") == "grpoopsd-the-sum"
+    assert "the-task-arith-one-valid-answer" in anchors(ROOT / "docs" / "tasks_and_model.md")
+
+
+def test_link_problems_are_found():
+    readme = ROOT / "README.md"
+    assert link_problem(readme, "https://example.com") is None
+    assert link_problem(readme, "docs/grpo.md") is None
+    assert "outside" in link_problem(readme, "../shared/spec/METHODS.md")
+    assert "no such file" in link_problem(readme, "docs/no_such_page.md")
+    assert "no heading" in link_problem(readme, "docs/grpo.md#no-such-heading")
+    assert OUTSIDE.search("see /work/shared/spec/METHODS.md") and OUTSIDE.search("../shared/x")
+    assert not OUTSIDE.search("python -m rlsd_min eval --split ood > /tmp/x.txt")
