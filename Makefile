@@ -2,9 +2,11 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# torch first, pinned: on this CPU-only platform torch==2.13.0 is a local CPU wheel, while an
-# unpinned torch pulls a multi-GB CUDA build. On a GPU machine: make TORCH_SPEC=torch install
+# torch first, pinned. Which build pip picks depends on the machine's package index: on PyPI,
+# Linux x86-64 gets the CUDA build (multi-GB); TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# asks PyTorch's index for the CPU build. On a GPU machine with another CUDA: set TORCH_SPEC.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 
 .PHONY: install demo test warmstart data clean
 
@@ -13,7 +15,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
