@@ -6,6 +6,7 @@ public name is also the name of a module: `rlsd_min.verify` is always the verifi
 """
 
 import importlib
+import importlib.util
 import os
 
 # Nothing in this project comes from a hub: the model is trained here, the data generated here.
@@ -34,9 +35,12 @@ __all__ = sorted(_HOME)
 
 
 def __getattr__(name: str):
-    if name not in _HOME:
+    if name in _HOME:
+        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule: rlsd_min.config
+        value = importlib.import_module(f".{name}", __name__)
+    else:
         raise AttributeError(f"module 'rlsd_min' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
     globals()[name] = value  # later look-ups skip this function
     return value
 

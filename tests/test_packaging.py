@@ -409,3 +409,13 @@ def test_import_rlsd_min_loads_no_heavy_library():
     loaded = {m.split(".")[0] for m in json.loads(proc.stdout.splitlines()[-1])}
     assert loaded & {"torch", "transformers", "datasets", "tokenizers", "matplotlib", "numpy"} == set()
     assert {m for m in json.loads(proc.stdout.splitlines()[-1]) if m.startswith("rlsd_min.")} == set()
+
+
+def test_a_submodule_is_an_attribute_of_the_package_after_a_bare_import():
+    """`import rlsd_min; rlsd_min.config.default_profile()` works as a user expects, whatever
+    was imported before, and never shadows a public name (rlsd_min.verify stays the verifier)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    code = ("import json, rlsd_min; print(json.dumps([rlsd_min.config.__name__, rlsd_min.lab.experiment.__name__ "
+            "if hasattr(rlsd_min.lab, 'experiment') else rlsd_min.lab.__name__, rlsd_min.verify.__module__]))")
+    proc = _run([sys.executable, "-c", code], env=env, cwd=REPO, timeout=120)
+    assert json.loads(proc.stdout.splitlines()[-1]) == ["rlsd_min.config", "rlsd_min.lab", "rlsd_min.tasks"]
