@@ -44,14 +44,27 @@ def teacher_logprobs(model, tokenizer, teacher_prompts: list[str], rollout, retu
     One no-grad forward over all N rows. Returns detached (N, T) log q_t(y_t), and the
     (N, T, V) logits too when return_logits.
     """
-    G = rollout.group_size
-    if len(teacher_prompts) * G != rollout.completion_ids.shape[0]:
-        raise ValueError(f"{len(teacher_prompts)} teacher prompts x group size {G} != "
-                         f"{rollout.completion_ids.shape[0]} completions")
     ids, mask = encode_prompts(tokenizer, teacher_prompts, rollout.completion_ids.device)  # (B, P')
-    check_fits(model, ids.shape[1], rollout.completion_ids.shape[1])
+    return score_completions(model, ids, mask, rollout, return_logits, temperature)
+
+
+def score_completions(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, rollout,
+                      return_logits: bool = False, temperature: float = 1.0):
+    """The log-probs of the rollout's own completion ids after given prompt ids: teacher_logprobs
+    for prompts that are already tokenised (a chat template's ids, say).
+
+    prompt_ids, prompt_mask (B, P') are left-padded, one prompt per group (B = N / G), in the
+    rollout's order; the completion ids are used as they are, never re-tokenised. One no-grad
+    forward over all N rows. Returns detached (N, T) log-probs, and the (N, T, V) logits too
+    when return_logits.
+    """
+    G = rollout.group_size
+    if prompt_ids.shape[0] * G != rollout.completion_ids.shape[0]:
+        raise ValueError(f"{prompt_ids.shape[0]} teacher prompts x group size {G} != "
+                         f"{rollout.completion_ids.shape[0]} completions")
+    check_fits(model, prompt_ids.shape[1], rollout.completion_ids.shape[1])
     with torch.inference_mode():
-        logits = completion_logits(model, ids, mask,
+        logits = completion_logits(model, prompt_ids, prompt_mask,
                                    rollout.completion_ids, rollout.completion_mask, temperature)  # (N, T, V)
         logp = gather_logprobs(logits, rollout.completion_ids)                                    # (N, T)
     # clone: inference tensors become ordinary (still gradient-free) tensors for the loss
