@@ -82,7 +82,7 @@ def completions_of(problem, tokenizer) -> list[list[int]]:
     ids = lambda text: tokenizer(text, add_special_tokens=False).input_ids
     wrong = problem.solution[:-1] + ("1" if problem.solution[-1] != "1" else "2")
     return [ids(problem.solution) + [eos], ids(wrong) + [eos], ids(str(problem.answer)) + [eos],
-            ids(problem.solution)[:T]]
+            ids(problem.solution)[:-2]]
 
 
 def inject(trainer, table: dict) -> None:
@@ -360,8 +360,15 @@ def test_the_frozen_teacher_keeps_the_initial_weights_and_is_saved_with_checkpoi
     with torch.no_grad():
         t, s, i = (m(input_ids=x).logits for m in (trainer._teacher.model, trainer.model, initial))
     assert torch.equal(t, i) and not torch.allclose(s, i)
-    saved = torch.load(tmp_path / "out" / "checkpoint-2" / rt._SelfDistillationTrainer.TEACHER_FILE)
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    saved = torch.load(checkpoint / rt._SelfDistillationTrainer.TEACHER_FILE)
     assert all(torch.equal(saved[k], v) for k, v in initial.state_dict().items())
+    # resumed from the checkpoint, the teacher is theta_0 again, not the checkpoint's student
+    again, _, _ = trl_side("opsd", tiny_path, problems, tmp_path, dtype=torch.float32, train=False, max_steps=3,
+                           learning_rate=0.05)
+    again.train(resume_from_checkpoint=str(checkpoint))
+    with torch.no_grad():
+        assert torch.equal(again._teacher.model(input_ids=x).logits, i)
 
 
 def test_shard_weight_makes_the_mean_over_shards_the_whole_batch_aggregate():

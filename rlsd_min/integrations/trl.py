@@ -40,6 +40,7 @@ loss computes log-probs in tiles.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import typing
@@ -403,5 +404,8 @@ class OPSDTrainer(_SelfDistillationTrainer):
     _name = "OPSD"
 
 
+CONFIGS = {"rlsd": RLSDConfig, "sdpg": SDPGConfig, "opsd": OPSDConfig,
+           "grpo_opsd": functools.partial(OPSDConfig, with_reward=True)}
+"""rlsd_min method -> a callable making its TRL config"""
 TRAINERS = {"rlsd": RLSDTrainer, "sdpg": SDPGTrainer, "opsd": OPSDTrainer, "grpo_opsd": OPSDTrainer}
 """rlsd_min method -> the TRL trainer that runs it"""
