@@ -350,10 +350,14 @@ def test_metrics_reach_trls_logging_under_rlsd_min_names_with_the_steps_schedule
             assert r["beta"] == pytest.approx(sdpg_beta(k, steps, cfg.distill_coef, *sdpg_windows(cfg)))
 
 
-def test_the_frozen_teacher_keeps_the_initial_weights_and_is_saved_with_checkpoints(tiny_path, problems, tmp_path):
-    """TRL patches `forward` on the student instance: a copied teacher must not run the student."""
+@pytest.mark.parametrize("cast_lm_head_to_fp32", [False, True])
+def test_the_frozen_teacher_keeps_the_initial_weights_and_is_saved_with_checkpoints(
+        cast_lm_head_to_fp32, tiny_path, problems, tmp_path):
+    """TRL patches `forward` on the student's modules (closures over them): a copied teacher must
+    not run the student's weights."""
     trainer, _, _ = trl_side("opsd", tiny_path, problems, tmp_path, dtype=torch.float32, max_steps=2,
-                             learning_rate=0.05, save_strategy="steps", save_steps=2)
+                             learning_rate=0.05, save_strategy="steps", save_steps=2,
+                             cast_lm_head_to_fp32=cast_lm_head_to_fp32)
     assert trainer._teacher.mode == "frozen"
     initial = AutoModelForCausalLM.from_pretrained(tiny_path)
     x = torch.tensor([[5, 6, 7, 8]])
@@ -365,7 +369,7 @@ def test_the_frozen_teacher_keeps_the_initial_weights_and_is_saved_with_checkpoi
     assert all(torch.equal(saved[k], v) for k, v in initial.state_dict().items())
     # resumed from the checkpoint, the teacher is theta_0 again, not the checkpoint's student
     again, _, _ = trl_side("opsd", tiny_path, problems, tmp_path, dtype=torch.float32, train=False, max_steps=3,
-                           learning_rate=0.05)
+                           learning_rate=0.05, cast_lm_head_to_fp32=cast_lm_head_to_fp32)
     again.train(resume_from_checkpoint=str(checkpoint))
     with torch.no_grad():
         assert torch.equal(again._teacher.model(input_ids=x).logits, i)

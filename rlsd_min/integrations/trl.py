@@ -311,9 +311,11 @@ class _SelfDistillationTrainer(trl.GRPOTrainer):
             self._teacher = Teacher(self.accelerator.unwrap_model(self.model), args.teacher_mode,
                                     args.sync_every, args.ema_rate)
             if args.teacher_mode != "live":
-                # TRL patches `forward` on the student instance, bound to the student: the copy takes
-                # its class's forward back, or it would run the student's weights
-                self._teacher.model.__dict__.pop("forward", None)
+                # TRL patches `forward` on the student's module instances (its fused LM head, the fp32
+                # LM-head cast), closures over the student's own modules: the copy takes its classes'
+                # forwards back, or it would run the student's weights
+                for module in self._teacher.model.modules():
+                    module.__dict__.pop("forward", None)
         return self._teacher.model
 
     def _step_batch(self, inputs, cfg: TrainConfig) -> StepBatch:
