@@ -437,3 +437,20 @@ def test_example_script_runs_two_steps_on_the_tiny_model(tiny_path, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == [1, 2] and all("lam" in r and "w_clip_frac" in r for r in logged)
+
+
+# --- the step-time comparison with GRPOTrainer (rlsd_min.lab.bench_trl) ------------------------
+
+def test_trainer_comparison_table_ratio_is_the_median_of_per_round_ratios():
+    from rlsd_min.lab.bench_trl import format_trainer_comparison
+
+    text = format_trainer_comparison({"grpo": [1.0, 2.0, 4.0], "rlsd": [1.2, 2.0, 8.0]})
+    assert "| RLSDTrainer | 2.000 | 1.200-8.000 | 1.20 |" in text        # not 1.00, the ratio of the medians
+    assert "rlsd / GRPOTrainer per round: 1.20 1.00 2.00" in text
+
+
+def test_trainer_comparison_interleaves_the_trainers_on_the_ci_profile():
+    from rlsd_min.lab.bench_trl import trainer_comparison
+
+    times = trainer_comparison("ci", rounds=1, warmup=1, methods=("rlsd",))
+    assert set(times) == {"grpo", "rlsd"} and all(len(v) == 1 and v[0] > 0 for v in times.values())
