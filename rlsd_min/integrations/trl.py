@@ -63,7 +63,8 @@ TRL_NAMES = {"group_size": "num_generations", "max_new_tokens": "max_completion_
              "num_iterations": "num_iterations", "eps_low": "epsilon", "adv_scale": "scale_rewards",
              "seed": "seed"}
 """TrainConfig fields that GRPOConfig has under another (or the same) name: the TRL configs keep
-TRL's name. eps_high is GRPOConfig's epsilon_high (None: epsilon), steps its max_steps, and
+TRL's name. eps_high is GRPOConfig's epsilon_high (None: epsilon), steps its max_steps (over
+num_iterations: TRL counts optimiser steps, rlsd_min RL steps, one sampled batch each), and
 kl_coef sets its beta."""
 TRL_ADV_EPS = 1e-4
 """the eps of TRL's group advantages (A_i = (R_i - mean) / (std + 1e-4)); TrainConfig.adv_eps"""
@@ -130,7 +131,7 @@ class _MethodConfig(trl.GRPOConfig):
         run = {ours: getattr(self, theirs) for ours, theirs in TRL_NAMES.items()}
         eps_high = self.epsilon if self.epsilon_high is None else self.epsilon_high
         return TrainConfig(method=self.method, **run, eps_high=eps_high, adv_eps=TRL_ADV_EPS,
-                           steps=max(1, self.max_steps),
+                           steps=max(1, self.max_steps // self.num_iterations),
                            prompts_per_step=self.generation_batch_size // self.num_generations,
                            **{n: getattr(self, n) for n in method_fields(self.method)}).validate()
 
@@ -243,9 +244,9 @@ class _TeacherRefresh(TrainerCallback):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
-        teacher = self.trainer._teacher
-        if teacher is not None:
-            teacher.update(self.trainer.accelerator.unwrap_model(self.trainer.model), state.global_step)
+        teacher, iterations = self.trainer._teacher, self.trainer.num_iterations
+        if teacher is not None and state.global_step % iterations == 0:  # after the RL step's last iteration
+            teacher.update(self.trainer.accelerator.unwrap_model(self.trainer.model), state.global_step // iterations)
 
 
 class _SelfDistillationTrainer(trl.GRPOTrainer):
@@ -270,9 +271,14 @@ class _SelfDistillationTrainer(trl.GRPOTrainer):
         self._cfg = None
         self.add_callback(_TeacherRefresh(self))
 
+    def rl_step(self) -> int:
+        """rlsd_min's step counter k (RLSD's lambda(k), SDPG's beta(k)): the sampled batches done.
+        TRL's global_step counts optimiser steps, num_iterations of them per sampled batch."""
+        return self.state.global_step // self.num_iterations
+
     def _rlsd_config(self) -> TrainConfig:
-        """args.rlsd_config with the run's total steps (SDPG's beta(k) is laid out over them)."""
-        steps = max(1, self.state.max_steps)
+        """args.rlsd_config with the run's total RL steps (SDPG's beta(k) is laid out over them)."""
+        steps = max(1, self.state.max_steps // self.num_iterations)
         if self._cfg is None or self._cfg.steps != steps:
             self._cfg = dataclasses.replace(self.args.rlsd_config, steps=steps)
         return self._cfg
@@ -348,7 +354,7 @@ class _SelfDistillationTrainer(trl.GRPOTrainer):
         process and micro-batch is rlsd_min's loss over the whole sampled batch."""
         cfg = self._rlsd_config()
         batch = self._step_batch(inputs, cfg)
-        loss, metrics, logits = method_loss(model, batch, cfg, self.state.global_step)
+        loss, metrics, logits = method_loss(model, batch, cfg, self.rl_step())
         mask = batch.rollout.completion_mask                                        # (N, T)
         with torch.no_grad():
             metrics["entropy"] = masked_mean(entropy(logits), mask).item()
