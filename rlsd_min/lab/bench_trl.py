@@ -112,7 +112,8 @@ def trainer_comparison(profile: str = "cpu", rounds: int = 5, warmup: int = 1,
     teacher_context. Interleaving: every trainer trains in its own thread, and a turnstile lets
     one step run at a time, in turn (GRPO, RLSD, SDPG, ... GRPO, ...), so all see the same load;
     at step k every trainer samples from the same RNG state. A step is timed from on_step_begin
-    to on_step_end (sampling, teacher, loss, backward, optimiser). The ratio to GRPOTrainer is
+    to on_step_end (sampling, teacher, loss, backward, optimiser); a trainer that has done its
+    steps waits for the others before it wraps up. The ratio to GRPOTrainer is
     taken round by round; the median over rounds is reported.
     """
     import threading
@@ -143,7 +144,7 @@ def trainer_comparison(profile: str = "cpu", rounds: int = 5, warmup: int = 1,
     order = ("grpo", *methods)
     times = {name: [] for name in order}
     turn, errors = threading.Condition(), []
-    state = {"next": 0}
+    state = {"next": 0, "finished": 0}
 
     class Turnstile(TrainerCallback):
         def __init__(self, index: int):
@@ -157,9 +158,13 @@ def trainer_comparison(profile: str = "cpu", rounds: int = 5, warmup: int = 1,
 
         def on_step_end(self, args, st, control, **kwargs):
             times[self.name].append(time.perf_counter() - self.t0)
+            last = st.global_step >= st.max_steps
             with turn:
                 state["next"] = (self.index + 1) % len(order)
+                state["finished"] += last
                 turn.notify_all()
+                if last:  # a finished trainer's wrap-up would run beside the others' last steps: wait
+                    turn.wait_for(lambda: state["finished"] == len(order) or errors)
 
     with tempfile.TemporaryDirectory() as out:
         common = dict(
