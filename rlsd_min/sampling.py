@@ -192,6 +192,10 @@ def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion
     the prompt's cost (the teacher's privileged prompt is longer than the completion).
     Gradients flow through both passes. Position ids count real tokens only, so a
     left-padded row is numbered exactly as it would be alone.
+
+    A model with gradient checkpointing on gets one pass over [prompt | completion] instead:
+    transformers drops the KV cache inside checkpointed layers, so the prompt's cache cannot
+    reach the second pass there. The same numbers, without the prompt saving.
     """
     B, P = prompt_ids.shape
     N, T = completion_ids.shape
@@ -199,6 +203,12 @@ def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion
         if N % B:
             raise ValueError(f"{N} completions do not split into groups over {B} prompts")
         groups = torch.arange(B, device=prompt_ids.device).repeat_interleave(N // B)   # (N,)
+    if checkpointed(model):
+        ids = torch.cat([prompt_ids[groups], completion_ids], dim=1)                         # (N, P+T)
+        attn = torch.cat([prompt_mask[groups], completion_mask], dim=1)                      # (N, P+T)
+        position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)                                 # (N, P+T)
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids).logits  # (N, P+T, V)
+        return logits[:, P - 1:-1].float() / temperature                                      # (N, T, V)
     prompt_pos = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)                 # (B, P)
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True)
     name = cache_argument(model)
@@ -215,8 +225,23 @@ def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion
 def cache_argument(model) -> str:
     """The name under which this transformers version passes a KV cache to a model's forward
     and returns it: `cache` (transformers 5.x deprecates `past_key_values`, to be removed in
-    5.40) where the forward takes it, else `past_key_values`."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    5.40) where the forward takes it, else `past_key_values`. A wrapped model (DDP, FSDP, a
+    DeepSpeed engine) passes its arguments on: the wrapped model's forward decides."""
+    return "cache" if "cache" in inspect.signature(unwrap(model).forward).parameters else "past_key_values"
+
+
+def checkpointed(model) -> bool:
+    """Whether the model runs with gradient (activation) checkpointing on."""
+    inner = unwrap(model)
+    name = "is_activation_checkpointing" if hasattr(type(inner), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(inner, name, False))
+
+
+def unwrap(model):
+    """The model inside distributed wrappers (DDP, FSDP, a DeepSpeed engine keep it as `.module`)."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
 
 
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@
               score them under the reference policy, if kl_coef > 0     (rlsd_min.reference_kl)
               score them under the privileged teacher, if the method has one  (rlsd_min.teacher)
               -> StepBatch: everything computed once per batch
+              (all but the sampling is `score_rollout`, for completions given from elsewhere)
     update    `num_iterations` times: the student's forward, the method's loss
               (rlsd_min.methods), backward, gradient clipping, optimiser step
 
@@ -102,6 +103,16 @@ def collect(policy, tokenizer, problems: list, cfg, ref_model=None, teacher: Tea
     with bf16_autocast(device, cfg.bf16_autocast):
         rollout = sample_group(policy, tokenizer, [p.prompt for p in problems], cfg.group_size,
                                cfg.max_new_tokens, cfg.temperature, static_cache_compile=cfg.static_cache_compile)
+    return score_rollout(policy, tokenizer, problems, rollout, cfg, ref_model, teacher, clock)
+
+
+def score_rollout(policy, tokenizer, problems: list, rollout: Rollout, cfg, ref_model=None,
+                  teacher: Teacher | None = None, clock: PhaseClock | None = None) -> StepBatch:
+    """`collect` after the sampling: the StepBatch of given completions (G per problem, group
+    members adjacent, laid out as sample_group lays them out). collect calls it on the
+    completions it sampled; a test can hand it completions it chose."""
+    device = next(policy.parameters()).device
+    clock = clock or PhaseClock(device)
     rows = [p for p in problems for _ in range(cfg.group_size)]
     rewards = torch.tensor([p.reward(t) for p, t in zip(rows, rollout.texts)],
                            device=rollout.completion_ids.device)                        # (N,)

@@ -45,20 +45,32 @@ def teacher_logprobs(model, tokenizer, teacher_prompts: list[str], rollout, retu
     prompts): the result then has one row per selected row, n = rows.sum(). Returns
     detached (n, T) log q_t(y_t), and the (n, T, V) logits too when return_logits.
     """
+    ids, mask = encode_prompts(tokenizer, teacher_prompts, rollout.completion_ids.device)  # (B, P')
+    return score_completions(model, ids, mask, rollout, return_logits, temperature, rows)
+
+
+def score_completions(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, rollout,
+                      return_logits: bool = False, temperature: float = 1.0, rows: torch.Tensor | None = None):
+    """The log-probs of the rollout's own completion ids after given prompt ids: teacher_logprobs
+    for prompts that are already tokenised (a chat template's ids, say).
+
+    prompt_ids, prompt_mask (B, P') are left-padded, one prompt per group (B = N / G), in the
+    rollout's order; the completion ids are used as they are, never re-tokenised. One no-grad
+    forward over the rows asked for (rows (N,) bool, None = all N) and their groups' prompts.
+    Returns detached (n, T) log-probs, and the (n, T, V) logits too when return_logits.
+    """
     G = rollout.group_size
     N = rollout.completion_ids.shape[0]
-    if len(teacher_prompts) * G != N:
-        raise ValueError(f"{len(teacher_prompts)} teacher prompts x group size {G} != {N} completions")
-    device = rollout.completion_ids.device
-    picked = torch.arange(N, device=device) if rows is None else rows.nonzero().squeeze(1)   # (n,)
-    used, groups = torch.unique(picked // G, return_inverse=True)                # prompts needed, (n,) into them
-    ids, mask = encode_prompts(tokenizer, [teacher_prompts[g] for g in used.tolist()], device)  # (b, P')
-    check_fits(model, ids.shape[1], rollout.completion_ids.shape[1])
-    completion = rollout.completion_ids[picked]                                             # (n, T)
+    if prompt_ids.shape[0] * G != N:
+        raise ValueError(f"{prompt_ids.shape[0]} teacher prompts x group size {G} != {N} completions")
+    check_fits(model, prompt_ids.shape[1], rollout.completion_ids.shape[1])
+    picked = torch.arange(N, device=prompt_ids.device) if rows is None else rows.nonzero().squeeze(1)  # (n,)
+    used, groups = torch.unique(picked // G, return_inverse=True)           # prompts needed; (n,) into them
+    completion = rollout.completion_ids[picked]                                              # (n, T)
     with torch.inference_mode():
-        logits = completion_logits(model, ids, mask, completion, rollout.completion_mask[picked],
-                                   temperature, groups)                                     # (n, T, V)
-        logp = gather_logprobs(logits, completion)                                          # (n, T)
+        logits = completion_logits(model, prompt_ids[used], prompt_mask[used], completion,
+                                   rollout.completion_mask[picked], temperature, groups)      # (n, T, V)
+        logp = gather_logprobs(logits, completion)                                           # (n, T)
     # clone: inference tensors become ordinary (still gradient-free) tensors for the loss
     return (logp.clone(), logits.clone()) if return_logits else logp.clone()
 

@@ -237,3 +237,35 @@ def test_each_method_trains_on_the_ci_profile_and_changes_the_parameters(method,
 def test_bad_method_settings_fail_before_training(overrides, message):
     with pytest.raises(ValueError, match=message.replace("{", r"\{").replace("}", r"\}")):
         train_config("ci", **overrides)
+
+
+def test_score_completions_is_teacher_logprobs_on_given_ids(base):
+    """teacher_logprobs = encode the prompts, then score_completions: the same numbers from ids."""
+    from rlsd_min.sampling import encode_prompts
+    from rlsd_min.teacher import score_completions
+
+    model, tok = base
+    prompts = ["168|123+045=", "15|7+8="]
+    torch.manual_seed(2)
+    rollout = sample_group(model, tok, ["123+045=", "7+8="], 2, 40)
+    ids, mask = encode_prompts(tok, prompts, "cpu")
+    got_logp, got_logits = score_completions(model, ids, mask, rollout, return_logits=True)
+    assert torch.equal(got_logp, teacher_logprobs(model, tok, prompts, rollout))
+    assert got_logits.shape == (*rollout.completion_ids.shape, len(tok))
+    with pytest.raises(ValueError, match="teacher prompts x group size"):
+        score_completions(model, ids[:1], mask[:1], rollout)
+
+
+def test_score_rollout_is_collect_after_the_sampling(base, splits):
+    """collect = sample_group, then score_rollout: the same batch from the same completions."""
+    from rlsd_min.step import collect, make_teacher, score_rollout
+
+    model, tok = base
+    cfg = rlsd_min.train_config("ci", method="sdpg")
+    problems = splits["train"][:2]
+    teacher = make_teacher(model, cfg)
+    torch.manual_seed(3)
+    batch = collect(model, tok, problems, cfg, ref_model=model, teacher=teacher)
+    again = score_rollout(model, tok, problems, batch.rollout, cfg, ref_model=model, teacher=teacher)
+    for name in ("rewards", "advantages", "ref_logp", "teacher_logp", "teacher_logits"):
+        assert torch.equal(getattr(again, name), getattr(batch, name)), name

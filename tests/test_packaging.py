@@ -157,6 +157,7 @@ def test_wheel_and_sdist_ship_every_data_file_and_module(built):
     data, modules = _data_files(), _python_files()
     assert "rlsd_min/data/base/model.safetensors" in data and "rlsd_min/data/base_split/model.safetensors" in data
     assert any(m.startswith("rlsd_min/lab/") for m in modules)
+    assert "rlsd_min/integrations/trl.py" in modules
     wheel = built["wheel_names"]
     assert data - wheel == set(), "data files missing from the wheel (pyproject.toml package-data)"
     assert modules - wheel == set(), "modules missing from the wheel ([tool.setuptools] packages)"
@@ -348,6 +349,42 @@ def test_the_core_never_imports_the_lab():
     assert not [m for m in rlsd_min._EXPORTS if m == "lab" or m.startswith("lab.")], "a public name lives in lab"
 
 
+def test_the_core_never_imports_the_integrations():
+    """rlsd_min.integrations (the TRL trainers) sits above the core: no core module imports it,
+    not even inside a function (the lab's TRL benchmark does, inside its function)."""
+    offenders = [f"{m}:{line} imports {t}" for m, imps in _import_graph().items()
+                 if not m.startswith(("rlsd_min.integrations", "rlsd_min.lab"))
+                 for t, line, _ in imps if t == "rlsd_min.integrations" or t.startswith("rlsd_min.integrations.")]
+    assert offenders == []
+    assert "rlsd_min.integrations.trl" in _import_graph()
+
+
+def _external_imports(path: pathlib.Path) -> set:
+    """Top-level names of the non-relative imports anywhere in a file (functions included)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_core_never_imports_trl():
+    """trl is an optional extra: only rlsd_min.integrations and the lab's TRL comparison use it,
+    and importing every core module loads no trl."""
+    core = [p for p in sorted(PKG.rglob("*.py")) if "__pycache__" not in p.parts
+            and not {"lab", "integrations"} & set(p.relative_to(PKG).parts)]
+    assert core and all("trl" not in _external_imports(p) for p in core), [
+        p.name for p in core if "trl" in _external_imports(p)]
+    code = ("import importlib, json, pathlib, sys, rlsd_min; pkg = pathlib.Path(rlsd_min.__file__).parent\n"
+            "for p in pkg.glob('*.py'):\n    importlib.import_module('rlsd_min.' + p.stem) if p.stem != '__init__' else None\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m == 'trl' or m.startswith(('trl.', 'rlsd_min.integrations')))))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = _run([sys.executable, "-c", code], env=env, cwd=REPO, timeout=300)
+    assert json.loads(proc.stdout.splitlines()[-1]) == []
+
+
 # --- the public names ---------------------------------------------------------------------------
 
 def test_no_public_name_is_also_a_submodule_name():
@@ -359,13 +396,15 @@ def test_no_public_name_is_also_a_submodule_name():
 
 
 _EVERY_SUBMODULE = r"""
-import importlib, inspect, json, pathlib, sys
+import importlib, importlib.util, inspect, json, pathlib, sys
 import rlsd_min
 first = rlsd_min.verify                      # resolved before the submodules load, too
 pkg = pathlib.Path(rlsd_min.__file__).parent
 names = sorted(".".join(p.relative_to(pkg.parent).with_suffix("").parts).removesuffix(".__init__")
                for p in pkg.rglob("*.py") if "__pycache__" not in p.parts)
 for name in names:
+    if name.startswith("rlsd_min.integrations.trl") and importlib.util.find_spec("trl") is None:
+        continue  # the optional trl extra is not installed here
     importlib.import_module(name)
 import rlsd_min.tasks
 from rlsd_min import verify, train, evaluate

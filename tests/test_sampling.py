@@ -292,3 +292,44 @@ def test_decoding_stops_when_every_row_has_ended(base, splits):
     r = sample_group(model, tok, [p.prompt for p in splits["validation"][:8]], 2, 120 - 9, greedy=True)
     assert r.completion_ids.shape[1] == int(r.completion_mask.sum(1).max()) < 60
     assert (r.completion_ids == tok.eos_token_id).any(1).all()
+
+def test_completion_logits_with_gradient_checkpointing_is_one_pass_with_the_same_numbers(tiny_model, tokenizer):
+    """transformers drops the KV cache inside checkpointed layers, so a checkpointed model is
+    scored in one pass over [prompt | completion]: the two-pass logits and gradients."""
+    from rlsd_min.sampling import checkpointed, completion_logits, encode_completions, encode_prompts
+
+    ids, mask = encode_prompts(tokenizer, ["12+34=", "1+2="], "cpu")                   # (B, P)
+    cids, cmask = encode_completions(tokenizer, ["46", "3", "99", "4"], "cpu")         # (N, T), G = 2
+    rows = cmask.bool()
+    out = {}
+    for on in (False, True):
+        model = tiny_model().train()
+        if on:
+            model.gradient_checkpointing_enable()
+        assert checkpointed(model) == on
+        logits = completion_logits(model, ids, mask, cids, cmask)                       # (N, T, V)
+        logits[rows].logsumexp(-1).sum().backward()
+        out[on] = logits.detach()[rows], model.model.embed_tokens.weight.grad
+    torch.testing.assert_close(out[True][0], out[False][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[True][1], out[False][1], atol=1e-5, rtol=1e-5)
+
+
+def test_cache_argument_and_checkpointing_look_through_a_distributed_wrapper(tiny_model):
+    """DDP, FSDP and DeepSpeed keep the model as `.module` and pass the forward's arguments on."""
+    from rlsd_min.sampling import cache_argument, checkpointed, unwrap
+
+    model = tiny_model()
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            return self.module(*args, **kwargs)
+
+    wrapped = Wrapper(Wrapper(model))
+    assert unwrap(wrapped) is model and unwrap(model) is model
+    assert cache_argument(wrapped) == cache_argument(model)
+    model.gradient_checkpointing_enable()
+    assert checkpointed(wrapped)

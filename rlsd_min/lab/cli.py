@@ -185,6 +185,17 @@ def cmd_bench(args) -> None:
 
     header = f"device {pick_device()}, torch threads {torch.get_num_threads()}"
 
+    if args.trl_trainers:
+        import warnings
+
+        from .bench_trl import TRAINER_METHODS, format_trainer_comparison, trainer_comparison
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        methods = tuple(args.methods.split(",")) if args.methods else TRAINER_METHODS
+        times = trainer_comparison(args.profile, args.rounds, args.warmup, methods)
+        print(f"\n{args.profile} profile, {args.rounds} rounds after {args.warmup} warm-up, interleaved, {header}")
+        print(format_trainer_comparison(times))
+        return
     if args.trl:
         import warnings
 
@@ -287,6 +298,8 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=5, help="timed rounds")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     p.add_argument("--trl", action="store_true", help="rlsd_min GRPO against TRL's GRPOTrainer (needs .[bench])")
+    p.add_argument("--trl-trainers", action="store_true", help="each rlsd_min TRL trainer against TRL's "
+                   "GRPOTrainer on the same work (rlsd_min.integrations.trl; needs .[trl])")
     p.add_argument("--scaling", action="store_true", help="step time against each axis of --axes (rlsd_min.lab.bench_scaling)")
     p.add_argument("--axes", default="group,length,model", help="with --scaling: any of group, length, model, flags")
     p.set_defaults(func=cmd_bench)

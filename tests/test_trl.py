@@ -1,0 +1,467 @@
+"""The TRL trainers (rlsd_min.integrations.trl) on a tiny model with a real subword tokenizer.
+
+- the configs' method fields are TrainConfig's: names, docs, defaults, resolution;
+- bad input is refused before the first step;
+- the teacher is aligned for plain and chat-template prompts (teacher prompt = student prompt
+  gives exactly the student's log-probs; column t scores completion token t);
+- equivalence: one update of each trainer gives rlsd_min's own loss and gradients (update on
+  score_rollout's batch) on the same model, prompts and injected completions, in float64;
+- logging under rlsd_min's names through TRL's `log`; the frozen teacher really is frozen;
+- two processes under torchrun (gloo, CPU): identical weights on both ranks, metrics averaged
+  across ranks, and the same weights as one process on the whole batch;
+- the example script runs two steps.
+
+The tiny model: a byte-level BPE tokenizer trained here with a chat template, and a random
+one-layer Llama, saved with save_pretrained (rlsd_min.integrations.tiny). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+if not os.environ.get("CI"):  # CI installs the trl extra: there a missing trl fails, not skips
+    pytest.importorskip("trl")
+
+from datasets import Dataset  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # noqa: E402
+
+from rlsd_min.config import TrainConfig, field_docs  # noqa: E402
+from rlsd_min.integrations import trl as rt  # noqa: E402
+from rlsd_min.integrations.tiny import arith_reward, arith_rows, build_tiny_chat_model  # noqa: E402
+from rlsd_min.methods import METHODS, rlsd_lambda, sdpg_beta, sdpg_windows  # noqa: E402
+from rlsd_min.sampling import Rollout, decode_completions, encode_prompts, token_logprobs  # noqa: E402
+from rlsd_min.step import make_teacher, score_rollout, update  # noqa: E402
+from rlsd_min.tasks import TASKS, load_splits, problems_of  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+G, T = 4, 24
+CONFIGS = {"rlsd": rt.RLSDConfig, "sdpg": rt.SDPGConfig, "opsd": rt.OPSDConfig, "grpo_opsd": rt.OPSDConfig}
+TOL = dict(rtol=1e-9, atol=1e-11)
+"""float64 on both sides: the loss and every gradient agree to rounding"""
+TOL_REF = 1e-6
+"""with a reference model (kl_coef > 0) or num_iterations > 1, TRL scores pi_ref and pi_old with
+its fused LM head, which works in float32; with gradient checkpointing the student runs in one
+pass, whose float64 gradients differ from the two-pass ones by about 1e-7: then every gradient
+entry is within TOL_REF x the largest entry of its parameter's gradient (measured: <= 4e-7)"""
+LOSS_REL = 1e-6
+"""the logged loss: the Trainer sums it over accumulated micro-batches in float32"""
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tmp_path_factory):
+    return build_tiny_chat_model(str(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+@pytest.fixture(scope="session")
+def problems():
+    return problems_of(load_splits(str(TASKS["arith"].data_dir))["train"])[:2]
+
+
+def config(method, tmp_path, **overrides):
+    kw = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2 * G, num_generations=G,
+              max_completion_length=T, max_steps=1, learning_rate=1e-3, lr_scheduler_type="constant",
+              report_to="none", use_cpu=True,
+              bf16=False, activation_checkpointing=False, logging_steps=1, save_strategy="no",
+              disable_tqdm=True, shuffle_dataset=False, seed=0)
+    if method == "grpo_opsd":
+        kw["with_reward"] = True
+    return CONFIGS[method](**{**kw, **overrides})
+
+
+def completions_of(problem, tokenizer) -> list[list[int]]:
+    """G chosen completions of a problem, as token ids: right, wrong, answer only, cut off
+    (rewards 1, 0, 1, 0, different lengths), each ending with <eos> but the last."""
+    eos = tokenizer.eos_token_id
+    ids = lambda text: tokenizer(text, add_special_tokens=False).input_ids
+    wrong = problem.solution[:-1] + ("1" if problem.solution[-1] != "1" else "2")
+    return [ids(problem.solution) + [eos], ids(wrong) + [eos], ids(str(problem.answer)) + [eos],
+            ids(problem.solution)[:-2]]
+
+
+def inject(trainer, table: dict) -> None:
+    """Replace TRL's sampling by chosen completions: table[prompt ids] = the group's G completions."""
+    def generate(prompt_ids, images, multimodal_fields, num_generations, **kwargs):
+        return [table[tuple(ids)][i % num_generations] for i, ids in enumerate(prompt_ids)], None
+    trainer._generate_single_turn = generate
+
+
+class Grads(TrainerCallback):
+    """The gradients (after clipping) just before TRL's optimiser step."""
+
+    def __init__(self):
+        self.grads, self.model = [], None
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.grads.append({n: p.grad.detach().clone() for n, p in self.model.named_parameters()})
+
+
+def trl_side(method, path, problems, tmp_path, conversational=False, dtype=torch.float64, train=True, **overrides):
+    """(trainer, its step-1 gradients, its logged rows) after one step on injected completions
+    (train=False: the trainer as built, completions injected)."""
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    rows = [{"prompt": [{"role": "user", "content": p.prompt}] if conversational else p.prompt,
+             "privileged_context": p.context("answer"), "answer": p.answer} for p in problems]
+    grads = Grads()
+    trainer = rt.TRAINERS[method](model=model, reward_funcs=arith_reward, args=config(method, tmp_path, **overrides),
+                                  train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[grads])
+    grads.model = trainer.model
+    table = {}
+    for p, row in zip(problems, rows):
+        table[tuple(trainer._tokenize_prompts([row["prompt"]])[0][0])] = completions_of(p, tok)
+    inject(trainer, table)
+    if train:
+        trainer.train()
+    return trainer, grads.grads, [h for h in trainer.state.log_history if "loss" in h]
+
+
+def rlsd_min_side(method, path, problems, cfg: TrainConfig):
+    """rlsd_min's own update on the same completions: score_rollout's StepBatch, then update."""
+    tok = AutoTokenizer.from_pretrained(path)
+    policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64)
+    ids, mask = encode_prompts(tok, [p.prompt for p in problems], "cpu")                  # (B, P)
+    rows = [c for p in problems for c in completions_of(p, tok)]
+    width = max(len(r) for r in rows)
+    cids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])         # (N, T)
+    cmask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])           # (N, T)
+    rollout = Rollout(ids.repeat_interleave(G, 0), mask.repeat_interleave(G, 0), cids, cmask,
+                      decode_completions(tok, cids, cmask), G)
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64) if cfg.kl_coef > 0 else None
+    batch = score_rollout(policy, tok, problems, rollout, cfg, ref, make_teacher(policy, cfg))
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)  # TRL's AdamW
+    row = update(policy, optimizer, batch, cfg, step=0)
+    return row, {n: p.grad for n, p in policy.named_parameters()}, batch
+
+
+def rlsd_min_config(method, **fields) -> TrainConfig:
+    """The same settings written in TrainConfig's names, independently of the integration."""
+    return TrainConfig(method=method, group_size=G, prompts_per_step=2, max_new_tokens=T, lr=1e-3,
+                       adv_eps=1e-4, steps=1, teacher_context="answer", **fields).validate()
+
+
+# --- the configs ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["rlsd", "sdpg", "opsd", "grpo_opsd"])
+def test_config_method_fields_are_trainconfigs_names_docs_defaults_and_resolution(method, tmp_path):
+    cls, docs = CONFIGS[method], field_docs(TrainConfig)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = rt.method_fields(method)
+    assert {"kl_coef", "kl_estimator", "loss_agg", "teacher_mode", "privileged_template", "dual_clip"} <= set(names)
+    for name in names:
+        assert fields[name].default == docs[name][0], name                # TrainConfig's default (None: the method's)
+        assert fields[name].metadata["help"] == docs[name][1], name
+    args = config(method, tmp_path)
+    resolved = TrainConfig(method=method).validate()                      # TrainConfig's resolution of the method
+    for name in names:
+        assert getattr(args, name) == getattr(resolved, name), name
+    assert args.beta == resolved.kl_coef and args.rlsd_config.method == method
+
+
+def test_config_fields_per_method():
+    assert {"rlsd_lam", "rlsd_lam_steps", "rlsd_eps_w"} <= set(rt.method_fields("rlsd"))
+    assert not {"divergence", "distill_coef"} & set(rt.method_fields("rlsd"))
+    assert {"sdpg_gate", "sdpg_schedule", "sdpg_outcome", "divergence", "distill_coef"} <= set(rt.method_fields("sdpg"))
+    assert "teacher_context" not in rt.method_fields("opsd")  # the dataset column brings the context
+
+
+def test_config_translates_trl_names_to_trainconfig(tmp_path):
+    args = config("sdpg", tmp_path, epsilon=0.1, epsilon_high=0.3, num_iterations=2, max_steps=7,
+                  learning_rate=3e-4, temperature=0.9, scale_rewards="batch", kl_coef=0.5, sdpg_gate=False)
+    cfg = args.rlsd_config
+    assert (cfg.eps_low, cfg.eps_high, cfg.num_iterations, cfg.lr) == (0.1, 0.3, 2, 3e-4)
+    assert cfg.steps == 3                                  # RL steps: 7 optimiser steps // 2 iterations
+    assert (cfg.temperature, cfg.adv_scale, cfg.group_size, cfg.max_new_tokens) == (0.9, "batch", G, T)
+    assert (cfg.kl_coef, args.beta, cfg.sdpg_gate, cfg.adv_eps) == (0.5, 0.5, False, rt.TRL_ADV_EPS)
+    assert cfg.prompts_per_step == 2
+
+
+# --- bad input: refused before the first step ------------------------------------------------
+
+@pytest.mark.parametrize("method, overrides, message", [
+    ("rlsd", dict(privileged_template="{prompt} only"), "lacks the {context} placeholder"),
+    ("rlsd", dict(teacher_mode="copy"), "cannot use teacher_mode='copy'"),
+    ("opsd", dict(divergence="hellinger"), "cannot use divergence='hellinger'"),
+    ("grpo_opsd", dict(divergence="sampled"), "cannot use divergence='sampled'"),
+    ("sdpg", dict(beta=0.04), "reference-KL weight is kl_coef"),
+    ("rlsd", dict(loss_type="grpo"), "loss_agg"),
+    ("rlsd", dict(per_device_train_batch_size=2, gradient_accumulation_steps=2), "whole groups"),
+    ("rlsd", dict(steps_per_generation=2), "one optimiser step per sampled batch"),
+    ("rlsd", dict(rlsd_eps_w=1.5), "rlsd_eps_w must be in"),
+])
+def test_bad_settings_fail_when_the_config_is_made(method, overrides, message, tmp_path):
+    with pytest.raises(ValueError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        config(method, tmp_path, **overrides)
+
+
+def test_unknown_field_for_the_method_is_refused(tmp_path):
+    with pytest.raises(TypeError, match="divergence"):
+        config("rlsd", tmp_path, divergence="reverse")
+
+
+def test_bad_dataset_or_args_fail_before_the_model_is_loaded(tmp_path):
+    args = config("rlsd", tmp_path)
+    no_column = Dataset.from_list([{"prompt": "1+2=", "answer": 3}])
+    with pytest.raises(ValueError, match="no 'privileged_context' column"):
+        rt.RLSDTrainer("no/such-model", arith_reward, args, no_column)
+    not_text = Dataset.from_list([{"prompt": "1+2=", "privileged_context": 3, "answer": 3}])
+    with pytest.raises(ValueError, match="must be a string"):
+        rt.RLSDTrainer("no/such-model", arith_reward, args, not_text)
+    with pytest.raises(TypeError, match="RLSDConfig"):
+        rt.SDPGTrainer("no/such-model", arith_reward, args, Dataset.from_list(arith_rows(n=2)))
+
+
+@pytest.mark.parametrize("mode, fsdp, stage, refused", [
+    ("frozen", False, 3, True), ("synced", True, None, True), ("ema", False, 3, True),
+    ("live", False, 3, False), ("live", True, None, False), ("synced", False, 2, False), ("frozen", False, None, False)])
+def test_a_teacher_copy_is_refused_where_the_weights_are_sharded(mode, fsdp, stage, refused):
+    if refused:
+        with pytest.raises(ValueError, match="use teacher_mode='live'"):
+            rt.check_teacher_sharding(mode, fsdp, stage)
+    else:
+        rt.check_teacher_sharding(mode, fsdp, stage)
+
+
+def test_privileged_prompt_plain_and_chat():
+    assert rt.privileged_prompt("1+2=", "3", "{context}|{prompt}") == "3|1+2="
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+2="}]
+    assert rt.privileged_prompt(chat, "3", "Answer: {context}\n{prompt}") == [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Answer: 3\n1+2="}]
+    assert chat[-1]["content"] == "1+2="                                   # the row is not modified
+    with pytest.raises(ValueError, match="must end with a user turn"):
+        rt.privileged_prompt([{"role": "assistant", "content": "x"}], "3", "{context}{prompt}")
+
+
+# --- the teacher's alignment ----------------------------------------------------------------
+
+@pytest.mark.parametrize("conversational", [False, True])
+def test_teacher_prompt_equal_to_the_student_prompt_gives_exactly_the_students_logprobs(
+        conversational, tiny_path, problems, tmp_path):
+    """Context '' and template '{context}{prompt}': the teacher's prompt is the student's, so its
+    log-probs of the student's own completion ids must equal the student's, bit for bit."""
+    trainer, _, _ = trl_side("opsd", tiny_path, problems, tmp_path, conversational, dtype=torch.float32,
+                             train=False, privileged_template="{context}{prompt}", teacher_mode="live")
+    rows = [{"prompt": [{"role": "user", "content": p.prompt}] if conversational else p.prompt,
+             "privileged_context": "", "answer": p.answer} for p in problems for _ in range(G)]
+    trainer.model.eval()
+    batch_in = trainer._generate_and_score_completions(rows)
+    assert torch.equal(batch_in["teacher_prompt_ids"], batch_in["prompt_ids"])
+    batch = trainer._step_batch(batch_in, trainer._rlsd_config())
+    student, _ = token_logprobs(trainer.model, batch.rollout)
+    mask = batch.rollout.completion_mask.bool()
+    assert torch.equal(batch.teacher_logp[mask], student.detach()[mask])
+
+
+@pytest.mark.parametrize("conversational", [False, True])
+def test_teacher_column_t_scores_completion_token_t(conversational, tiny_path, problems, tmp_path):
+    """With a real context: the teacher's log-prob in column t equals a separate unpadded forward
+    over [teacher prompt ids | completion ids], the context inside the user turn for chat."""
+    template = "The reference answer is {context}. {prompt}"
+    trainer, _, _ = trl_side("rlsd", tiny_path, problems, tmp_path, conversational, dtype=torch.float32,
+                             train=False, privileged_template=template)
+    tok = trainer.processing_class
+    rows = [{"prompt": [{"role": "user", "content": p.prompt}] if conversational else p.prompt,
+             "privileged_context": p.context("answer"), "answer": p.answer} for p in problems for _ in range(G)]
+    trainer.model.eval()
+    batch_in = trainer._generate_and_score_completions(rows)
+    batch = trainer._step_batch(batch_in, trainer._rlsd_config())
+    model = trainer._teacher.model                                           # RLSD's synced copy
+    for i in range(len(rows)):
+        tp = batch_in["teacher_prompt_ids"][i][batch_in["teacher_prompt_mask"][i].bool()].tolist()
+        text = tok.decode(tp)
+        assert f"The reference answer is {problems[i // G].answer}. {problems[i // G].prompt}" in text
+        if conversational:
+            assert text.startswith("<|user|>\nThe reference answer is") and text.endswith("<|end|>\n<|assistant|>\n")
+        n = int(batch_in["completion_mask"][i].sum())
+        comp = batch_in["completion_ids"][i, :n].tolist()
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([tp + comp])).logits[0].double()
+        ref = torch.log_softmax(logits[len(tp) - 1:-1], -1).gather(-1, torch.tensor(comp)[:, None])[:, 0]
+        torch.testing.assert_close(batch.teacher_logp[i, :n].double(), ref, rtol=1e-5, atol=1e-5)
+
+
+# --- equivalence with rlsd_min's own update ---------------------------------------------------
+
+EQUIVALENCE = [
+    ("rlsd", {}, {}),
+    ("sdpg", dict(sdpg_schedule=False), {}),                    # beta = distill_coef from step 0
+    ("sdpg", {}, {}),                                           # the schedule: beta(0) = 0
+    ("opsd", {}, {}),
+    ("opsd", dict(divergence="sampled"), {}),
+    ("grpo_opsd", dict(divergence="jsd"), {}),
+    ("rlsd", dict(kl_coef=0.05, loss_agg="seq-mean"), {}),
+    ("rlsd", {}, dict(per_device_train_batch_size=G, gradient_accumulation_steps=2)),   # token-mean over 2 micro-batches
+    ("sdpg", dict(sdpg_schedule=False), dict(per_device_train_batch_size=G, gradient_accumulation_steps=2)),
+    ("rlsd", {}, dict(activation_checkpointing=True)),         # the one-pass student forward
+    ("rlsd", dict(num_iterations=2), dict(max_steps=2)),        # 2 updates of one batch: the ratio and clip act
+]
+
+
+@pytest.mark.parametrize("method, fields, trl_only", EQUIVALENCE)
+def test_one_update_equals_rlsd_mins_update_in_float64(method, fields, trl_only, tiny_path, problems, tmp_path):
+    trainer, grads, logged = trl_side(method, tiny_path, problems, tmp_path, **fields, **trl_only)
+    cfg = rlsd_min_config(method, **fields)
+    iterations = cfg.num_iterations
+    row, ours, batch = rlsd_min_side(method, tiny_path, problems, cfg)
+    # TRL scores pi_ref, and with num_iterations > 1 pi_old, with its float32 fused LM head
+    tol = TOL_REF if cfg.kl_coef > 0 or iterations > 1 or trl_only.get("activation_checkpointing") else TOL
+    assert batch.advantages.abs().sum() > 0 and len(grads) == iterations
+    last = logged[iterations - 1]                                   # the last iteration's, as update returns
+    assert math.isclose(last["loss"], row["loss"], rel_tol=LOSS_REL, abs_tol=1e-12), (last["loss"], row["loss"])
+    assert any(g.abs().sum() > 0 for g in ours.values())
+    for name, g in ours.items():
+        if tol is TOL:
+            torch.testing.assert_close(grads[-1][name], g, **TOL, msg=name)
+        else:
+            assert (grads[-1][name] - g).abs().max() <= TOL_REF * g.abs().max() + 1e-15, name
+    accumulated = trl_only.get("gradient_accumulation_steps", 1) > 1  # then metrics are micro-batch means
+    for name in ("lam", "w_clip_frac", "distill_loss", "beta", "gate_frac", "delta_mean", "teacher_kl", "kl_ref"):
+        if name in row and not accumulated:
+            rel = 1e-7 if tol is TOL else 1e-4  # delta_mean reads pi_old: TRL's float32 scores
+            assert math.isclose(last[name], row[name], rel_tol=rel, abs_tol=1e-9), name
+
+
+# --- logging, schedules and the teacher's weights ---------------------------------------------
+
+class Logs(TrainerCallback):
+    def __init__(self):
+        self.rows = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.rows.append(dict(logs))
+
+
+@pytest.mark.parametrize("method", ["rlsd", "sdpg"])
+def test_metrics_reach_trls_logging_under_rlsd_min_names_with_the_steps_schedule(method, tiny_path, tmp_path):
+    steps, logs = 4, Logs()
+    args = config(method, tmp_path, max_steps=steps, rlsd_lam_steps=3) if method == "rlsd" else config(
+        method, tmp_path, max_steps=steps)
+    trainer = rt.TRAINERS[method](model=tiny_path, reward_funcs=arith_reward, args=args,
+                                  train_dataset=Dataset.from_list(arith_rows(n=16)), callbacks=[logs])
+    trainer.train()
+    rows = [r for r in logs.rows if "loss" in r]
+    assert len(rows) == steps
+    names = {"rlsd": {"lam", "w_clip_frac", "delta_mean", "teacher_kl", "loss_pg", "clip_frac", "entropy"},
+             "sdpg": {"beta", "distill_loss", "gate_frac", "kl_ref", "delta_mean", "teacher_kl", "entropy"}}[method]
+    assert all(names <= set(r) for r in rows), rows[0].keys()
+    cfg = trainer._rlsd_config()
+    assert cfg.steps == steps
+    for k, r in enumerate(rows):
+        if method == "rlsd":
+            assert r["lam"] == pytest.approx(rlsd_lambda(k, cfg.rlsd_lam, 3))
+        else:
+            assert r["beta"] == pytest.approx(sdpg_beta(k, steps, cfg.distill_coef, *sdpg_windows(cfg)))
+
+
+@pytest.mark.parametrize("cast_lm_head_to_fp32", [False, True])
+def test_the_frozen_teacher_keeps_the_initial_weights_and_is_saved_with_checkpoints(
+        cast_lm_head_to_fp32, tiny_path, problems, tmp_path):
+    """TRL patches `forward` on the student's modules (closures over them): a copied teacher must
+    not run the student's weights."""
+    trainer, _, _ = trl_side("opsd", tiny_path, problems, tmp_path, dtype=torch.float32, max_steps=2,
+                             learning_rate=0.05, save_strategy="steps", save_steps=2,
+                             cast_lm_head_to_fp32=cast_lm_head_to_fp32)
+    assert trainer._teacher.mode == "frozen"
+    initial = AutoModelForCausalLM.from_pretrained(tiny_path)
+    x = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        t, s, i = (m(input_ids=x).logits for m in (trainer._teacher.model, trainer.model, initial))
+    assert torch.equal(t, i) and not torch.allclose(s, i)
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    saved = torch.load(checkpoint / rt._SelfDistillationTrainer.TEACHER_FILE)
+    assert all(torch.equal(saved[k], v) for k, v in initial.state_dict().items())
+    # resumed from the checkpoint, the teacher is theta_0 again, not the checkpoint's student
+    again, _, _ = trl_side("opsd", tiny_path, problems, tmp_path, dtype=torch.float32, train=False, max_steps=3,
+                           learning_rate=0.05, cast_lm_head_to_fp32=cast_lm_head_to_fp32)
+    again.train(resume_from_checkpoint=str(checkpoint))
+    with torch.no_grad():
+        assert torch.equal(again._teacher.model(input_ids=x).logits, i)
+
+
+def test_shard_weight_makes_the_mean_over_shards_the_whole_batch_aggregate():
+    from rlsd_min.objective import aggregate
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 5, dtype=torch.float64)                                        # (N, T)
+    mask = (torch.rand(8, 5) > 0.3).long()
+    mask[:, 0] = 1
+    for mode in ("token-mean", "seq-mean", "group-token-mean"):
+        whole = aggregate(x, mask, mode, 2)
+        shards = [(x[i:i + 4], mask[i:i + 4]) for i in (0, 4)]                       # 2 shards of 2 whole groups
+        mean = sum(rt.shard_weight(mode, m.sum(), mask.sum(), 2) * aggregate(s, m, mode, 2)
+                   for s, m in shards) / 2
+        torch.testing.assert_close(mean, whole, rtol=1e-12, atol=1e-12)
+
+
+# --- two processes under torchrun -------------------------------------------------------------
+
+def _torchrun(n: int, path: str, out: pathlib.Path) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
+           str(REPO / "tests" / "trl_distributed.py"), path, str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(n)]
+
+
+def test_two_processes_under_torchrun_agree_with_each_other_and_with_one_process(tiny_path, tmp_path):
+    two = _torchrun(2, tiny_path, tmp_path / "two")
+    (one,) = _torchrun(1, tiny_path, tmp_path / "one")
+    for method in ("rlsd", "sdpg"):
+        r0, r1 = two[0][method], two[1][method]
+        assert r0["weights"] == r1["weights"], "the ranks' weights differ"                 # identical, bit for bit
+        assert r0["moved"] > 0
+        # the same weights as one process on the whole batch (the same prompts and completions)
+        torch.testing.assert_close(torch.tensor(r0["weights"]), torch.tensor(one[method]["weights"]),
+                                   rtol=1e-5, atol=1e-6)
+        assert r0["logged"] == r1["logged"]                                              # both ranks log the mean
+        for step, logged in enumerate(r0["logged"]):
+            for name, value in logged.items():
+                if name == "loss":  # the Trainer's own mean of the returned loss, checked against one process
+                    continue
+                local = [r["local"][step][name] for r in (r0, r1)]
+                assert value == pytest.approx(sum(local) / 2, rel=1e-6, abs=1e-9), (method, step, name)
+            assert logged["loss"] == pytest.approx(one[method]["logged"][step]["loss"], rel=1e-4, abs=1e-7)
+        assert len(r0["local"]) == 2 and r0["local"][0] != r1["local"][0]              # the ranks saw different rows
+
+
+# --- the example ----------------------------------------------------------------------------
+
+def test_example_script_runs_two_steps_on_the_tiny_model(tiny_path, tmp_path):
+    out = tmp_path / "run"
+    flags = dict(model=tiny_path, dataset="arith", max_steps="2", output_dir=str(out), bf16="false",
+                 activation_checkpointing="false", per_device_train_batch_size="8", num_generations="4",
+                 max_completion_length="16", train_rows="32")
+    argv = [a for k, v in flags.items() for a in (f"--{k}", v)] + ["--use_cpu"]
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "trl_rlsd_gsm8k.py"), *argv],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2] and all("lam" in r and "w_clip_frac" in r for r in logged)
+
+
+# --- the step-time comparison with GRPOTrainer (rlsd_min.lab.bench_trl) ------------------------
+
+def test_trainer_comparison_table_ratio_is_the_median_of_per_round_ratios():
+    from rlsd_min.lab.bench_trl import format_trainer_comparison
+
+    text = format_trainer_comparison({"grpo": [1.0, 2.0, 4.0], "rlsd": [1.2, 2.0, 8.0]})
+    assert "| RLSDTrainer | 2.000 | 1.200-8.000 | 1.20 |" in text        # not 1.00, the ratio of the medians
+    assert "rlsd / GRPOTrainer per round: 1.20 1.00 2.00" in text
+
+
+def test_trainer_comparison_interleaves_the_trainers_on_the_ci_profile():
+    from rlsd_min.lab.bench_trl import trainer_comparison
+
+    times = trainer_comparison("ci", rounds=1, warmup=1, methods=("rlsd",))
+    assert set(times) == {"grpo", "rlsd"} and all(len(v) == 1 and v[0] > 0 for v in times.values())
