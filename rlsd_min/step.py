@@ -30,8 +30,8 @@ from .advantages import frac_zero_std, group_advantages
 from .leakage import reference_floor
 from .registry import METHODS
 from .objective import aggregate
-from .sampling import Rollout, bf16_autocast, entropy, masked_mean, sample_group, token_logprobs
-from .teacher import Teacher, teacher_logprobs, teacher_prompt
+from .sampling import Rollout, bf16_autocast, encode_prompts, entropy, masked_mean, sample_group, token_logprobs
+from .teacher import Teacher, score_completions, teacher_prompt
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -132,22 +132,10 @@ def score_rollout(policy, tokenizer, problems: list, rollout: Rollout, cfg, ref_
             raise ValueError(f"method {cfg.method!r} needs its teacher: pass teacher=make_teacher(policy, cfg)")
         prompts = [teacher_prompt(p.prompt, p.context(cfg.teacher_context), cfg.privileged_template)
                    for p in problems]
-        full_vocab = method.needs_logits(cfg)
-        rows = method.teacher_rows(advantages, cfg)                              # (N,) bool or None
-        batch.teacher_rows = rows
-        N, T = rollout.completion_ids.shape
-        logp, logits = torch.zeros(N, T, device=device), None                   # a row not scored: 0
-        if full_vocab:
-            logits = torch.zeros(N, T, teacher.model.config.vocab_size, device=device)   # (N, T, V)
-        if rows is None or rows.any():
-            with bf16_autocast(device, cfg.bf16_autocast):
-                out = teacher_logprobs(teacher.model, tokenizer, prompts, rollout, return_logits=full_vocab,
-                                       temperature=cfg.temperature, rows=rows)  # (n, T) [, (n, T, V)]
-            scored = slice(None) if rows is None else rows
-            logp[scored] = out[0] if full_vocab else out
-            if full_vocab:
-                logits[scored] = out[1]
-        batch.teacher_logp, batch.teacher_logits = logp, logits
+        ids, mask = encode_prompts(tokenizer, prompts, device)                   # (B, P')
+        with bf16_autocast(device, cfg.bf16_autocast):
+            batch.teacher_logp, batch.teacher_logits, batch.teacher_rows = teacher_scores(
+                teacher.model, ids, mask, rollout, advantages, cfg)
         clock.lap("teacher")
         if cfg.distill_floor:  # the OPSD loss floor, on a task with several references (rlsd_min.leakage)
             floor = reference_floor(teacher.model, tokenizer, problems, rollout, cfg.divergence,
@@ -156,6 +144,31 @@ def score_rollout(policy, tokenizer, problems: list, rollout: Rollout, cfg, ref_
                                                        cfg.group_size).item()
             clock.lap("floor")
     return batch
+
+
+def teacher_scores(teacher_model, prompt_ids, prompt_mask, rollout: Rollout, advantages, cfg):
+    """(log q_t(y_t) (N, T), full-vocabulary logits (N, T, V) or None, rows) of the teacher on
+    the rollout, after its prompts (B, P'), one per group.
+
+    Only the rows whose loss the teacher can change are scored (METHODS[cfg.method].teacher_rows:
+    A_i > 0 under SDPG's gate, A_i != 0 for RLSD; None = all); the others get 0 log-probs and 0
+    logits (a uniform teacher), which their loss multiplies by 0."""
+    method = METHODS[cfg.method]
+    full_vocab = method.needs_logits(cfg)
+    rows = method.teacher_rows(advantages, cfg)                                  # (N,) bool or None
+    N, T = rollout.completion_ids.shape
+    if rows is None:
+        out = score_completions(teacher_model, prompt_ids, prompt_mask, rollout, full_vocab, cfg.temperature)
+        return (*out, rows) if full_vocab else (out, None, rows)
+    logp = torch.zeros(N, T, device=prompt_ids.device)                           # (N, T)
+    logits = torch.zeros(N, T, teacher_model.config.vocab_size, device=prompt_ids.device) if full_vocab else None
+    if rows.any():
+        out = score_completions(teacher_model, prompt_ids, prompt_mask, rollout, full_vocab, cfg.temperature,
+                                rows)                                            # (n, T) [, (n, T, V)]
+        logp[rows] = out[0] if full_vocab else out
+        if full_vocab:
+            logits[rows] = out[1]
+    return logp, logits, rows
 
 
 def method_loss(policy, batch: StepBatch, cfg, step: int) -> tuple[torch.Tensor, dict, torch.Tensor]:

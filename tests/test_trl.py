@@ -37,7 +37,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  #
 from rlsd_min.config import TrainConfig, field_docs  # noqa: E402
 from rlsd_min.integrations import trl as rt  # noqa: E402
 from rlsd_min.integrations.tiny import arith_reward, arith_rows, build_tiny_chat_model  # noqa: E402
-from rlsd_min.methods import METHODS, rlsd_lambda, sdpg_beta, sdpg_windows  # noqa: E402
+from rlsd_min.methods import rlsd_lambda, sdpg_beta, sdpg_windows  # noqa: E402
+from rlsd_min.registry import METHODS  # noqa: E402
 from rlsd_min.sampling import Rollout, decode_completions, encode_prompts, token_logprobs  # noqa: E402
 from rlsd_min.step import make_teacher, score_rollout, update  # noqa: E402
 from rlsd_min.tasks import TASKS, load_splits, problems_of  # noqa: E402
@@ -323,9 +324,9 @@ def test_one_update_equals_rlsd_mins_update_in_float64(method, fields, trl_only,
         else:
             assert (grads[-1][name] - g).abs().max() <= TOL_REF * g.abs().max() + 1e-15, name
     accumulated = trl_only.get("gradient_accumulation_steps", 1) > 1  # then metrics are micro-batch means
-    for name in ("lam", "w_clip_frac", "distill_loss", "beta", "gate_frac", "delta_mean", "teacher_kl", "kl_ref"):
+    for name in ("lam", "w_clip_frac", "distill_loss", "beta", "gate_frac", "teacher_kl", "kl_ref"):
         if name in row and not accumulated:
-            rel = 1e-7 if tol is TOL else 1e-4  # delta_mean reads pi_old: TRL's float32 scores
+            rel = 1e-7 if tol is TOL else 1e-4  # teacher_kl reads pi_old: TRL's float32 scores
             assert math.isclose(last[name], row[name], rel_tol=rel, abs_tol=1e-9), name
 
 
@@ -349,8 +350,8 @@ def test_metrics_reach_trls_logging_under_rlsd_min_names_with_the_steps_schedule
     trainer.train()
     rows = [r for r in logs.rows if "loss" in r]
     assert len(rows) == steps
-    names = {"rlsd": {"lam", "w_clip_frac", "delta_mean", "teacher_kl", "loss_pg", "clip_frac", "entropy"},
-             "sdpg": {"beta", "distill_loss", "gate_frac", "kl_ref", "delta_mean", "teacher_kl", "entropy"}}[method]
+    names = {"rlsd": {"lam", "w_clip_frac", "teacher_kl", "loss_pg", "clip_frac", "entropy"},
+             "sdpg": {"beta", "distill_loss", "gate_frac", "kl_ref", "teacher_kl", "entropy"}}[method]
     assert all(names <= set(r) for r in rows), rows[0].keys()
     cfg = trainer._rlsd_config()
     assert cfg.steps == steps

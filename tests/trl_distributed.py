@@ -23,7 +23,7 @@ from rlsd_min.integrations import trl as rt  # noqa: E402
 from rlsd_min.integrations.tiny import arith_reward, arith_rows  # noqa: E402
 
 G, ROWS = 4, 16
-NAMES = ("loss", "lam", "w_clip_frac", "beta", "distill_loss", "gate_frac", "delta_mean", "teacher_kl", "kl_ref",
+NAMES = ("loss", "lam", "w_clip_frac", "beta", "distill_loss", "gate_frac", "teacher_kl", "kl_ref",
          "entropy", "loss_pg")
 
 

@@ -51,10 +51,10 @@ from transformers import TrainerCallback
 from trl.trainer.utils import pad, split_tensor_dict
 
 from ..config import TrainConfig, field_docs
-from ..methods import METHOD_FIELDS, METHODS
+from ..registry import METHOD_FIELDS, METHODS
 from ..sampling import Rollout, entropy, masked_mean
-from ..step import StepBatch, method_loss
-from ..teacher import Teacher, score_completions, teacher_prompt
+from ..step import StepBatch, method_loss, teacher_scores
+from ..teacher import Teacher, teacher_prompt
 
 CONTEXT_COLUMN = "privileged_context"
 """the dataset column holding each row's privileged context c (a string)"""
@@ -338,15 +338,14 @@ class _SelfDistillationTrainer(trl.GRPOTrainer):
         method = METHODS[cfg.method]
         if method.teacher is not None:
             if "teacher_logp" not in inputs:
-                full = method.needs_logits(cfg)
-                out = score_completions(self._teacher_model(), inputs["teacher_prompt_ids"][::G],
-                                        inputs["teacher_prompt_mask"][::G], rollout, full, cfg.temperature)
-                logp, logits = out if full else (out, None)                         # (N, T), (N, T, V)
+                logp, logits, rows = teacher_scores(self._teacher_model(), inputs["teacher_prompt_ids"][::G],
+                                                    inputs["teacher_prompt_mask"][::G], rollout, advantages,
+                                                    cfg)                            # (N, T), (N, T, V), (N,)
                 if self.num_iterations > 1:  # scored once per sampled batch, as rlsd_min's collect
-                    inputs.update(teacher_logp=logp, teacher_logits=logits)
+                    inputs.update(teacher_logp=logp, teacher_logits=logits, teacher_rows=rows)
             else:
-                logp, logits = inputs["teacher_logp"], inputs["teacher_logits"]
-            batch.teacher_logp, batch.teacher_logits = logp, logits
+                logp, logits, rows = inputs["teacher_logp"], inputs["teacher_logits"], inputs["teacher_rows"]
+            batch.teacher_logp, batch.teacher_logits, batch.teacher_rows = logp, logits, rows
         return batch
 
     def _compute_loss(self, model, inputs):

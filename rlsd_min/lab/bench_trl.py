@@ -125,7 +125,7 @@ def trainer_comparison(profile: str = "cpu", rounds: int = 5, warmup: int = 1,
     from transformers import TrainerCallback
 
     from ..integrations import trl as rt
-    from ..methods import METHODS
+    from ..registry import METHODS
 
     cfg = train_config(profile, method="grpo")
     _, tokenizer = load(cfg.base_path())
