@@ -38,6 +38,10 @@ class RunFolderError(ValueError):
     """A run folder that cannot be used as it is: busy, damaged, or holding another run."""
 
 
+class RunFolderBusyError(RunFolderError):
+    """A run folder that another live process trains in (it holds run.lock there)."""
+
+
 class RunDir:
     """A run's folder: config check, lock, metrics files, atomic checkpoints."""
 
@@ -46,6 +50,7 @@ class RunDir:
         self.ckpt = os.path.join(self.path, "checkpoint")
         self.cfg_path = os.path.join(self.path, "config.json")
         self.lock_path = os.path.join(self.path, "run.lock")
+        self.held = False  # whether this process holds run.lock
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise RunFolderError(f"{self.path} is a file, not a run folder; pass another output folder")
         self.old_steps = None  # the recorded total, when this call asks for another one
@@ -75,11 +80,12 @@ class RunDir:
     def start(self) -> None:
         """Create the folder, take its lock, and record the config (once every check has passed)."""
         os.makedirs(self.path, exist_ok=True)
-        self._lock()
+        if not self.held:
+            self.lock()
         if not os.path.exists(self.cfg_path) or self.old_steps is not None:
             save_json(self.cfg.to_dict(), self.cfg_path)
 
-    def _lock(self) -> None:
+    def lock(self) -> None:
         """Take run.lock (pid and host of the holder); refuse while a live process holds it."""
         me = f"{os.getpid()}@{socket.gethostname()}"
         for _ in range(2):
@@ -92,15 +98,18 @@ class RunDir:
                 if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
                     os.remove(self.lock_path)  # left by a process that died: take it over
                     continue
-                raise RunFolderError(f"{self.path} is in use by process {holder} (its {self.lock_path}); wait for "
+                raise RunFolderBusyError(f"{self.path} is in use by process {holder} (its {self.lock_path}); wait for "
                                      "it to finish, or delete that file if the process is gone") from None
             with os.fdopen(fd, "w") as f:
                 f.write(me)
+            self.held = True
             return
 
     def release(self) -> None:
-        if os.path.exists(self.lock_path):
+        """Remove run.lock if this process holds it (never another process's)."""
+        if self.held and os.path.exists(self.lock_path):
             os.remove(self.lock_path)
+        self.held = False
 
     def has_checkpoint(self) -> bool:
         return os.path.isfile(os.path.join(self.ckpt, "state.pt"))
@@ -179,6 +188,17 @@ def train(cfg: TrainConfig, out_dir: str, device=None, progress: bool = True) ->
     cfg = cfg.validate()
     device = pick_device(device)
     run = RunDir(out_dir, cfg)
+    if os.path.isdir(run.path):
+        run.lock()  # before its checkpoint is read: a folder another process trains in is refused first
+    try:
+        return _prepare_and_loop(cfg, run, device, progress)
+    finally:
+        run.release()
+
+
+def _prepare_and_loop(cfg, run, device, progress):
+    """Load the policy (the checkpoint, else the base), check the task against the config, then
+    `_loop`; run.lock is taken by run.start(), once every check has passed."""
     resuming = run.has_checkpoint()
     if resuming:
         policy, tokenizer, state = run.load(device)
@@ -198,11 +218,8 @@ def train(cfg: TrainConfig, out_dir: str, device=None, progress: bool = True) ->
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
     policy.train()
     run.start()
-    try:
-        return _loop(cfg, run, policy, tokenizer, ref_model, optimizer, train_set, heldout, val_set,
-                     state if resuming else None, progress)
-    finally:
-        run.release()
+    return _loop(cfg, run, policy, tokenizer, ref_model, optimizer, train_set, heldout, val_set,
+                 state if resuming else None, progress)
 
 
 def _loop(cfg, run, policy, tokenizer, ref_model, optimizer, train_set, heldout, val_set, state, progress):
