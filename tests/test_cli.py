@@ -122,6 +122,10 @@ def test_train_help_lists_every_field_with_its_docstring(capsys):
     (["verify", "--profile", "ci", "--seeds", "0"], "seeds must be an integer >= 1, got 0"),
     (["verify", "--profile", "ci", "--methods", "grpo,nope"], "'nope'"),
     (["verify", "--profile", "ci", "--set", "prompts_per_step=5000"], "cannot produce 5000 distinct problems"),
+    (["verify", "--profile", "ci", "--variants", "rlsd_nope", "--tasks", "add7"], "'rlsd_nope'"),
+    (["verify", "--profile", "ci", "--variants", "all"], "variants run on the tasks ('add7',) only"),
+    (["verify", "--profile", "ci", "--shard", "3/3"], "--shard expects i/n with 0 <= i < n"),
+    (["verify", "--profile", "ci", "--jobs", "0"], "jobs must be an integer >= 1, got 0"),
 ])
 def test_verify_errors_name_the_bad_value_before_any_work(argv, needle, tmp_path):
     message = run_main(argv + ["--out", str(tmp_path / "results")])
