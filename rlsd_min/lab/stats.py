@@ -215,7 +215,9 @@ class Comparison:
     p_improve: float
     """P(A > B), or P(A < B) for a claim that A is lower"""
     mde: float
-    """the smallest |diff| detected with probability POWER at level ALPHA / k"""
+    """the smallest |diff| detected with probability POWER at `level`"""
+    level: float
+    """the two-sided test level of `mde`: ALPHA / k in a family of k claims (Holm's strictest)"""
     n_a: int
     n_b: int
     sd_a: float
@@ -238,7 +240,7 @@ def compare(a, b, lower: bool = False, seed: int = 0, alpha: float = ALPHA, n_bo
     pi = prob_improvement(b, a) if lower else prob_improvement(a, b)
     sd_a, sd_b = float(a.std(ddof=1)), float(b.std(ddof=1))
     c = Comparison(diff=float(a.mean() - b.mean()), ci_low=lo, ci_high=hi, t=t, df=df, p=p, p_holm=p,
-                   p_improve=pi, mde=mde(sd_a, sd_b, a.size, b.size, alpha), n_a=int(a.size), n_b=int(b.size),
+                   p_improve=pi, mde=mde(sd_a, sd_b, a.size, b.size, alpha), level=alpha, n_a=int(a.size), n_b=int(b.size),
                    sd_a=sd_a, sd_b=sd_b, lower=lower)
     c.verdict = verdict(c, alpha)
     return c
@@ -259,7 +261,8 @@ def judge(comparisons: list[Comparison], alpha: float = ALPHA) -> list[Compariso
     k = len(comparisons)
     for c, p_adj in zip(comparisons, holm([c.p for c in comparisons])):
         c.p_holm = p_adj
-        c.mde = mde(c.sd_a, c.sd_b, c.n_a, c.n_b, alpha / k)
+        c.level = alpha / k
+        c.mde = mde(c.sd_a, c.sd_b, c.n_a, c.n_b, c.level)
         c.verdict = verdict(c, alpha)
     return comparisons
 
