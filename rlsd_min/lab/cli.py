@@ -189,7 +189,7 @@ def main(argv=None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    task_help = f"one of {tuple(TASKS)}: arith (one valid answer) or split (ten)"
+    task_help = f"one of {tuple(TASKS)}: arith (one valid answer), split (ten), mul7 (one, longer and unsaturated)"
     p = sub.add_parser("data", help="write the data files")
     p.add_argument("--task", default="arith", choices=tuple(TASKS), help=task_help)
     p.add_argument("--out", default=None, help="default: the task's folder under data/")
@@ -251,7 +251,7 @@ def main(argv=None) -> None:
     p.add_argument("--methods", default="grpo,opsd,grpo_opsd,rlsd,sdpg")
     p.add_argument("--tasks", default="arith,split", help=f"comma-separated, from {tuple(TASKS)}")
     p.add_argument("--variants", default="", help="sensitivity variants (rlsd_min.lab.experiment.VARIANTS), "
-                   "comma-separated, or 'all'; they run on add7")
+                   "comma-separated, or 'all'; they run on mul7")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override TrainConfig fields of every run")
     p.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own one-thread process "
                    "(1: in this process, torch's threads as they are)")
