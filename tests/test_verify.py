@@ -155,19 +155,19 @@ def test_a_bad_job_count_is_refused(jobs, tmp_path):
 def test_unknown_variants_and_variants_without_their_task_are_refused():
     with pytest.raises(ValueError, match="unknown variant.*'rlsd_nope'"):
         experiment_config("ci", 1, variants=("rlsd_nope",))
-    with pytest.raises(ValueError, match="variants run on the tasks \\('add7',\\) only"):
+    with pytest.raises(ValueError, match="variants run on the tasks \\('mul7',\\) only"):
         experiment_config("ci", 1, tasks=("arith",), variants=("all",))
 
 
-def test_variants_are_their_method_with_the_named_settings_on_add7_only():
-    exp = experiment_config("ci", 2, methods=("grpo", "rlsd"), tasks=("arith", "add7"),
+def test_variants_are_their_method_with_the_named_settings_on_mul7_only():
+    exp = experiment_config("ci", 2, methods=("grpo", "rlsd"), tasks=("arith", "mul7"),
                             variants=("rlsd_epsw0.9", "opsd_live"))
-    assert set(exp["configs"]) == {"arith/grpo", "arith/rlsd", "add7/grpo", "add7/rlsd", "add7/rlsd_epsw0.9",
-                                   "add7/opsd_live"}
-    v = exp["configs"]["add7/rlsd_epsw0.9"]
+    assert set(exp["configs"]) == {"arith/grpo", "arith/rlsd", "mul7/grpo", "mul7/rlsd", "mul7/rlsd_epsw0.9",
+                                   "mul7/opsd_live"}
+    v = exp["configs"]["mul7/rlsd_epsw0.9"]
     assert v["method"] == "rlsd" and v["rlsd_eps_w"] == 0.9
-    assert {k for k in v if v[k] != exp["configs"]["add7/rlsd"][k]} == {"rlsd_eps_w"}
-    assert exp["configs"]["add7/opsd_live"]["teacher_mode"] == "live"
+    assert {k for k in v if v[k] != exp["configs"]["mul7/rlsd"][k]} == {"rlsd_eps_w"}
+    assert exp["configs"]["mul7/opsd_live"]["teacher_mode"] == "live"
     assert len(plan(exp)) == 2 * 6
     assert "variants" not in experiment_config("ci", 1)                         # absent without variants
 
@@ -194,3 +194,19 @@ def test_a_config_field_added_later_does_not_orphan_a_results_folder(tmp_path):
         del cfg["bf16_autocast"]                        # as if the folder predates the field (default False)
     json.dump(exp, open(path, "w"))
     assert run_experiment(out, "ci", 1, methods=("grpo",), tasks=("split",), progress=False)["runs"] == 1
+
+
+def test_a_variant_runs_beside_its_method_and_the_report_compares_them(tmp_path):
+    out = str(tmp_path / "r")
+    summary = run_experiment(out, "ci", 2, methods=("grpo", "rlsd"), tasks=("mul7",), variants=("rlsd_epsw0.9",),
+                             progress=False)
+    assert summary["runs"] == 6 and summary["variants"] == {"rlsd_epsw0.9": {"method": "rlsd",
+                                                                            "sets": {"rlsd_eps_w": 0.9}}}
+    assert json.load(open(os.path.join(out, "runs", "mul7", "rlsd_epsw0.9", "seed1", "config.json")))["rlsd_eps_w"] == 0.9
+    report = open(os.path.join(out, "REPORT.md")).read()
+    assert "--tasks mul7 --variants rlsd_epsw0.9" in report
+    assert "## Sensitivity of each method's knobs" in report and "| rlsd_epsw0.9 (rlsd_eps_w=0.9) vs RLSD |" in report
+    assert "| RLSD ends above GRPO (mul7) |" in report and "## Sample efficiency against GRPO" in report
+    assert os.path.exists(os.path.join(out, "sensitivity_mul7.png"))
+    cells = summary["table"]["mul7"]["grpo"]["final_acc"]
+    assert len(cells["values"]) == 2 and cells["n"] == 2                   # per-seed values, for the statistics

@@ -1,11 +1,11 @@
 """The small-scale verification of the papers' claims: every method, each task, several seeds.
 
     python -m rlsd_min verify --profile cpu --seeds 3                 # -> results/
-    python -m rlsd_min verify --tasks add7 --variants all --jobs 2    # + the sensitivity variants
+    python -m rlsd_min verify --tasks mul7 --variants all --jobs 2    # + the sensitivity variants
     python -m rlsd_min verify --shard 0/4 ...                         # a quarter of the runs, no report
 
 trains GRPO, OPSD, GRPO+OPSD, RLSD and SDPG from the same warm start of each task
-(`arith`: one valid answer; `split`: ten, the reference one of them at random; `add7`: the
+(`arith`: one valid answer; `split`: ten, the reference one of them at random; `mul7`: the
 unsaturated one), each with seeds 0..S-1 (prompt order and sampling; the warm start is
 shared), for longer than the demo so that late-training effects could show. Every run logs
 held-out accuracy and the leakage probes at each evaluation (rlsd_min.leakage), and
@@ -49,18 +49,18 @@ from .stability import COLLAPSE_MARGIN, COLLAPSE_PATIENCE
 
 VERIFY_METHODS = ("grpo", "opsd", "grpo_opsd", "rlsd", "sdpg")
 VERIFY_TASKS = ("arith", "split")
-"""the tasks of the committed results/ (issue 12's experiment adds add7)"""
+"""the tasks of the committed results/ (issue 12's experiment adds mul7)"""
 PLANS = {
     "ci": {"arith": dict(steps=4, probe_problems=8), "split": dict(steps=4, probe_problems=8),
-           "add7": dict(steps=4, probe_problems=8)},
+           "mul7": dict(steps=4, probe_problems=8)},
     "cpu": {"arith": dict(steps=200, probe_problems=128), "split": dict(steps=300, probe_problems=128),
-            "add7": dict(steps=200, probe_problems=64)},
+            "mul7": dict(steps=200, probe_problems=64)},
     "gpu": {"arith": dict(steps=400, probe_problems=256), "split": dict(steps=600, probe_problems=256),
-            "add7": dict(steps=400, probe_problems=256)},
+            "mul7": dict(steps=400, probe_problems=256)},
 }
-"""TrainConfig overrides of each task, on top of the profile: twice (arith, add7) and three times
+"""TrainConfig overrides of each task, on top of the profile: twice (arith, mul7) and three times
 (split) the demo's 100 steps on the cpu profile (arith and split: 33 minutes on 2 CPU cores for
-3 seeds). add7 probes 64 prompts: its probes cost more (70-token completions)."""
+3 seeds). mul7 probes 64 prompts: its probes cost more (70-token completions)."""
 VARIANTS = {
     "rlsd_epsw0.5": ("rlsd", dict(rlsd_eps_w=0.5)),
     "rlsd_epsw0.9": ("rlsd", dict(rlsd_eps_w=0.9)),
@@ -78,7 +78,7 @@ defaults (RLSD eps_w 0.2 with lam 0.5 decaying over 50 steps; SDPG beta_base 0.1
 teacher). `rlsd_lamconst` keeps lam at 0.5 for the whole run: lam decays over 10^12 steps, so it
 moves by less than 1e-9 within any run here (below float32 resolution) and no new setting is
 needed."""
-VARIANT_TASKS = ("add7",)
+VARIANT_TASKS = ("mul7",)
 """the tasks the variants run on (those of the experiment's tasks that are listed here)"""
 
 

@@ -332,7 +332,7 @@ def write_report(out: str, summary: dict) -> str:
         "KL(student || teacher) for methods with a teacher.",
         "- **probes** (`rlsd_min.leakage.leakage_probes`), at the last evaluation, on the first `probe_problems` "
         "training and held-out prompts: *ref_match* = fraction of correct split answers equal to the data's reference (chance 0.1); "
-        "*disagree* = fraction of arith answers that differ from what their own scratchpad computes.",
+        "*disagree* = fraction of arith and mul7 answers that differ from what their own scratchpad computes.",
         "",
     ]
     if summary.get("missing"):

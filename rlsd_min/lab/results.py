@@ -22,8 +22,9 @@ from .stats import auc
 THRESHOLD = 0.8
 """held-out accuracy for 'steps to threshold' of a task not in THRESHOLDS (arith and split:
 their warm starts start near 0.5)"""
-THRESHOLDS = {"add7": 0.5}
-"""the threshold of a task whose accuracy stays lower (add7 starts near 0.2)"""
+THRESHOLDS = {"mul7": 0.65}
+"""the threshold of a task whose accuracy stays lower (mul7 starts at 0.34; GRPO reaches 0.65
+near step 100 of 200)"""
 TAIL = 10
 """steps averaged for the end-of-training value of per-step metrics (entropy, KL, ...)"""
 
