@@ -98,8 +98,8 @@ class RunDir:
                 if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
                     os.remove(self.lock_path)  # left by a process that died: take it over
                     continue
-                raise RunFolderBusyError(f"{self.path} is in use by process {holder} (its {self.lock_path}); wait for "
-                                     "it to finish, or delete that file if the process is gone") from None
+                raise RunFolderBusyError(f"{self.path} is in use by process {holder} (its {self.lock_path}); wait "
+                                         "for it to finish, or delete that file if the process is gone") from None
             with os.fdopen(fd, "w") as f:
                 f.write(me)
             self.held = True
@@ -198,7 +198,7 @@ def train(cfg: TrainConfig, out_dir: str, device=None, progress: bool = True) ->
 
 def _prepare_and_loop(cfg, run, device, progress):
     """Load the policy (the checkpoint, else the base), check the task against the config, then
-    `_loop`; run.lock is taken by run.start(), once every check has passed."""
+    `_loop`. A new folder is created and locked by run.start(), once every check has passed."""
     resuming = run.has_checkpoint()
     if resuming:
         policy, tokenizer, state = run.load(device)

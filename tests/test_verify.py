@@ -11,6 +11,7 @@ import pytest
 from rlsd_min.lab.experiment import experiment_config, parse_shard, run_experiment, shard_runs
 from rlsd_min.lab.report import claims, to_settle
 from rlsd_min.lab.results import plan, run_summary
+from rlsd_min.loop import RunFolderError
 
 
 @pytest.mark.parametrize("seeds", [0, -1, 1.5])
@@ -135,6 +136,16 @@ def test_a_run_busy_in_another_process_is_skipped_named_and_left_out(tmp_path, c
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_failed_run_in_a_worker_stops_the_experiment_with_its_error(tmp_path):
+    out = tmp_path / "r"
+    bad = out / "runs" / "split" / "grpo" / "seed0"
+    bad.mkdir(parents=True)
+    (bad / "config.json").write_text(json.dumps({"method": "grpo", "steps": 1}))   # another run's config
+    with pytest.raises(RunFolderError, match="holds a run with a different config"):
+        run_experiment(str(out), "ci", 1, methods=("grpo",), tasks=("split",), jobs=2, progress=False)
+    assert not (out / "REPORT.md").exists()
 
 
 @pytest.mark.parametrize("text", ["2/2", "-1/2", "1", "a/b", "1/0", "0/"])

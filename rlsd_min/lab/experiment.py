@@ -182,7 +182,7 @@ def shard_runs(runs: list, shard: tuple[int, int] | None) -> list:
 
 # --- training the runs ------------------------------------------------------------------
 
-def train_run(out: str, cfg: dict, path: str) -> str:
+def train_run(cfg: dict, path: str) -> str:
     """Train (or resume) one run in `path`; add its training seconds to wall_s.json there.
     Returns 'done', or 'busy: ...' when another process holds the run folder."""
     cfg = TrainConfig(**cfg).validate()
@@ -212,19 +212,19 @@ def _train_all(out: str, exp: dict, todo: list, jobs: int, progress: bool) -> li
     if jobs == 1:
         for name, cfg, path in work:
             bar.set_postfix(run=name)
-            status = train_run(out, cfg, path)
+            status = train_run(cfg, path)
             busy += [f"{name} {status}"] if status != "done" else []
             bar.update()
     else:  # one process per run (max_tasks_per_child=1), spawned: nothing inherited from this one
         pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_one_thread,
                                    max_tasks_per_child=1)
         try:
-            futures = {pool.submit(train_run, out, cfg, path): name for name, cfg, path in work}
+            futures = {pool.submit(train_run, cfg, path): name for name, cfg, path in work}
             for future in as_completed(futures):
-                status = future.result()  # a failed run raises here: the queued runs are cancelled,
-                busy += [f"{futures[future]} {status}"] if status != "done" else []
-                bar.update()
-        finally:                          # the ones in progress finish (and are checkpointed) first
+                status = future.result()  # a failed run raises here; then the queued runs are
+                busy += [f"{futures[future]} {status}"] if status != "done" else []   # cancelled and
+                bar.update()                                  # the ones in progress finish first
+        finally:
             pool.shutdown(wait=True, cancel_futures=True)
     bar.close()
     return busy
