@@ -82,7 +82,8 @@ class TrainConfig:
     method: str = "grpo"
     """which method: see rlsd_min.registry.METHODS"""
     task: str = "arith"
-    """arith (one valid answer) or split (ten valid answers); picks the data and the warm start"""
+    """arith (one valid answer), split (ten valid answers) or mul7 (one, longer: the unsaturated task);
+    picks the data and the warm start"""
     profile: str = "cpu"
     """ci, cpu or gpu: sets steps, prompts_per_step, group_size, eval_every, eval_problems and
     checkpoint_every where they are left at None"""
@@ -93,7 +94,7 @@ class TrainConfig:
     group_size: int | None = None
     """completions sampled per prompt (G), at least 2 for group advantages; None = the profile's (cpu 8)"""
     max_new_tokens: int | None = None
-    """completion length limit; None = the task's (arith 40, split 12)"""
+    """completion length limit; None = the task's (arith 40, split 12, mul7 80)"""
     temperature: float = 1.0
     """sampling temperature; 1.0 samples exactly from pi_theta"""
     lr: float = 1e-4
@@ -187,9 +188,10 @@ class TrainConfig:
     seed: int = 0
     """seed of the prompt order, sampling and evaluation"""
     base_checkpoint: str | None = None
-    """warm-started model to start from; None = the task's (data_root()/base, .../base_split)"""
+    """warm-started model to start from; None = the task's (data_root()/base, .../base_split,
+    .../base_mul7)"""
     data_dir: str | None = None
-    """folder of the data files; None = the task's (data_root()/arith, .../split)"""
+    """folder of the data files; None = the task's (data_root()/arith, .../split, .../mul7)"""
 
     def validate(self) -> "TrainConfig":
         """The resolved config: every None filled by the method, task or profile, every value

@@ -78,6 +78,10 @@ def provenance(start_step: int) -> dict:
             "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None}
 
 
+class RunFolderBusyError(RunFolderError):
+    """A run folder that another live process trains in (it holds run.lock there)."""
+
+
 class RunDir:
     """A run's folder: config check, lock, metrics files, atomic checkpoints."""
 
@@ -88,6 +92,7 @@ class RunDir:
         self.lock_path = os.path.join(self.path, "run.lock")
         self.provenance_path = os.path.join(self.path, "provenance.json")
         self.saved_step = None  # the step of the checkpoint on disk
+        self.held = False  # whether this process holds run.lock
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise RunFolderError(f"{self.path} is a file, not a run folder; pass another output folder")
         self.old_steps = None  # the recorded total, when this call asks for another one
@@ -118,13 +123,14 @@ class RunDir:
         """Create the folder, take its lock, record the config and this start's provenance (once
         every check has passed; earlier starts' provenance is kept)."""
         os.makedirs(self.path, exist_ok=True)
-        self._lock()
+        if not self.held:
+            self.lock()
         if not os.path.exists(self.cfg_path) or self.old_steps is not None:
             save_json(self.cfg.to_dict(), self.cfg_path)
         starts = self._read_json(self.provenance_path)["starts"] if os.path.exists(self.provenance_path) else []
         save_json({"starts": starts + [provenance(start_step)]}, self.provenance_path)
 
-    def _lock(self) -> None:
+    def lock(self) -> None:
         """Take run.lock (pid and host of the holder); refuse while a live process holds it."""
         me = f"{os.getpid()}@{socket.gethostname()}"
         for _ in range(2):
@@ -137,15 +143,18 @@ class RunDir:
                 if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
                     os.remove(self.lock_path)  # left by a process that died: take it over
                     continue
-                raise RunFolderError(f"{self.path} is in use by process {holder} (its {self.lock_path}); wait for "
-                                     "it to finish, or delete that file if the process is gone") from None
+                raise RunFolderBusyError(f"{self.path} is in use by process {holder} (its {self.lock_path}); wait "
+                                         "for it to finish, or delete that file if the process is gone") from None
             with os.fdopen(fd, "w") as f:
                 f.write(me)
+            self.held = True
             return
 
     def release(self) -> None:
-        if os.path.exists(self.lock_path):
+        """Remove run.lock if this process holds it (never another process's)."""
+        if self.held and os.path.exists(self.lock_path):
             os.remove(self.lock_path)
+        self.held = False
 
     def has_checkpoint(self) -> bool:
         return os.path.isfile(os.path.join(self.ckpt, "state.pt"))
@@ -225,6 +234,17 @@ def train(cfg: TrainConfig, out_dir: str, device=None, progress: bool = True) ->
     cfg = cfg.validate()
     device = pick_device(device)
     run = RunDir(out_dir, cfg)
+    if os.path.isdir(run.path):
+        run.lock()  # before its checkpoint is read: a folder another process trains in is refused first
+    try:
+        return _prepare_and_loop(cfg, run, device, progress)
+    finally:
+        run.release()
+
+
+def _prepare_and_loop(cfg, run, device, progress):
+    """Load the policy (the checkpoint, else the base), check the task against the config, then
+    `_loop`. A new folder is created and locked by run.start(), once every check has passed."""
     resuming = run.has_checkpoint()
     if resuming:
         policy, tokenizer, state = run.load(device)
@@ -252,8 +272,6 @@ def train(cfg: TrainConfig, out_dir: str, device=None, progress: bool = True) ->
         where = (f"the last checkpoint (step {run.saved_step}) is in {run.ckpt}" if run.saved_step
                  else "no checkpoint was written yet")
         raise RunInterrupted(f"interrupted: {where}; run the same command again to resume") from None
-    finally:
-        run.release()
 
 
 def _loop(cfg, run, policy, tokenizer, ref_model, optimizer, train_set, heldout, val_set, state, progress):

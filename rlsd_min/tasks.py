@@ -24,6 +24,21 @@ one-digit number plus the rest, `123=` -> `7+116`. Its privileged reference is o
 of the ten valid answers, drawn at random when the data are made, so the reference is
 *not* a function of the question: the setting of the leakage experiments (RLSD
 paper, Theorem 1; docs/leakage.md).
+
+The third task, `mul7`, is the one GRPO does not saturate: 7-digit by 1-digit
+multiplication with the same scratchpad,
+
+    prompt      "1234567*8="
+    completion  "7*8+0=56 6*8+5=53 5*8+5=45 4*8+4=36 3*8+3=27 2*8+2=18 1*8+1=09\\n9876536"
+
+about 71 tokens (arith's: 31). Its level was chosen by measurement (rlsd_min/data/mul7/level.json):
+the warm start stops at sampled accuracy 0.34 (greedy 0.56); with 8 samples, 69 % of
+prompts have a correct completion (by multiplier, on an earlier warm start of 0.22: 0.9
+for x0, 0.01-0.09 for x6-x9); GRPO on the cpu profile goes 0.34 -> 0.66 in 100 steps,
+then +0.07 per 100 steps (0.73 at step 200). 7-digit *addition*, the first candidate, did
+not warm-start in reasonable time (0.07 after 1,050 steps, then unstable): finding two
+digits seven places apart is hard for the 0.5M model; one operand digit and a fixed
+multiplier are not.
 """
 
 from __future__ import annotations
@@ -86,6 +101,10 @@ class Task:
     """folder of its warm-started checkpoint (rlsd_min.sft), under data_root()"""
     overrides: dict = field(default_factory=dict)
     """TrainConfig values the task changes"""
+    model: dict = field(default_factory=dict)
+    """ModelConfig values of its warm start (a longer task needs more positions)"""
+    sft: dict = field(default_factory=dict)
+    """SFTConfig values of its warm start (`python -m rlsd_min warmstart --task ...`)"""
 
     @property
     def data_dir(self) -> Path:
@@ -101,10 +120,16 @@ TASKS = {
     "split": Task(data=TaskConfig(ops=("split",), digits=3, ood_digits=4, n_train=400, n_validation=256, n_test=256),
                   data_name="split", base_name="base_split",
                   overrides=dict(max_new_tokens=12)),  # a split answer is 5 characters long
+    "mul7": Task(data=TaskConfig(ops=("mul",), digits=7, ood_digits=8), data_name="mul7", base_name="base_mul7",
+                 overrides=dict(max_new_tokens=80), model=dict(max_positions=192),
+                 sft=dict(target_acc=0.3, eval_every=10)),
 }
-"""The two tasks. arith: one valid answer, shown with a worked scratchpad. split: ten valid
+"""The three tasks. arith: one valid answer, shown with a worked scratchpad. split: ten valid
 answers, the reference one of them at random (SplitProblem); 400 training prompts, so RL
-revisits each about a dozen times and a shortcut to the reference could form."""
+revisits each about a dozen times and a shortcut to the reference could form. mul7: one valid
+answer, a scratchpad twice arith's length, and room above GRPO (see the module docstring); its
+warm start needs 192 positions (a teacher prompt with the full solution is 89 tokens, plus 80
+new ones) and stops at 0.3."""
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,10 @@ def test_train_help_lists_every_field_with_its_docstring(capsys):
     (["verify", "--profile", "ci", "--seeds", "0"], "seeds must be an integer >= 1, got 0"),
     (["verify", "--profile", "ci", "--methods", "grpo,nope"], "'nope'"),
     (["verify", "--profile", "ci", "--set", "prompts_per_step=5000"], "cannot produce 5000 distinct problems"),
+    (["verify", "--profile", "ci", "--variants", "rlsd_nope", "--tasks", "mul7"], "'rlsd_nope'"),
+    (["verify", "--profile", "ci", "--variants", "all"], "variants run on the tasks ('mul7',) only"),
+    (["verify", "--profile", "ci", "--shard", "3/3"], "--shard expects i/n with 0 <= i < n"),
+    (["verify", "--profile", "ci", "--jobs", "0"], "jobs must be an integer >= 1, got 0"),
 ])
 def test_verify_errors_name_the_bad_value_before_any_work(argv, needle, tmp_path):
     message = run_main(argv + ["--out", str(tmp_path / "results")])
@@ -140,3 +144,19 @@ def test_train_on_the_split_task(tmp_path, capsys):
     rows = [json.loads(line) for line in open(tmp_path / "r" / "metrics.jsonl")]
     assert all(r["distill_floor"] > 0 for r in rows[1:])      # ten references: a strictly positive floor
     assert json.load(open(tmp_path / "r" / "config.json"))["task"] == "split"
+
+
+def test_warmstart_uses_the_tasks_model_and_sft_settings(tmp_path, monkeypatch):
+    import rlsd_min.sft
+
+    seen = {}
+    monkeypatch.setattr(rlsd_min.sft, "warm_start", lambda out, data, model_cfg, task_cfg, cfg, device=None: (
+        seen.update(model=model_cfg, cfg=cfg, task=task_cfg) or
+        {"steps": 0, "seconds": 0, "params": 0, "val_acc_sampled": 0.0, "val_acc_greedy": 0.0}))
+    main(["warmstart", "--task", "mul7", "--out", str(tmp_path / "a")])
+    assert seen["model"].max_positions == TASKS["mul7"].model["max_positions"] == 192
+    assert (seen["cfg"].target_acc, seen["cfg"].eval_every) == (0.3, 10) and seen["task"].ops == ("mul",)
+    main(["warmstart", "--task", "mul7", "--out", str(tmp_path / "b"), "--target-acc", "0.25"])
+    assert seen["cfg"].target_acc == 0.25                                   # the flag wins
+    main(["warmstart", "--task", "arith", "--out", str(tmp_path / "c")])
+    assert seen["model"].max_positions == 128 and seen["cfg"].target_acc == 0.45   # arith: the defaults

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from rlsd_min import train, train_config
-from rlsd_min.loop import RunFolderError, read_metrics
+from rlsd_min.loop import RunFolderBusyError, RunFolderError, read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,24 @@ def test_a_second_process_is_refused_naming_the_folder_and_the_holder(finished, 
     assert history[-1]["step"] == 6 and not (run / "run.lock").exists()
 
 
+def test_a_busy_folder_is_refused_before_its_checkpoint_is_read(finished, tmp_path):
+    """While another process holds the folder its checkpoint may be mid-save: the lock is checked
+    first, so the answer is 'busy', never 'damaged' (with advice to delete what is in use)."""
+    run = copy_of(finished, tmp_path)
+    weights = run / "checkpoint" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])               # as if caught in the middle of a save
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / "run.lock").write_text(f"{holder.pid}@{os.uname().nodename}")
+        before = snapshot(run)
+        with pytest.raises(RunFolderBusyError, match="in use by process"):
+            train(train_config("ci", method="grpo", steps=6), str(run), progress=False)
+        assert snapshot(run) == before                             # its lock is left in place
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_two_real_processes_on_one_folder(tmp_path):
     """Started together on one fresh folder: one trains, the other refuses with the folder's name
     (or, if the first finished before the second looked, finds the run finished)."""
@@ -85,7 +103,7 @@ def test_two_real_processes_on_one_folder(tmp_path):
     assert any(rc == 0 for rc, _ in results)
     for rc, err in results:
         if rc != 0:
-            assert "RunFolderError" in err and str(tmp_path / "r") in err and "in use by process" in err
+            assert "RunFolderBusyError" in err and str(tmp_path / "r") in err and "in use by process" in err
     assert read_metrics(str(tmp_path / "r"))[-1]["step"] == 6
 
 

@@ -334,3 +334,32 @@ def test_shipped_split_data_and_warm_start():
     train = problems_of(ds["train"])
     assert all(isinstance(p, SplitProblem) and p.reward(p.solution) == 1.0 for p in train)
     assert len(train) == 400 and (base / "model.safetensors").exists()
+
+
+def test_shipped_mul7_data_reproduce_and_fit_the_warm_start(tmp_path):
+    """mul7 (7-digit by 1-digit multiplication, the unsaturated task): the data command's recipe
+    reproduces the shipped files, the warm start has the positions a teacher prompt with the full
+    solution needs, and its completions are more than twice as long as arith's."""
+    import json
+
+    from rlsd_min.config import train_config
+    from rlsd_min.tasks import TASKS
+
+    task = TASKS["mul7"]
+    build_datasets(task.data, str(tmp_path), seed=task.data.seed)
+    for split in SPLITS:
+        assert (tmp_path / f"{split}.jsonl").read_bytes() == (task.data_dir / f"{split}.jsonl").read_bytes(), split
+    config = json.load(open(task.base_checkpoint / "config.json"))
+    record = json.load(open(task.base_checkpoint / "warmstart.json"))
+    assert config["max_position_embeddings"] == task.model["max_positions"] == record["model"]["max_positions"]
+    assert record["task"]["ops"] == ["mul"] and record["task"]["digits"] == 7
+    assert 0.1 <= record["val_acc_sampled"] <= 0.35                       # the level's target
+    cfg = train_config("cpu", method="opsd", task="mul7")                  # the longest teacher prompt
+    p = max(problems_of(load_splits(str(task.data_dir))["train"]), key=lambda p: len(p.solution))
+    teacher = len(p.solution) + 1 + len(p.prompt) + 1                        # c | x, with <bos>
+    assert teacher + cfg.max_new_tokens <= config["max_position_embeddings"]
+    assert cfg.max_new_tokens > p.max_chars                                 # room for the answer and <eos>
+    arith = problems_of(load_splits(str(TASKS["arith"].data_dir))["validation"])
+    mul7 = problems_of(load_splits(str(task.data_dir))["validation"])
+    mean = lambda ps: sum(len(q.solution) + 1 for q in ps) / len(ps)       # tokens, <eos> included
+    assert mean(mul7) > 2 * mean(arith)

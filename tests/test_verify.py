@@ -2,12 +2,16 @@
 
 import json
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
-from rlsd_min.lab.report import claims, compare
-from rlsd_min.lab.experiment import experiment_config, run_experiment
-from rlsd_min.lab.results import run_summary
+from rlsd_min.lab.experiment import experiment_config, parse_shard, run_experiment, shard_runs
+from rlsd_min.lab.report import claims, to_settle
+from rlsd_min.lab.results import plan, run_summary
+from rlsd_min.loop import RunFolderError
 
 
 @pytest.mark.parametrize("seeds", [0, -1, 1.5])
@@ -58,22 +62,138 @@ def test_run_summary_of_a_hand_written_history():
     assert s["probe_gap"] == 0.2 and s["tail_entropy"] == 1.0 and not s["collapsed"]  # two evals after the best
 
 
+def _cell(values):
+    return {"mean": sum(values) / len(values), "std": 0.0, "n": len(values), "values": list(values)}
+
+
 def test_claim_verdicts_follow_the_stated_rule():
-    cell = lambda m, s: {"mean": m, "std": s, "n": 3}
-    table = {"arith": {"grpo": {"final_acc": cell(0.80, 0.02)}, "rlsd": {"final_acc": cell(0.85, 0.02)},
-                       "sdpg": {"final_acc": cell(0.81, 0.03)}}}
-    assert compare(table["arith"], "final_acc", "rlsd", "grpo")[0] == "higher"
-    assert compare(table["arith"], "final_acc", "sdpg", "grpo")[0] == "mixed"
-    table["arith"]["opsd"] = {"start_acc": cell(0.55, 0.01), "best_acc": cell(0.75, 0.02),
-                              "final_acc": cell(0.74, 0.02), "collapsed": 0, "seeds": 3}   # rose, did not fall
-    table["split"] = {"opsd": {"start_acc": cell(0.55, 0.01), "best_acc": cell(0.55, 0.01),
-                               "final_acc": cell(0.10, 0.03), "collapsed": 3, "seeds": 3}}  # fell, never rose
-    verdicts = {c["claim"]: c["verdict"] for c in claims({"table": table})}
-    assert verdicts["OPSD rises early, then declines (arith)"] == "mixed"
-    assert verdicts["OPSD rises early, then declines (split)"] == "mixed"
-    assert verdicts["RLSD ends above GRPO (arith)"] == "reproduced"
-    assert verdicts["SDPG ends above GRPO (arith)"] == "mixed"
-    assert verdicts["SDPG ends above RLSD (arith)"] == "not reproduced"
+    base = [0.80, 0.82, 0.79, 0.81, 0.83]
+    t = {"grpo": {"final_acc": _cell(base)},
+         "rlsd": {"final_acc": _cell([x + 0.10 for x in base])},                   # far above: reproduced
+         "sdpg": {"final_acc": _cell([0.74, 0.96, 0.80, 0.94, 0.81])},             # noise: inconclusive
+         "opsd": {"final_acc": _cell([x + 0.15 for x in base]),                     # GRPO far below it
+                  "start_acc": _cell([0.50] * 5), "early_acc": _cell([0.70, 0.72, 0.71, 0.69, 0.73]),
+                  "late_acc": _cell([0.71, 0.73, 0.72, 0.70, 0.74])}}               # rose, then rose a bit more
+    verdicts = {c.text: c for c in claims({"table": {"arith": t}})}
+    assert verdicts["RLSD ends above GRPO (arith)"].verdict == "reproduced"
+    assert verdicts["SDPG ends above GRPO (arith)"].verdict == "inconclusive"
+    assert verdicts["GRPO ends above OPSD (arith)"].verdict == "contradicted"
+    rise_fall = verdicts["OPSD rises early, then declines (arith)"]
+    assert [c.verdict for _, c in rise_fall.parts] == ["reproduced", "contradicted"]
+    assert rise_fall.verdict == "contradicted"
+    sdpg = verdicts["SDPG ends above GRPO (arith)"].parts[0][1]
+    assert sdpg.ci_low < 0 < sdpg.ci_high and "seeds per method would detect" in to_settle(sdpg)
+
+
+def test_a_claim_with_one_seed_is_inconclusive_and_says_what_it_needs():
+    t = {"grpo": {"final_acc": _cell([0.5])}, "rlsd": {"final_acc": _cell([0.9])}}
+    (claim,) = [c for c in claims({"table": {"arith": t}}) if c.text.startswith("RLSD ends above GRPO")]
+    assert claim.verdict == "inconclusive" and claim.parts[0][1] is None
+    assert to_settle(claim.parts[0][1]) == "at least 2 seeds"
+
+
+def _metrics(out, task, label, seed=0):
+    rows = [json.loads(line) for line in open(os.path.join(out, "runs", task, label, f"seed{seed}", "metrics.jsonl"))]
+    return [{k: v for k, v in r.items() if not (k.startswith("time_") or k.endswith("_time_s"))} for r in rows]
+
+
+def test_two_jobs_train_the_same_runs_as_one(tmp_path):
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    run_experiment(one, "ci", 1, methods=("grpo", "rlsd"), tasks=("arith",), progress=False)
+    summary = run_experiment(two, "ci", 1, methods=("grpo", "rlsd"), tasks=("arith",), jobs=2, progress=False)
+    assert summary["runs"] == 2 and not summary["missing"]
+    for m in ("grpo", "rlsd"):               # one torch thread here (conftest) and in each worker
+        assert _metrics(one, "arith", m) == _metrics(two, "arith", m)
+
+
+def test_shards_are_disjoint_cover_the_plan_and_a_plain_call_reports(tmp_path):
+    out = str(tmp_path / "r")
+    exp = experiment_config("ci", 1, methods=("grpo", "opsd"), tasks=("arith", "split"))
+    runs = plan(exp)
+    shards = [shard_runs(runs, (i, 3)) for i in range(3)]
+    assert sorted(r for s in shards for r in s) == sorted(runs) and sum(map(len, shards)) == len(runs) == 4
+    for i in range(3):
+        assert run_experiment(out, "ci", 1, methods=("grpo", "opsd"), shard=f"{i}/3", progress=False) is None
+        assert not os.path.exists(os.path.join(out, "REPORT.md"))                  # a shard writes no report
+    metrics = os.path.join(out, "runs", "arith", "grpo", "seed0", "metrics.jsonl")
+    before = os.path.getmtime(metrics)
+    summary = run_experiment(out, "ci", 1, methods=("grpo", "opsd"), progress=False)
+    assert summary["runs"] == 4 and os.path.getmtime(metrics) == before and os.path.exists(os.path.join(out, "REPORT.md"))
+
+
+def test_a_run_busy_in_another_process_is_skipped_named_and_left_out(tmp_path, capsys):
+    out = tmp_path / "r"
+    busy = out / "runs" / "arith" / "opsd" / "seed0"
+    busy.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (busy / "run.lock").write_text(f"{holder.pid}@{socket.gethostname()}")
+        summary = run_experiment(str(out), "ci", 1, methods=("grpo", "opsd"), tasks=("arith",), progress=False)
+        assert summary["missing"] == ["arith/opsd/seed0"] and summary["runs"] == 1
+        assert "skipped arith/opsd/seed0 busy" in capsys.readouterr().out
+        assert (busy / "run.lock").read_text() == f"{holder.pid}@{socket.gethostname()}"   # not taken, not removed
+        assert "Not finished, so left out: arith/opsd/seed0" in (out / "REPORT.md").read_text()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_failed_run_in_a_worker_stops_the_experiment_with_its_error(tmp_path):
+    out = tmp_path / "r"
+    bad = out / "runs" / "split" / "grpo" / "seed0"
+    bad.mkdir(parents=True)
+    (bad / "config.json").write_text(json.dumps({"method": "grpo", "steps": 1}))   # another run's config
+    with pytest.raises(RunFolderError, match="holds a run with a different config"):
+        run_experiment(str(out), "ci", 1, methods=("grpo",), tasks=("split",), jobs=2, progress=False)
+    assert not (out / "REPORT.md").exists()
+
+
+@pytest.mark.parametrize("text", ["2/2", "-1/2", "1", "a/b", "1/0", "0/"])
+def test_a_bad_shard_is_refused(text, tmp_path):
+    with pytest.raises(ValueError, match="--shard expects i/n with 0 <= i < n"):
+        run_experiment(str(tmp_path / "r"), "ci", 1, shard=text, progress=False)
+    assert not (tmp_path / "r").exists()
+    assert parse_shard("1/4") == (1, 4) and parse_shard(None) is None
+
+
+@pytest.mark.parametrize("jobs", [0, -2, 1.5])
+def test_a_bad_job_count_is_refused(jobs, tmp_path):
+    with pytest.raises(ValueError, match="jobs must be an integer >= 1"):
+        run_experiment(str(tmp_path / "r"), "ci", 1, jobs=jobs, progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_variants_and_variants_without_their_task_are_refused():
+    with pytest.raises(ValueError, match="unknown variant.*'rlsd_nope'"):
+        experiment_config("ci", 1, variants=("rlsd_nope",))
+    with pytest.raises(ValueError, match="variants run on the tasks \\('mul7',\\) only"):
+        experiment_config("ci", 1, tasks=("arith",), variants=("all",))
+
+
+def test_variants_are_their_method_with_the_named_settings_on_mul7_only():
+    exp = experiment_config("ci", 2, methods=("grpo", "rlsd"), tasks=("arith", "mul7"),
+                            variants=("rlsd_epsw0.9", "opsd_live"))
+    assert set(exp["configs"]) == {"arith/grpo", "arith/rlsd", "mul7/grpo", "mul7/rlsd", "mul7/rlsd_epsw0.9",
+                                   "mul7/opsd_live"}
+    v = exp["configs"]["mul7/rlsd_epsw0.9"]
+    assert v["method"] == "rlsd" and v["rlsd_eps_w"] == 0.9
+    assert {k for k in v if v[k] != exp["configs"]["mul7/rlsd"][k]} == {"rlsd_eps_w"}
+    assert exp["configs"]["mul7/opsd_live"]["teacher_mode"] == "live"
+    assert len(plan(exp)) == 2 * 6
+    assert "variants" not in experiment_config("ci", 1)                         # absent without variants
+
+
+def test_an_older_folder_with_one_threshold_verifies_without_being_rewritten(tmp_path):
+    out = str(tmp_path / "r")
+    run_experiment(out, "ci", 1, methods=("grpo",), tasks=("split",), progress=False)
+    path = os.path.join(out, "experiment.json")
+    exp = json.load(open(path))
+    exp["threshold"] = 0.8                                                   # the form before per-task thresholds
+    json.dump(exp, open(path, "w"))
+    before = open(path).read()
+    summary = run_experiment(out, "ci", 1, methods=("grpo",), tasks=("split",), progress=False)
+    assert summary["runs"] == 1 and summary["threshold"] == {"split": 0.8}
+    assert open(path).read() == before
 
 
 def test_a_config_field_added_later_does_not_orphan_a_results_folder(tmp_path):
@@ -85,3 +205,19 @@ def test_a_config_field_added_later_does_not_orphan_a_results_folder(tmp_path):
         del cfg["bf16_autocast"]                        # as if the folder predates the field (default False)
     json.dump(exp, open(path, "w"))
     assert run_experiment(out, "ci", 1, methods=("grpo",), tasks=("split",), progress=False)["runs"] == 1
+
+
+def test_a_variant_runs_beside_its_method_and_the_report_compares_them(tmp_path):
+    out = str(tmp_path / "r")
+    summary = run_experiment(out, "ci", 2, methods=("grpo", "rlsd"), tasks=("mul7",), variants=("rlsd_epsw0.9",),
+                             progress=False)
+    assert summary["runs"] == 6 and summary["variants"] == {"rlsd_epsw0.9": {"method": "rlsd",
+                                                                            "sets": {"rlsd_eps_w": 0.9}}}
+    assert json.load(open(os.path.join(out, "runs", "mul7", "rlsd_epsw0.9", "seed1", "config.json")))["rlsd_eps_w"] == 0.9
+    report = open(os.path.join(out, "REPORT.md")).read()
+    assert "--tasks mul7 --variants rlsd_epsw0.9" in report
+    assert "## Sensitivity of each method's knobs" in report and "| rlsd_epsw0.9 (rlsd_eps_w=0.9) vs RLSD |" in report
+    assert "| RLSD ends above GRPO (mul7) |" in report and "## Sample efficiency against GRPO" in report
+    assert os.path.exists(os.path.join(out, "sensitivity_mul7.png"))
+    cells = summary["table"]["mul7"]["grpo"]["final_acc"]
+    assert len(cells["values"]) == 2 and cells["n"] == 2                   # per-seed values, for the statistics

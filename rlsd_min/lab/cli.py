@@ -8,6 +8,7 @@
     python -m rlsd_min bench --rounds 5           # seconds per step of each method, same batch
     python -m rlsd_min bench --scaling            # step time against group size, length, model size
     python -m rlsd_min verify --profile cpu --seeds 3   # every method x both tasks x 3 seeds -> results/
+    python -m rlsd_min verify ... --jobs 2 / --shard 0/4 / --list   # parallel, a quarter of the runs, the plan
 """
 
 from __future__ import annotations
@@ -92,9 +93,10 @@ def cmd_warmstart(args) -> None:
     data, out = args.data or str(TASKS[args.task].data_dir), args.out or str(TASKS[args.task].base_checkpoint)
     if os.path.exists(os.path.join(out, "config.json")) and not args.force:
         raise SystemExit(f"{out} already holds a checkpoint; pass --force to replace it")
-    ensure_data(data, TASKS[args.task].data)
-    s = warm_start(out, data, ModelConfig(), TASKS[args.task].data,
-                   SFTConfig(target_acc=args.target_acc, seed=args.seed), device=pick_device())
+    task = TASKS[args.task]
+    ensure_data(data, task.data)
+    sft = {**task.sft, "seed": args.seed, **({"target_acc": args.target_acc} if args.target_acc is not None else {})}
+    s = warm_start(out, data, ModelConfig(**task.model), task.data, SFTConfig(**sft), device=pick_device())
     print(f"warm start: {s['steps']} steps, {s['seconds']} s, {s['params']} parameters, "
           f"validation accuracy sampled {s['val_acc_sampled']:.3f} / greedy {s['val_acc_greedy']:.3f} -> {out}")
 
@@ -226,13 +228,29 @@ def cmd_bench(args) -> None:
 
 
 def cmd_verify(args) -> None:
-    from .experiment import run_experiment
+    from .experiment import experiment_config, run_experiment
+    from .results import finished_history, plan, run_dir
 
+    methods = tuple(m for m in args.methods.split(",") if m)
+    variants = tuple(v for v in (args.variants or "").split(",") if v)
+    if args.list:  # the plan, one run a line: what a scheduler fans out with --shard
+        exp = experiment_config(args.profile, args.seeds, methods, tuple(args.tasks.split(",")),
+                                _parse_sets(args.set), variants)
+        runs = plan(exp)
+        for i, (t, label, s) in enumerate(runs):
+            done = finished_history(run_dir(args.out, t, label, s), exp["configs"][f"{t}/{label}"]["steps"])
+            print(f"{i}\t{t}/{label}/seed{s}\t{'finished' if done is not None else 'to do'}")
+        return
     t0 = time.time()
-    summary = run_experiment(args.out, args.profile, args.seeds, tuple(args.methods.split(",")),
-                             tuple(args.tasks.split(",")), _parse_sets(args.set))
+    summary = run_experiment(args.out, args.profile, args.seeds, methods, tuple(args.tasks.split(",")),
+                             _parse_sets(args.set), variants, args.jobs, args.shard)
+    if summary is None:
+        print(f"shard {args.shard} done in {(time.time() - t0) / 60:.1f} min; once every shard is done, the same "
+              f"command without --shard reports -> {os.path.join(args.out, 'REPORT.md')}")
+        return
+    missing = f"; {len(summary['missing'])} runs not finished" if summary["missing"] else ""
     print(f"{summary['runs']} runs ({summary['wall_s'] / 60:.1f} min of training in total; this call "
-          f"{(time.time() - t0) / 60:.1f} min) -> {os.path.join(args.out, 'REPORT.md')}")
+          f"{(time.time() - t0) / 60:.1f} min{missing}) -> {os.path.join(args.out, 'REPORT.md')}")
 
 
 def main(argv=None) -> None:
@@ -243,7 +261,7 @@ def main(argv=None) -> None:
     def command(name, summary, **kwargs):
         return sub.add_parser(name, help=summary, description=summary, formatter_class=_Help, **kwargs)
 
-    task_help = "arith (one valid answer) or split (ten)"
+    task_help = "arith (one valid answer), split (ten), mul7 (one, longer and unsaturated)"
     profile_help = "ci (seconds), cpu (minutes on a laptop) or gpu (a classroom GPU)"
     p = command("data", "write a task's data files (train, validation, test, ood)")
     p.add_argument("--task", default="arith", choices=tuple(TASKS), help=task_help)
@@ -256,7 +274,8 @@ def main(argv=None) -> None:
     p.add_argument("--task", default="arith", choices=tuple(TASKS), help=task_help)
     p.add_argument("--out", default=None, help="checkpoint folder (default: the task's warm start in the data root)")
     p.add_argument("--data", default=None, help="data folder (default: the task's)")
-    p.add_argument("--target-acc", type=float, default=SFTConfig().target_acc, help="stop at this sampled accuracy")
+    p.add_argument("--target-acc", type=float, default=None,
+                   help=f"stop at this sampled validation accuracy (default: the task's, else {SFTConfig().target_acc})")
     p.add_argument("--seed", type=int, default=SFTConfig().seed, help="seed of initialisation and data order")
     p.add_argument("--force", action="store_true", help="replace an existing checkpoint")
     p.set_defaults(func=cmd_warmstart)
@@ -304,13 +323,20 @@ def main(argv=None) -> None:
     p.add_argument("--axes", default="group,length,model", help="with --scaling: any of group, length, model, flags")
     p.set_defaults(func=cmd_bench)
 
-    p = command("verify", "every method on both tasks over several seeds -> results/ and REPORT.md")
+    p = command("verify", "every method on each task over several seeds -> results/ and REPORT.md")
     p.add_argument("--profile", default="cpu", choices=tuple(PROFILES), help=profile_help)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", default="results", help="results folder (resumed if it holds this experiment)")
     p.add_argument("--methods", default="grpo,opsd,grpo_opsd,rlsd,sdpg")
-    p.add_argument("--tasks", default="arith,split")
+    p.add_argument("--tasks", default="arith,split", help=f"comma-separated, from {tuple(TASKS)}")
+    p.add_argument("--variants", default="", help="sensitivity variants (rlsd_min.lab.experiment.VARIANTS), "
+                   "comma-separated, or 'all'; they run on mul7")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override TrainConfig fields of every run")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own one-thread process "
+                   "(1: in this process, torch's threads as they are)")
+    p.add_argument("--shard", default=None, metavar="I/N", help="train only the runs at positions I, I+N, ... of "
+                   "the plan (0 <= I < N) and write no report; the same command without --shard reports")
+    p.add_argument("--list", action="store_true", help="print the plan (position, run, finished or not) and exit")
     p.set_defaults(func=cmd_verify)
 
     args = parser.parse_args(argv)

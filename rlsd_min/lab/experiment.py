@@ -1,50 +1,111 @@
-"""The small-scale verification of the papers' claims: every method, both tasks, several seeds.
+"""The small-scale verification of the papers' claims: every method, each task, several seeds.
 
-    python -m rlsd_min verify --profile cpu --seeds 3          # -> results/
+    python -m rlsd_min verify --profile cpu --seeds 3                 # -> results/
+    python -m rlsd_min verify --tasks mul7 --variants all --jobs 2    # + the sensitivity variants
+    python -m rlsd_min verify --shard 0/4 ...                         # a quarter of the runs, no report
 
 trains GRPO, OPSD, GRPO+OPSD, RLSD and SDPG from the same warm start of each task
-(`arith`: one valid answer; `split`: ten, the reference one of them at random), each
-with seeds 0..S-1 (prompt order and sampling; the warm start is shared), for longer
-than the demo so that late-training effects could show. Every run logs held-out
-accuracy and the leakage probes at each evaluation (rlsd_min.leakage), and OPSD-style
-runs on `split` log the exact floor of their distillation loss (distill_floor).
+(`arith`: one valid answer; `split`: ten, the reference one of them at random; `mul7`: the
+unsaturated one), each with seeds 0..S-1 (prompt order and sampling; the warm start is
+shared), for longer than the demo so that late-training effects could show. Every run logs
+held-out accuracy and the leakage probes at each evaluation (rlsd_min.leakage), and
+OPSD-style runs on `split` log the exact floor of their distillation loss (distill_floor).
+Sensitivity variants (VARIANTS: a method with some of its settings changed) run beside them on
+the tasks in VARIANT_TASKS.
 
 The folder holds `experiment.json` (what was asked), one run folder per
-(task, method, seed) under `runs/`, `summary.json` (mean and std over seeds), the
+(task, label, seed) under `runs/`, `summary.json` (per-seed values, mean and std), the
 figures and `REPORT.md`, all made from the run folders. Interrupted, the same command
 resumes: finished runs are kept, unfinished ones go on from their last checkpoint. A
 folder made by a different experiment is refused, never mixed or overwritten.
+
+Parallel runs. `jobs` > 1 trains that many runs at once, each in its own worker process with
+one torch thread (on a 2-core machine two one-thread runs do more steps per second than one
+two-thread run); `jobs` = 1 trains in this process with torch's thread setting as it is. A
+shard `i/n` trains only the runs whose position in the plan is i modulo n and writes no
+report, so n machines (a SLURM array, say) can share the plan; a last plain call then trains
+whatever is left and reports. A run folder is locked while it trains (rlsd_min.loop.RunDir),
+so a run busy elsewhere is skipped, never trained twice at once; it is named, and left out of
+the report until it has finished.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig, save_json, train_config
 from ..leakage import FLOORS
-from ..loop import check_problem_counts, train
+from ..loop import RunFolderBusyError, check_problem_counts, train
 from ..tasks import TASKS, ensure_data, load_splits
 from .report import write_report
-from .results import THRESHOLD, finished_history, run_dir, summarize, wall_s
+from .results import finished_history, plan, read_experiment, run_dir, summarize, threshold_of, wall_s
 from .stability import COLLAPSE_MARGIN, COLLAPSE_PATIENCE
 
 VERIFY_METHODS = ("grpo", "opsd", "grpo_opsd", "rlsd", "sdpg")
+VERIFY_TASKS = ("arith", "split")
+"""the tasks of the committed results/ (issue 12's experiment adds mul7)"""
 PLANS = {
-    "ci": {"arith": dict(steps=4, probe_problems=8), "split": dict(steps=4, probe_problems=8)},
-    "cpu": {"arith": dict(steps=200, probe_problems=128), "split": dict(steps=300, probe_problems=128)},
-    "gpu": {"arith": dict(steps=400, probe_problems=256), "split": dict(steps=600, probe_problems=256)},
+    "ci": {"arith": dict(steps=4, probe_problems=8), "split": dict(steps=4, probe_problems=8),
+           "mul7": dict(steps=4, probe_problems=8)},
+    "cpu": {"arith": dict(steps=200, probe_problems=128), "split": dict(steps=300, probe_problems=128),
+            "mul7": dict(steps=200, probe_problems=64)},
+    "gpu": {"arith": dict(steps=400, probe_problems=256), "split": dict(steps=600, probe_problems=256),
+            "mul7": dict(steps=400, probe_problems=256)},
 }
-"""TrainConfig overrides of each task, on top of the profile: twice (arith) and three times
-(split) the demo's 100 steps on the cpu profile (33 minutes on 2 CPU cores for 3 seeds)."""
+"""TrainConfig overrides of each task, on top of the profile: twice (arith, mul7) and three times
+(split) the demo's 100 steps on the cpu profile (arith and split: 33 minutes on 2 CPU cores for
+3 seeds). mul7 probes 64 prompts: its probes cost more (70-token completions)."""
+VARIANTS = {
+    "rlsd_epsw0.5": ("rlsd", dict(rlsd_eps_w=0.5)),
+    "rlsd_epsw0.9": ("rlsd", dict(rlsd_eps_w=0.9)),
+    "rlsd_lamconst": ("rlsd", dict(rlsd_lam_steps=10**12)),
+    "rlsd_lamconst_epsw0.9": ("rlsd", dict(rlsd_lam_steps=10**12, rlsd_eps_w=0.9)),
+    "sdpg_beta0.03": ("sdpg", dict(distill_coef=0.03)),
+    "sdpg_beta0.3": ("sdpg", dict(distill_coef=0.3)),
+    "sdpg_beta1.0": ("sdpg", dict(distill_coef=1.0)),
+    "opsd_live": ("opsd", dict(teacher_mode="live")),
+    "opsd_synced": ("opsd", dict(teacher_mode="synced")),
+    "opsd_ema": ("opsd", dict(teacher_mode="ema")),
+}
+"""The sensitivity runs of each method's knobs (issue 12, item 4), each against its method at the
+defaults (RLSD eps_w 0.2 with lam 0.5 decaying over 50 steps; SDPG beta_base 0.1; OPSD's frozen
+teacher). `rlsd_lamconst` keeps lam at 0.5 for the whole run: lam decays over 10^12 steps, so it
+moves by less than 1e-9 within any run here (below float32 resolution) and no new setting is
+needed."""
+VARIANT_TASKS = ("mul7",)
+"""the tasks the variants run on (those of the experiment's tasks that are listed here)"""
 
 
-def experiment_config(profile: str, seeds: int, methods=VERIFY_METHODS, tasks=tuple(TASKS), sets=None) -> dict:
-    """What the experiment will run: validated, before any long work starts."""
+# --- what the experiment runs -----------------------------------------------------------
+
+def pick_variants(names) -> dict:
+    """{name: (method, settings)} for a list of VARIANTS names, or all of them for ['all']."""
+    names = list(names or ())
+    if names == ["all"]:
+        return dict(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {tuple(VARIANTS)} or 'all'")
+    return {n: VARIANTS[n] for n in names}
+
+
+def _config(profile: str, task: str, method: str, settings: dict) -> dict:
+    cfg = train_config(profile, method=method, task=task, **settings)
+    if task == "split" and cfg.divergence in FLOORS:  # a distillation term with an exact floor: log it
+        cfg = dataclasses.replace(cfg, distill_floor=True).validate()
+    return cfg.to_dict()
+
+
+def experiment_config(profile: str, seeds: int, methods=VERIFY_METHODS, tasks=VERIFY_TASKS, sets=None,
+                      variants=()) -> dict:
+    """What the experiment will run: validated, before any long work starts. `variants` names
+    entries of VARIANTS (or is ['all']); they run on the tasks that are also in VARIANT_TASKS."""
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
     if profile not in PLANS:
@@ -52,27 +113,21 @@ def experiment_config(profile: str, seeds: int, methods=VERIFY_METHODS, tasks=tu
     for t in tasks:  # methods are checked by train_config
         if t not in TASKS:
             raise ValueError(f"unknown task {t!r}; choose from {tuple(TASKS)}")
+    chosen = pick_variants(variants)
+    if chosen and not set(tasks) & set(VARIANT_TASKS):
+        raise ValueError(f"variants run on the tasks {VARIANT_TASKS} only; add one of them to the tasks {tuple(tasks)}")
     configs = {}
     for t in tasks:
         for m in methods:
-            cfg = train_config(profile, method=m, task=t, **{**PLANS[profile][t], **(sets or {})})
-            if t == "split" and cfg.divergence in FLOORS:  # a distillation term with an exact floor: log it
-                cfg = dataclasses.replace(cfg, distill_floor=True).validate()
-            configs[f"{t}/{m}"] = cfg.to_dict()
-    return {"profile": profile, "seeds": list(range(seeds)), "methods": list(methods), "tasks": list(tasks),
-            "threshold": THRESHOLD, "collapse": {"margin": COLLAPSE_MARGIN, "patience": COLLAPSE_PATIENCE},
-            "configs": configs}
-
-
-def _with_new_fields(exp: dict) -> dict:
-    """A recorded experiment with TrainConfig fields added since it ran filled in at their
-    resolved defaults (the value those runs had in effect), so a new optional field does not
-    orphan it."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    for key, cfg in exp["configs"].items():
-        if set(cfg) != known:
-            exp["configs"][key] = {**TrainConfig(**{k: v for k, v in cfg.items() if k in known}).validate().to_dict(),
-                                   **{k: v for k, v in cfg.items()}}
+            configs[f"{t}/{m}"] = _config(profile, t, m, {**PLANS[profile][t], **(sets or {})})
+        for name, (m, settings) in chosen.items():
+            if t in VARIANT_TASKS:
+                configs[f"{t}/{name}"] = _config(profile, t, m, {**PLANS[profile][t], **(sets or {}), **settings})
+    exp = {"profile": profile, "seeds": list(range(seeds)), "methods": list(methods), "tasks": list(tasks),
+           "threshold": {t: threshold_of(t) for t in tasks},
+           "collapse": {"margin": COLLAPSE_MARGIN, "patience": COLLAPSE_PATIENCE}, "configs": configs}
+    if chosen:  # absent when there are none: a folder of an experiment without variants reads as before
+        exp["variants"] = {name: settings for name, (m, settings) in chosen.items()}
     return exp
 
 
@@ -87,42 +142,113 @@ def _check_problems(exp: dict) -> None:
 
 
 def _open_folder(out: str, exp: dict) -> None:
+    """Record `exp` in a new folder, or check that the folder records the same experiment (then
+    its experiment.json is left as it is)."""
     path = os.path.join(out, "experiment.json")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"{out} is a file, not a results folder; pass another --out")
     if os.path.exists(path):
-        with open(path) as f:
-            old = _with_new_fields(json.load(f))
+        old = read_experiment(out)
         if old != exp:
             diff = sorted(k for k in set(old) | set(exp) if old.get(k) != exp.get(k))
             raise ValueError(
                 f"{out} holds runs of a different experiment ({diff} differ); to resume it, repeat the command "
-                f"that made it (profile {old.get('profile')!r}, seeds {len(old.get('seeds', []))}); to start "
-                f"fresh, pass another --out (or delete {out} yourself)")
+                f"that made it (profile {old.get('profile')!r}, seeds {len(old.get('seeds', []))}, tasks "
+                f"{old.get('tasks')}, variants {list(old.get('variants', {}))}); to start fresh, pass another "
+                f"--out (or delete {out} yourself)")
+        return
     os.makedirs(out, exist_ok=True)
     save_json(exp, path)
 
 
-def run_experiment(out: str, profile: str, seeds: int, methods=VERIFY_METHODS, tasks=tuple(TASKS),
-                   sets=None, progress: bool = True) -> dict:
-    """Train every (task, method, seed) not yet finished in `out`; summarise; write the report."""
-    exp = experiment_config(profile, seeds, methods, tasks, sets)
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'i/n' -> (i, n) with 0 <= i < n; None stays None."""
+    if text is None:
+        return None
+    i, sep, n = str(text).partition("/")
+    if not (sep and i.strip().isdigit() and n.strip().isdigit()) or not 0 <= int(i) < int(n):
+        raise ValueError(f"--shard expects i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
+    return int(i), int(n)
+
+
+def shard_runs(runs: list, shard: tuple[int, int] | None) -> list:
+    """The runs of shard (i, n): those at positions i, i + n, i + 2n, ... of the whole plan, so
+    the n shards are disjoint, together cover the plan, and do not move as runs finish."""
+    if shard is None:
+        return list(runs)
+    i, n = shard
+    return list(runs)[i::n]
+
+
+# --- training the runs ------------------------------------------------------------------
+
+def train_run(cfg: dict, path: str) -> str:
+    """Train (or resume) one run in `path`; add its training seconds to wall_s.json there.
+    Returns 'done', or 'busy: ...' when another process holds the run folder."""
+    cfg = TrainConfig(**cfg).validate()
+    start, before = time.perf_counter(), wall_s(path)
+    try:
+        train(cfg, path, progress=False)
+    except RunFolderBusyError as e:
+        return f"busy: {e}"
+    save_json({"wall_s": before + time.perf_counter() - start}, os.path.join(path, "wall_s.json"))
+    return "done"
+
+
+def _one_thread() -> None:
+    """Worker initialiser: one torch thread (intra- and inter-op) for the worker's whole life."""
+    import torch
+
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+
+
+def _train_all(out: str, exp: dict, todo: list, jobs: int, progress: bool) -> list[str]:
+    """Train the runs `todo` [(task, label, seed)], `jobs` at a time; return the busy ones' messages."""
+    work = [(f"{t}/{label}/seed{s}", {**exp["configs"][f"{t}/{label}"], "seed": s}, run_dir(out, t, label, s))
+            for t, label, s in todo]
+    bar = tqdm(total=len(work), desc="verify", disable=not progress)
+    busy = []
+    if jobs == 1:
+        for name, cfg, path in work:
+            bar.set_postfix(run=name)
+            status = train_run(cfg, path)
+            busy += [f"{name} {status}"] if status != "done" else []
+            bar.update()
+    else:  # one process per run (max_tasks_per_child=1), spawned: nothing inherited from this one
+        pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_one_thread,
+                                   max_tasks_per_child=1)
+        try:
+            futures = {pool.submit(train_run, cfg, path): name for name, cfg, path in work}
+            for future in as_completed(futures):
+                status = future.result()  # a failed run raises here; then the queued runs are
+                busy += [f"{futures[future]} {status}"] if status != "done" else []   # cancelled and
+                bar.update()                                  # the ones in progress finish first
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    bar.close()
+    return busy
+
+
+def run_experiment(out: str, profile: str, seeds: int, methods=VERIFY_METHODS, tasks=VERIFY_TASKS,
+                   sets=None, variants=(), jobs: int = 1, shard: str | None = None,
+                   progress: bool = True) -> dict | None:
+    """Train every (task, label, seed) of the experiment (of its shard) not yet finished in `out`;
+    then, without a shard, summarise and write the report and return the summary (None with a
+    shard)."""
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    shard = parse_shard(shard)
+    exp = experiment_config(profile, seeds, methods, tasks, sets, variants)
     _check_problems(exp)
     _open_folder(out, exp)
-    jobs = [(t, m, s) for t in exp["tasks"] for m in exp["methods"] for s in exp["seeds"]]
-    bar = tqdm(jobs, desc="verify", disable=not progress)
-    for t, m, s in bar:
-        cfg = TrainConfig(**{**exp["configs"][f"{t}/{m}"], "seed": s}).validate()
-        path = run_dir(out, t, m, s)
-        if finished_history(path, cfg.steps) is not None:
-            continue
-        bar.set_postfix(run=f"{t}/{m}/seed{s}")
-        start = time.perf_counter()
-        before = wall_s(path)
-        train(cfg, path, progress=False)
-        save_json({"wall_s": before + time.perf_counter() - start}, os.path.join(path, "wall_s.json"))
+    todo = [(t, label, s) for t, label, s in shard_runs(plan(exp), shard)
+            if finished_history(run_dir(out, t, label, s), exp["configs"][f"{t}/{label}"]["steps"]) is None]
+    busy = _train_all(out, exp, todo, jobs, progress)
+    for message in busy:
+        print(f"skipped {message}")
+    if shard is not None:
+        return None
     summary = summarize(out)
     write_report(out, summary)
     return summary
-
-

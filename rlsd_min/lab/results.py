@@ -1,25 +1,79 @@
-"""Reading a verification folder: where each run lives, which runs are finished, and the
-summary over seeds (mean and std per method and task). Used by the experiment that writes
-the folder and by the report that reads it."""
+"""Reading a verification folder: what was asked (experiment.json), where each run lives, which
+runs are finished, and the summary over seeds (mean, std and the per-seed values of every
+metric, per task and run label). Used by the experiment that writes the folder and by the
+report that reads it.
+
+A run label is a method name (`grpo`, `rlsd`, ...) or the name of a sensitivity variant
+(`rlsd_epsw0.9`: a method with some settings changed, rlsd_min.lab.experiment.VARIANTS).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
 
-from ..config import save_json
+from ..config import TrainConfig, save_json
 from ..loop import read_metrics
 from .stability import collapsed, steps_to_threshold
+from .stats import auc
 
 THRESHOLD = 0.8
-"""held-out accuracy for 'steps to threshold' (both warm starts start near 0.55)"""
+"""held-out accuracy for 'steps to threshold' of a task not in THRESHOLDS (arith and split:
+their warm starts start near 0.5)"""
+THRESHOLDS = {"mul7": 0.65}
+"""the threshold of a task whose accuracy stays lower (mul7 starts at 0.34; GRPO reaches 0.65
+near step 100 of 200)"""
 TAIL = 10
 """steps averaged for the end-of-training value of per-step metrics (entropy, KL, ...)"""
 
 
-def run_dir(out: str, task: str, method: str, seed: int) -> str:
-    return os.path.join(out, "runs", task, method, f"seed{seed}")
+def threshold_of(task: str) -> float:
+    return THRESHOLDS.get(task, THRESHOLD)
+
+
+def run_dir(out: str, task: str, label: str, seed: int) -> str:
+    return os.path.join(out, "runs", task, label, f"seed{seed}")
+
+
+def labels(exp: dict) -> list[str]:
+    """The run labels of an experiment in their order: its methods, then its variants."""
+    return list(exp["methods"]) + list(exp.get("variants", []))
+
+
+def variants(exp: dict) -> dict:
+    """{variant: {"method": its method, "sets": the settings it changes}} of an experiment."""
+    tasks = {label: t for t in exp["tasks"] for label in exp.get("variants", {}) if f"{t}/{label}" in exp["configs"]}
+    return {label: {"method": exp["configs"][f"{t}/{label}"]["method"], "sets": exp["variants"][label]}
+            for label, t in tasks.items()}
+
+
+def plan(exp: dict) -> list[tuple[str, str, int]]:
+    """Every run of an experiment, (task, label, seed), in a fixed order: task, label, seed."""
+    return [(t, label, s) for t in exp["tasks"] for label in labels(exp) if f"{t}/{label}" in exp["configs"]
+            for s in exp["seeds"]]
+
+
+def upgrade(exp: dict) -> dict:
+    """A recorded experiment in today's form: TrainConfig fields added since it ran filled in at
+    their resolved defaults (the value those runs had in effect), and a single threshold for
+    every task (the form before per-task thresholds) written per task. So an older folder is
+    neither orphaned nor rewritten."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, cfg in exp["configs"].items():
+        if set(cfg) != known:
+            exp["configs"][key] = {**TrainConfig(**{k: v for k, v in cfg.items() if k in known}).validate().to_dict(),
+                                   **{k: v for k, v in cfg.items()}}
+    if not isinstance(exp.get("threshold"), dict):
+        exp["threshold"] = {t: exp.get("threshold", THRESHOLD) for t in exp["tasks"]}
+    return exp
+
+
+def read_experiment(out: str) -> dict:
+    """The experiment.json of a results folder, upgraded (`upgrade`)."""
+    with open(os.path.join(out, "experiment.json")) as f:
+        return upgrade(json.load(f))
 
 
 def wall_s(path: str) -> float:
@@ -39,22 +93,36 @@ def finished_history(path: str, steps: int) -> list[dict] | None:
     return history if history and history[-1]["step"] == steps else None
 
 
-def _mean_std(values: list) -> dict:
+def _cell(values: list) -> dict:
+    """Mean, std (n - 1) and n of the non-None values, and the values themselves (in seed order)."""
     values = [v for v in values if v is not None]
     if not values:
-        return {"mean": None, "std": None, "n": 0}
+        return {"mean": None, "std": None, "n": 0, "values": []}
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
+            "n": len(values), "values": values}
+
+
+def window_acc(evals: list[dict], lo: float, hi: float) -> float | None:
+    """Mean held-out accuracy of the evaluations at steps in (lo, hi], or None if there is none."""
+    accs = [r["eval_acc"] for r in evals if lo < r["step"] <= hi]
+    return statistics.fmean(accs) if accs else None
 
 
 def run_summary(history: list[dict], threshold: float = THRESHOLD) -> dict:
-    """The numbers of one run: final and best held-out accuracy, steps to threshold, collapse,
-    the last evaluation's probes, and per-step metrics averaged over the last TAIL steps."""
+    """The numbers of one run: final, best and starting held-out accuracy, the area under the
+    accuracy curve (`auc`, normalised by steps: the mean accuracy over training), steps to
+    threshold (None if never reached; `steps_to_threshold_or_end` counts such a run at its last
+    step), the mean accuracy over the first and the last quarter of the run, collapse, the last
+    evaluation's probes, and per-step metrics averaged over the last TAIL steps."""
     evals = [r for r in history if "eval_acc" in r]
     accs = [r["eval_acc"] for r in evals]
     steps = [r for r in history if r["step"] > 0][-TAIL:]
+    total, reached = history[-1]["step"], steps_to_threshold(history, threshold)
     out = {"final_acc": accs[-1], "best_acc": max(accs), "start_acc": accs[0],
-           "steps_to_threshold": steps_to_threshold(history, threshold), "collapsed": collapsed(accs)}
+           "auc": auc([r["step"] for r in evals], accs) if len(evals) > 1 else None,
+           "steps_to_threshold": reached, "steps_to_threshold_or_end": total if reached is None else reached,
+           "early_acc": window_acc(evals, 0, total / 4), "late_acc": window_acc(evals, 3 * total / 4, total),
+           "collapsed": collapsed(accs)}
     out.update({k: v for k, v in evals[-1].items() if k.startswith("probe_")})
     for key in ("entropy", "completion_len", "teacher_kl", "distill_loss", "distill_floor", "frac_zero_std",
                 "grad_norm", "reward_mean"):
@@ -64,32 +132,36 @@ def run_summary(history: list[dict], threshold: float = THRESHOLD) -> dict:
 
 
 def summarize(out: str, write: bool = True) -> dict:
-    """{task: {method: {metric: {mean, std, n}}}} over the seeds of `out`, plus the run count and
-    the measured wall time; written to out/summary.json when `write`."""
-    with open(os.path.join(out, "experiment.json")) as f:
-        exp = json.load(f)
-    table, wall, runs = {}, 0.0, 0
+    """{task: {label: {metric: {mean, std, n, values}}}} over the finished seeds of `out`, plus the
+    run count, the runs not finished (`missing`) and the measured wall time; written to
+    out/summary.json when `write`."""
+    exp = read_experiment(out)
+    table, wall, runs, missing = {}, 0.0, 0, []
     for t in exp["tasks"]:
-        for m in exp["methods"]:
+        for label in labels(exp):
+            if f"{t}/{label}" not in exp["configs"]:
+                continue
             per_seed = []
             for s in exp["seeds"]:
-                path = run_dir(out, t, m, s)
-                history = finished_history(path, exp["configs"][f"{t}/{m}"]["steps"])
+                path = run_dir(out, t, label, s)
+                history = finished_history(path, exp["configs"][f"{t}/{label}"]["steps"])
                 if history is None:
+                    missing.append(f"{t}/{label}/seed{s}")
                     continue
-                per_seed.append(run_summary(history, exp["threshold"]))
+                per_seed.append(run_summary(history, exp["threshold"][t]))
                 wall += wall_s(path)
                 runs += 1
             if not per_seed:
                 continue
             keys = list(dict.fromkeys(k for r in per_seed for k in r))
-            row = {k: _mean_std([r.get(k) for r in per_seed]) for k in keys if k not in ("collapsed",)}
+            row = {k: _cell([r.get(k) for r in per_seed]) for k in keys if k not in ("collapsed",)}
             row["collapsed"] = sum(r["collapsed"] for r in per_seed)
             row["reached"] = sum(r["steps_to_threshold"] is not None for r in per_seed)
             row["seeds"] = len(per_seed)
-            table.setdefault(t, {})[m] = row
+            table.setdefault(t, {})[label] = row
     summary = {"profile": exp["profile"], "seeds": len(exp["seeds"]), "runs": runs, "wall_s": wall,
-               "threshold": exp["threshold"], "collapse": exp["collapse"], "table": table}
+               "threshold": exp["threshold"], "collapse": exp["collapse"], "table": table,
+               "methods": list(exp["methods"]), "variants": variants(exp), "missing": missing}
     if write:
         save_json(summary, os.path.join(out, "summary.json"))
     return summary
