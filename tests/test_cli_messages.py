@@ -48,7 +48,7 @@ def test_every_option_of_train_shows_its_default_and_choices(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "{grpo,opsd,grpo_opsd,rlsd,sdpg}" in out and "{ci,cpu,gpu}" in out and "{arith,split}" in out
+    assert "{grpo,opsd,grpo_opsd,rlsd,sdpg}" in out and "{ci,cpu,gpu}" in out and "{arith,split,mul7}" in out
     assert "(default: grpo)" in out and "(default: arith)" in out
 
 

@@ -223,7 +223,7 @@ def check_teacher_sharding(mode: str, fsdp: bool, zero_stage: int | None) -> Non
 def shard_weight(loss_agg: str, tokens, total_tokens, shards: int) -> float:
     """The weight of one shard's loss that makes the mean over `shards` shards (DDP's mean over
     processes x the sum over accumulated micro-batches) equal rlsd_min.objective.aggregate over
-    the whole batch (METHODS.md, "loss_agg").
+    the whole batch (rlsd_min.objective.aggregate).
 
     token-mean divides by the batch's token count, so a shard's token mean counts in proportion
     to its tokens: weight = tokens * shards / total_tokens. seq-mean and group-token-mean

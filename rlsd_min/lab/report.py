@@ -161,7 +161,7 @@ def one_method(t: dict, m: str, key_a: str, key_b: str):
 
 
 def task_claims(task: str, t: dict) -> list[Claim]:
-    """The papers' claims (METHODS.md, "What the papers report") that this task's runs can test."""
+    """The papers' claims (docs/rlsd.md, docs/sdpg.md, docs/leakage.md) that this task's runs can test."""
     out = []
 
     def claim(text, *parts):
