@@ -88,7 +88,7 @@ from rlsd_min.teacher import PRIVILEGED_TEMPLATE, teacher_prompt
 
 datasets.disable_progress_bars()  # no "Generating split" bars in the stored outputs
 ARITH = TASKS["arith"]  # the task's data folder and warm start: ARITH.data_dir, ARITH.base_checkpoint
-torch.manual_seed(0)
+_ = torch.manual_seed(0)
 
 # %% [markdown]
 # ## 1. A problem and its scratchpad

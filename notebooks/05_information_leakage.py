@@ -83,7 +83,7 @@ from rlsd_min.tasks import TASKS, SplitProblem, load_splits, problems_of
 datasets.disable_progress_bars()
 ARITH = TASKS["arith"]  # the task's data folder and warm start: ARITH.data_dir, ARITH.base_checkpoint
 RESULTS_DIR = Path.cwd().parent / "results"  # the repository's results/ (notebooks run in notebooks/)
-torch.manual_seed(0)
+_ = torch.manual_seed(0)
 
 # %% [markdown]
 # ## 1. The floor by hand

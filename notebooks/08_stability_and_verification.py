@@ -181,8 +181,8 @@ assert all(c["verdict"] in ("reproduced", "not reproduced", "mixed") for c in ve
 # - **The leakage shortcut** (OPSD matching the training references above chance) is not seen: it
 #   collapses first, and its probe has too few correct answers left to measure.
 # - **RLSD vs GRPO, SDPG vs GRPO and RLSD**: within seed noise on both tasks (differences of 0.001-0.013
-#   against standard deviations of 0.002-0.030). GRPO reaches 0.8 within about 45 (arith) and 105 (split)
-#   steps and ends near 0.9, which leaves little room for a better credit assignment to show.
+#   against standard deviations of 0.002-0.030). GRPO reaches 0.8 after 43 (arith) and 103 (split)
+#   steps on average (the table) and ends near 0.9, which leaves little room for a better credit assignment to show.
 # - **Entropy**: GRPO's entropy falls fast on both tasks; SDPG keeps it higher than RLSD on `split`
 #   (0.038 vs 0.023), as the SDPG paper reports; on `arith` all verifier methods end alike.
 # - **What would be needed** to test the RLSD and SDPG gains: a task GRPO does not saturate (longer

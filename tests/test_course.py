@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import site
@@ -290,3 +291,22 @@ def test_setup_cell_installs_the_checkout_where_the_package_is_missing(tmp_path,
     else:
         assert "pip install failed" in proc.stdout
         assert again.returncode != 0
+
+
+# --- one set of runs ------------------------------------------------------------------------------
+
+TRAINS = re.compile(r"\b(?:rlsd_min\.train|warm_start|run_experiment)\(")
+
+
+@pytest.mark.parametrize("path", notebooks(), ids=ids(notebooks()))
+def test_notebooks_train_into_the_course_run_folders(path):
+    """Every run goes to a folder under RUNS (runs/course/<profile>/), none to a temporary folder:
+    notebooks that train the same config share its folder (RunDir refuses a different config in
+    it), and a notebook run a second time reads its finished runs instead of training again."""
+    for i, cell in enumerate(cells_of(path)):
+        text = source(cell)
+        if cell["cell_type"] != "code" or "check" in tags(cell):
+            continue
+        assert "tempfile" not in text, f"{path.name} cell {i} uses tempfile: train into RUNS / <name> instead"
+        if TRAINS.search(text):
+            assert "RUNS" in text, f"{path.name} cell {i} trains, but not into a folder under RUNS"
