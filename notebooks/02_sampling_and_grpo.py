@@ -367,7 +367,7 @@ if PROFILE != "ci":  # 4 steps of 4 prompts (ci) are too few to promise anything
     assert end > start, "GRPO should improve on the warm start"
 
 # %% [markdown]
-# On the `cpu` profile accuracy climbs from 0.54 to about 0.85–0.9 in 100 steps, while greedy
-# accuracy, already 0.71, approaches 1: RL mostly sharpens the distribution toward what the model
+# On the `cpu` profile (the stored outputs) sampled accuracy climbs from 0.539 to 0.871 in 100 steps,
+# while greedy accuracy, already 0.707, reaches 0.969: RL mostly sharpens the distribution toward what the model
 # already knows at its mode. Notebook 03 adds a penalty that keeps π_θ near the warm start;
 # notebook 04 brings in the teacher.
