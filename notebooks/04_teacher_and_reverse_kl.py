@@ -394,9 +394,9 @@ if PROFILE != "ci":  # 4 tiny steps (ci) only show that the loop runs
     assert best[1] > evals[0][1], "OPSD should gain on the warm start early on"
 
 # %% [markdown]
-# On the `cpu` profile OPSD gains fast in the first 10 steps (0.54 to about 0.65), then creeps up and
-# hovers in the low-to-mid 0.7s while its distillation loss keeps falling: the early gain and the
-# stall the RLSD paper describes, here at 0.5M parameters and one seed. GRPO reaches the high 0.8s
-# on the same budget (notebook 02). The two ideas are complementary: the verifier knows *whether*, the teacher knows
+# On the `cpu` profile OPSD gains fast in the first 10 steps (0.539 to 0.652), then creeps up and
+# hovers between 0.70 and 0.76 while its distillation loss keeps falling: the early gain and the
+# stall the RLSD paper describes, here at 0.5M parameters and one seed. GRPO's run of notebook 02
+# ends at 0.871 on the same budget (the last line printed above). The two ideas are complementary: the verifier knows *whether*, the teacher knows
 # *where*. RLSD lets the verifier set each token's direction and the teacher only its magnitude;
 # SDPG adds the teacher's KL only on verifier-endorsed rollouts. Those are the next notebooks.

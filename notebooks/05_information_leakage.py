@@ -319,7 +319,7 @@ print(f"split opsd accuracy in the verification runs ({json.load(open(RESULTS_DI
 # What to look for: whether OPSD's training-prompt curve rises above the dotted chance line while
 # its held-out curve does not. At this scale it does not, clearly: OPSD's accuracy on `split` falls
 # from 0.54 to 0.10 over the verification's 300-step runs (the last line printed above, and notebook
-# 08; the 100-step run of section 3, on the `cpu` profile, had already fallen to 0.23), so late in training it has very few correct
+# 08; the 100-step run of section 3, on the `cpu` profile, had already fallen to 0.227), so late in training it has very few correct
 # answers to count and its curve is noise (`results/REPORT.md` marks the claim *mixed*). The
 # methods with a verifier stay at or below chance on both sets. What OPSD does learn on `split` is
 # the floor's optimum: its loss meets the floor at the end of the run (`results/floor_split.png`),

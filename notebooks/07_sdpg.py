@@ -510,15 +510,17 @@ if PROFILE != "ci":  # 4 steps of 4 prompts (ci) are too few to promise anything
 
 # %% [markdown]
 # **What the run shows** (`cpu` profile, the stored outputs). All three methods lift the warm
-# start by more than 30 points, and their curves track each other closely: RLSD ends at 0.883,
-# GRPO at 0.871 and SDPG at 0.863, differences of two points or less against standard errors near
-# three. The SDPG paper's claim that SDPG beats both is therefore neither reproduced nor refuted
-# by this one seed (SDPG ends last here, within noise), and the early gap it reports does not appear: over the first 50 steps the
-# three stay within two points of each other, in changing order.
+# start by more than 30 points, and their curves track each other closely: SDPG and RLSD both end
+# at 0.883 and GRPO at 0.871 (the RLSD and GRPO runs are notebooks 06's and 02's), differences of
+# 0.012 or less against standard errors near 0.03. The SDPG paper's claim that SDPG beats both is
+# therefore neither reproduced nor refuted by this one seed (SDPG ties RLSD here), and the early gap
+# it reports does not appear: over the first 50 steps the three stay within two points of each
+# other, in changing order.
 #
 # **Entropy.** All three fall from the same start to roughly 40 % of it, along almost the same
-# curve, and SDPG's ends within a thousandth of a nat of the others' (0.0234 against 0.0232 and
-# 0.0227 nats per token, the printout): the paper's "keeps entropy up" is not seen at this scale, where the task's scratchpad leaves the policy few uncertain tokens.
+# curve, and SDPG's ends within a thousandth of a nat of the others', the lowest of the three
+# (0.0223 against RLSD's 0.0227 and GRPO's 0.0232 nats per token, the printout): the paper's "keeps
+# entropy up" is not seen at this scale, where the task's scratchpad leaves the policy few uncertain tokens.
 #
 # **Why so similar.** At its peak weight the distillation term pushes about a tenth as hard as
 # the outcome term on a warm-start batch (section 3), and β decays after the first eighth of the

@@ -121,7 +121,7 @@ plan = PLANS[PROFILE]
 verify_steps = sum(p["steps"] for p in plan.values()) * len(VERIFY_METHODS) * 3
 print(f"one {PROFILE}-profile run of {demo} steps:   ~{demo * mean_step / 60:.1f} min of steps")
 print(f"verification, 5 methods x 2 tasks x 3 seeds ({verify_steps} steps): ~{verify_steps * mean_step / 60:.1f} min of steps "
-      "(an upper bound for the split task, whose completions are 6 tokens, not 33)")
+      "(an upper bound for the split task, whose completions are 6 tokens, not 31-32)")
 summary = json.load(open(RESULTS_DIR / "summary.json"))
 step_s = sum(r.get("step_time_s", 0.0) for p in RESULTS_DIR.glob("runs/*/*/seed*")
              for r in rlsd_min.read_metrics(str(p)))
