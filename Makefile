@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: install demo test warmstart data clean
+.PHONY: install demo test notebooks warmstart data clean
 
 install: $(VENV)/.installed
 
@@ -23,9 +23,17 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(PY) -m rlsd_min demo
 
+# The unit tests, then every notebook on the ci profile with the exercises' solutions in
+# (RLSD_SOLUTIONS=1: a broken exercise or check fails), its ci run folders trained afresh.
 test: install
 	$(PY) -m pytest -q tests
-	RLSD_PROFILE=ci $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env notebooks/
+	rm -rf runs/course/ci
+	RLSD_PROFILE=ci RLSD_SOLUTIONS=1 $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env notebooks/
+
+# The notebooks' scripts (notebooks/NN_name.py, py:percent) are what people edit: this writes their
+# cells into the .ipynb, keeping the stored outputs (re-execute a notebook whose code changed).
+notebooks: install
+	$(PY) -m jupytext --to notebook --update notebooks/[0-9]*.py
 
 data: install
 	$(PY) -m rlsd_min data --force

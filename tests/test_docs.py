@@ -26,15 +26,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_PASS = "fixed by the notebook pass"
-KNOWN_NOTEBOOK_FAILURES = {
-    # (test, notebook): what fails today, to be fixed where the notebooks are edited
-    ("outside", "00_task_and_model.ipynb"),   # an absolute path to a METHODS.md outside the repository
-    ("named", "00_task_and_model.ipynb"),     # MEASURED.md: a file the repository does not hold
-    ("named", "02_sampling_and_grpo.ipynb"),  # METHODS.md
-    ("named", "06_rlsd.ipynb"),               # METHODS.md
-    ("named", "08_stability_and_verification.ipynb"),  # METHODS.md
-    ("named", "09_gpu_lab.ipynb"),            # METHODS.md
-}
+KNOWN_NOTEBOOK_FAILURES: set = set()
+"""(test, notebook) pairs that fail today, marked xfail(strict=True): none left."""
 
 
 def sources() -> list[Path]:

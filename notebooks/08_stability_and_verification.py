@@ -1,0 +1,207 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 08 · Stability and the verification: what this scale shows
+#
+# The papers make claims about long training (the method pages' results: [OPSD](../docs/opsd.md#results),
+# [RLSD](../docs/rlsd.md#results), [SDPG](../docs/sdpg.md#results)):
+#
+# - **RLSD paper**: OPSD jumps early (peak within roughly the first 10-50 steps), then declines or
+#   oscillates; GRPO rises steadily while its entropy falls fast; RLSD ends highest, with higher entropy.
+# - **SDPG paper**: SDPG beats GRPO and RLSD; the gap opens within the first 50 steps; SDPG keeps
+#   entropy up where RLSD collapses.
+#
+# One seed proves nothing. The verification experiment trains every method on both tasks
+# (`arith`: one valid answer; `split`: ten, notebook 05) from the same warm start, with 3 seeds each:
+#
+#     python -m rlsd_min verify --profile cpu --seeds 3          # 33 minutes on 2 CPU cores (printed below)
+#
+# It writes `results/`: one run folder per (task, method, seed) with its `metrics.jsonl`,
+# `summary.json`, the figures, and `REPORT.md`. This notebook reads those committed files (it trains
+# nothing long), checks that the summary really is computed from the run folders, and goes through
+# the claims.
+
+# %%
+# Set-up, the same first cell in every notebook: make rlsd_min importable, then pick the profile.
+import importlib, importlib.util, pathlib, subprocess, sys
+
+if importlib.util.find_spec("rlsd_min") is None:  # not installed: install the checkout this notebook is in
+    here = pathlib.Path.cwd()
+    ROOT = next((d for d in (here, *here.parents, *sorted(p for p in here.iterdir() if p.is_dir()))
+                 if (d / "pyproject.toml").is_file() and (d / "rlsd_min" / "__init__.py").is_file()), None)
+    if ROOT is None:
+        raise ModuleNotFoundError("rlsd_min is not installed, and no checkout of its repository is in or above "
+                                  f"{here}: clone the repository, then open this notebook from its notebooks/ folder")
+    print(f"rlsd_min is not installed: pip install -e {ROOT}")
+    if subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", str(ROOT)]).returncode:
+        print("pip install failed (above): this kernel imports rlsd_min from the checkout, a new one will not")
+    importlib.invalidate_caches()
+    if importlib.util.find_spec("rlsd_min") is None:  # the install takes effect in Python processes started
+        sys.path.insert(0, str(ROOT))                 # after it: this kernel imports the checkout directly
+
+from rlsd_min.config import default_profile
+
+PROFILE = default_profile()  # RLSD_PROFILE if set, else gpu when CUDA is present, else cpu
+RUNS = pathlib.Path.cwd().parent / "runs" / "course" / PROFILE  # the course's run folders, shared by its notebooks
+print("profile:", PROFILE)
+
+# %%
+import json, os, warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore")
+
+import datasets
+import matplotlib.pyplot as plt
+
+import rlsd_min
+from rlsd_min.lab.experiment import run_experiment
+from rlsd_min.lab.plots import plot_seed_bands
+from rlsd_min.lab.report import LABELS, claims, load_runs
+from rlsd_min.lab.results import summarize
+from rlsd_min.lab.stability import collapsed, steps_to_threshold
+
+datasets.disable_progress_bars()
+RESULTS_DIR = Path.cwd().parent / "results"  # the repository's results/ (notebooks run in notebooks/)
+experiment = json.load(open(RESULTS_DIR / "experiment.json"))
+summary = json.load(open(RESULTS_DIR / "summary.json"))
+print(f"results/: profile {experiment['profile']}, seeds {experiment['seeds']}, methods {experiment['methods']}, "
+      f"tasks {experiment['tasks']}; {summary['runs']} finished runs, {summary['wall_s'] / 60:.1f} min of training")
+for task in experiment["tasks"]:
+    cfg = experiment["configs"][f"{task}/grpo"]
+    print(f"  {task}: {cfg['steps']} steps x {cfg['prompts_per_step']} prompts x G={cfg['group_size']}, "
+          f"evaluation every {cfg['eval_every']} steps on {cfg['eval_problems']} validation problems")
+
+# %% [markdown]
+# ## 1. The summary is computed from the run folders
+#
+# `summarize` reads every `metrics.jsonl` again; the result must equal the committed `summary.json`
+# exactly (no number in the report was typed in):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+recomputed = summarize(str(RESULTS_DIR), write=False)
+assert recomputed == summary
+print("summary.json == summarize(results/):", recomputed == summary)
+
+# %% [markdown]
+# ## 2. When has a run collapsed?
+#
+# A stated rule (`rlsd_min.lab.stability.collapsed`): a run collapses if its last 3 held-out evaluations
+# all lie more than 0.10 below the best it reached before them. A dip that recovers does not count.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+examples = {"steady rise":            [0.55, 0.70, 0.80, 0.85, 0.86, 0.87],
+            "early peak, then falls": [0.55, 0.75, 0.62, 0.60, 0.58, 0.61],
+            "dip that recovers":      [0.55, 0.80, 0.60, 0.65, 0.75, 0.78],
+            "within the margin":      [0.55, 0.80, 0.72, 0.71, 0.70, 0.72]}
+for name, accs in examples.items():
+    print(f"{name:24s} {accs} -> collapsed: {collapsed(accs)}")
+assert [collapsed(a) for a in examples.values()] == [False, True, False, False]
+
+# %% [markdown]
+# ## 3. Held-out accuracy over training, three seeds each
+#
+# Lines are the mean over seeds, bands the lowest and highest seed.
+
+# %%
+runs = load_runs(str(RESULTS_DIR), summary)
+fig, axes = plt.subplots(1, 2, figsize=(14, 4))
+for ax, task in zip(axes, runs):
+    plot_seed_bands({LABELS[m]: h for m, h in runs[task].items()}, "eval_acc", ax,
+                    ylabel="validation accuracy (sampled, T=1)")
+    ax.set_title(f"{task}")
+    ax.legend(fontsize=8)
+plt.show()
+for task, rows in summary["table"].items():
+    print(f"\n{task}: method      final acc        best acc         steps to {summary['threshold']}   collapses")
+    for m, r in rows.items():
+        steps = r["steps_to_threshold"]
+        reach = f"{steps['mean']:.0f} ({r['reached']}/{r['seeds']})" if steps["n"] else f"- (0/{r['seeds']})"
+        print(f"      {LABELS[m]:10s} {r['final_acc']['mean']:.3f} ± {r['final_acc']['std']:.3f}    "
+              f"{r['best_acc']['mean']:.3f} ± {r['best_acc']['std']:.3f}    {reach:12s}   {r['collapsed']}/{r['seeds']}")
+
+# %% [markdown]
+# ## 4. Stability signals
+#
+# Entropy of the policy, the teacher-student KL (sampled estimate, for methods with a teacher),
+# completion length and the fraction of groups whose rewards are all equal (no signal), as a running
+# mean over 10 steps:
+
+# %%
+keys = (("entropy", "entropy (nats/token)"), ("teacher_kl", "teacher-student KL"),
+        ("completion_len", "completion length"), ("frac_zero_std", "zero-std groups"))
+fig, axes = plt.subplots(2, 4, figsize=(16, 6.5))
+for row, task in zip(axes, runs):
+    for ax, (key, label) in zip(row, keys):
+        plot_seed_bands({LABELS[m]: h for m, h in runs[task].items()}, key, ax, smooth=10, ylabel=label)
+        ax.set_title(f"{task}: {label}", fontsize=9)
+axes[0, 0].legend(fontsize=7)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 5. The claims, judged by a fixed rule
+#
+# `rlsd_min.lab.report.claims` compares means over seeds: a difference counts only when it is larger
+# than the larger of the two standard deviations (and 0.01); otherwise the verdict is *mixed*.
+# The same table is in `results/REPORT.md` and the README.
+
+# %%
+verdicts = claims(summary)
+for c in verdicts:
+    print(f"[{c['verdict']:>14s}] {c['claim']}\n                 {c['evidence']}")
+assert all(c["verdict"] in ("reproduced", "not reproduced", "mixed") for c in verdicts)
+
+# %% [markdown]
+# **What this scale shows** (3 seeds, 0.5M parameters, 200-300 steps; the numbers are the
+# outputs above):
+#
+# - **OPSD** is the one method that behaves differently, as the RLSD paper says, but the two halves
+#   of its claim appear on different tasks. On `arith` (one valid answer) it gains fast (0.52 →
+#   0.75) and then stays there, well below every method with a verifier (0.90-0.91); nothing
+#   declines within 200 steps. On `split` (ten valid answers, the reference one of them) it never
+#   gains and declines in every seed, to 0.10: all three runs collapse by the stated rule. Its loss
+#   reaches the exact floor of notebook 05 just as its accuracy bottoms out: the student that
+#   minimises the loss is a blend of teachers that each insist on a different answer.
+# - **The leakage shortcut** (OPSD matching the training references above chance) is not seen: it
+#   collapses first, and its probe has too few correct answers left to measure.
+# - **RLSD vs GRPO, SDPG vs GRPO and RLSD**: within seed noise on both tasks (differences of 0.001-0.013
+#   against standard deviations of 0.002-0.030). GRPO reaches 0.8 after 43 (arith) and 103 (split)
+#   steps on average (the table) and ends near 0.9, which leaves little room for a better credit assignment to show.
+# - **Entropy**: GRPO's entropy falls fast on both tasks; SDPG keeps it higher than RLSD on `split`
+#   (0.038 vs 0.023), as the SDPG paper reports; on `arith` all verifier methods end alike.
+# - **What would be needed** to test the RLSD and SDPG gains: a task GRPO does not saturate (longer
+#   problems, a larger model), more seeds (the differences claimed by the papers are 0.02-0.05), and
+#   longer runs for OPSD's late decline on a unique-answer task.
+
+# %% [markdown]
+# ## 6. The command itself, in miniature
+#
+# The same experiment on the `ci` profile (4 steps per run, one seed, two methods) takes seconds.
+# Running it again resumes: finished runs are kept. A folder holding a *different* experiment is
+# refused, with the way out in the message.
+
+# %%
+d = RUNS.parent / "ci" / "verify"  # a course run folder: run again, it resumes (trains nothing)
+small = run_experiment(str(d), "ci", 1, methods=("grpo", "rlsd"), progress=False)
+print(f"{small['runs']} runs; files: {sorted(f for f in os.listdir(d) if f != 'runs')}")
+try:
+    run_experiment(str(d), "ci", 2, methods=("grpo", "rlsd"), progress=False)
+except ValueError as e:
+    print("refused:", str(e).replace(str(d), "runs/course/ci/verify")[:170], "...")
+assert small["runs"] == 4

@@ -1,0 +1,187 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 09 · Running the lab on a GPU
+#
+# Everything in this course runs on a laptop CPU; a classroom GPU lab runs the same code with the
+# `gpu` profile (`RLSD_PROFILE=gpu`, the default when CUDA is present). This notebook shows how to
+# size a lab: which profile does what, how long a step takes *on the machine you are on* (measured
+# here, not quoted), how the step time grows with group size, completion length and model size,
+# and which switches make a GPU step faster. It ends with where the path continues for real LLMs.
+#
+# Setting up a GPU machine: `make TORCH_SPEC=torch install` (a CUDA build of torch), then
+# `RLSD_PROFILE=gpu .venv/bin/jupyter lab notebooks/`.
+
+# %%
+# Set-up, the same first cell in every notebook: make rlsd_min importable, then pick the profile.
+import importlib, importlib.util, pathlib, subprocess, sys
+
+if importlib.util.find_spec("rlsd_min") is None:  # not installed: install the checkout this notebook is in
+    here = pathlib.Path.cwd()
+    ROOT = next((d for d in (here, *here.parents, *sorted(p for p in here.iterdir() if p.is_dir()))
+                 if (d / "pyproject.toml").is_file() and (d / "rlsd_min" / "__init__.py").is_file()), None)
+    if ROOT is None:
+        raise ModuleNotFoundError("rlsd_min is not installed, and no checkout of its repository is in or above "
+                                  f"{here}: clone the repository, then open this notebook from its notebooks/ folder")
+    print(f"rlsd_min is not installed: pip install -e {ROOT}")
+    if subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", str(ROOT)]).returncode:
+        print("pip install failed (above): this kernel imports rlsd_min from the checkout, a new one will not")
+    importlib.invalidate_caches()
+    if importlib.util.find_spec("rlsd_min") is None:  # the install takes effect in Python processes started
+        sys.path.insert(0, str(ROOT))                 # after it: this kernel imports the checkout directly
+
+from rlsd_min.config import default_profile
+
+PROFILE = default_profile()  # RLSD_PROFILE if set, else gpu when CUDA is present, else cpu
+RUNS = pathlib.Path.cwd().parent / "runs" / "course" / PROFILE  # the course's run folders, shared by its notebooks
+print("profile:", PROFILE)
+
+# %%
+import json, warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore")
+
+import datasets
+import torch
+
+import rlsd_min
+from rlsd_min.config import pick_device
+from rlsd_min.lab.bench import format_table, step_times, summarize
+from rlsd_min.lab.experiment import PLANS, VERIFY_METHODS
+
+datasets.disable_progress_bars()
+RESULTS_DIR = Path.cwd().parent / "results"  # the repository's results/ (notebooks run in notebooks/)
+DEVICE = pick_device()
+name = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"CPU, {torch.get_num_threads()} torch threads"
+print(f"profile: {PROFILE}; device: {DEVICE} ({name})")
+
+# %% [markdown]
+# ## 1. The three profiles
+#
+# Each profile sizes the same jobs for a budget. `ci` exists so the tests and notebooks run in
+# seconds; `cpu` is what the committed notebooks and `results/` were made with; `gpu` has four
+# times the prompts per step, twice the evaluation set and longer runs.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+fields = ("steps", "prompts_per_step", "group_size", "max_new_tokens", "eval_every", "eval_problems")
+print(f"{'profile':8s}" + "".join(f"{f:>18s}" for f in fields))
+for prof in ("ci", "cpu", "gpu"):
+    cfg = rlsd_min.train_config(prof, method="grpo")
+    print(f"{prof:8s}" + "".join(f"{getattr(cfg, f):>18}" for f in fields))
+print("\nverification experiment (python -m rlsd_min verify --profile P): steps per run")
+for prof, plan in PLANS.items():
+    print(f"  {prof:4s} " + ", ".join(f"{task}: {p['steps']} steps, probes on {p['probe_problems']} prompts"
+                                    for task, p in plan.items()))
+
+# %% [markdown]
+# ## 2. How long is a step here?
+#
+# `rlsd_min.lab.bench.step_times` runs one RL step of each method per round on one fixed batch of the
+# current profile, all from the same weights and sampling seed (A B C A B C ...), and reports
+# medians over rounds; ratios to GRPO are taken round by round. Beside the phases (seconds) it
+# reports the sampling throughput (completion tokens per second of the sampling phase) and the
+# step's peak memory: the most tensor memory allocated during one more, untimed step, above what
+# was held before it (the CUDA allocator's counter on a GPU, torch.profiler's allocation events on a
+# CPU).
+
+# %%
+times = step_times(("grpo", "rlsd", "sdpg"), PROFILE, rounds=5, warmup=1, progress=False)
+rows = summarize(times)
+print(f"{PROFILE} profile on {name}")
+print(format_table(rows))
+assert rows[0]["method"] == "grpo" and all(r["median_s"] > 0 for r in rows)
+
+# %% [markdown]
+# ## 3. Budget for a lab
+#
+# A lab plans in minutes. From the medians just measured, the training steps alone of the course's
+# runs and of the verification experiment on this device take. Evaluations and probes come on top;
+# the committed verification run shows how much (its wall time against the sum of its step times):
+
+# %%
+s_step = {r["method"]: r["median_s"] for r in rows}
+mean_step = sum(s_step.values()) / len(s_step)
+demo = rlsd_min.train_config(PROFILE, method="grpo").steps
+plan = PLANS[PROFILE]
+verify_steps = sum(p["steps"] for p in plan.values()) * len(VERIFY_METHODS) * 3
+print(f"one {PROFILE}-profile run of {demo} steps:   ~{demo * mean_step / 60:.1f} min of steps")
+print(f"verification, 5 methods x 2 tasks x 3 seeds ({verify_steps} steps): ~{verify_steps * mean_step / 60:.1f} min of steps "
+      "(an upper bound for the split task, whose completions are 6 tokens, not 31-32)")
+summary = json.load(open(RESULTS_DIR / "summary.json"))
+step_s = sum(r.get("step_time_s", 0.0) for p in RESULTS_DIR.glob("runs/*/*/seed*")
+             for r in rlsd_min.read_metrics(str(p)))
+print(f"measured: the committed {summary['profile']}-profile verification took {summary['wall_s'] / 60:.1f} min "
+      f"for {summary['runs']} runs, of which {step_s / 60:.1f} min in RL steps: evaluations, probes and "
+      f"checkpoints add {summary['wall_s'] / step_s - 1:.0%}")
+
+# %% [markdown]
+# ## 4. How the step grows
+#
+# `python -m rlsd_min bench --scaling` (`rlsd_min.lab.bench_scaling`) varies one thing at a time,
+# everything else at the profile's setting, and reports each case's median step time and its ratio
+# to the axis's first value (taken round by round): group size `G`, completion length (by
+# `max_new_tokens`), and model size (0.5M against 2M parameters, fresh weights). Here on this
+# device, with few rounds:
+
+# %%
+from rlsd_min.lab.bench_scaling import format_scaling, scaling_times, summarize_scaling
+
+scaling = summarize_scaling(scaling_times(("group", "length", "model"), ("grpo",), PROFILE, rounds=3,
+                                          warmup=1, progress=False))
+print(format_scaling(scaling))
+by_case = {(r["axis"], r["value"]): r for r in scaling}
+g = sorted(v for a, v in by_case if a == "group")
+print(f"G x{g[-1] // g[0]} -> step x{by_case[('group', g[-1])]['ratio']:.2f}")
+assert all(r["median_s"] > 0 for r in scaling)
+
+# %% [markdown]
+# ## 5. Switches for a faster GPU step
+#
+# Two `TrainConfig` flags, off by default, each tested on CPU:
+#
+# - `bf16_autocast=true`: the forwards (sampling, student, teacher, reference) under
+#   `torch.autocast(..., dtype=torch.bfloat16)`; log-probabilities and losses stay in float32.
+# - `static_cache_compile=true`: sampling with a static KV cache and a `torch.compile`d forward.
+#
+# ```bash
+# python -m rlsd_min train --method rlsd --profile gpu --set bf16_autocast=true   # or static_cache_compile=true
+# python -m rlsd_min bench --scaling --axes flags --profile gpu   # each flag against both off, on this machine
+# ```
+#
+# One at a time: `TrainConfig` refuses the two together (under autocast the rotary embedding gives
+# float32 keys beside bfloat16 values, and the static cache holds one dtype), and says so.
+#
+# At 0.5M parameters a GPU is mostly waiting on kernel launches and Python; these flags matter as the
+# model grows (section 4). Measured GPU figures go in `benchmarks/RESULTS.md` with the device name.
+#
+# ## 6. Where the path continues
+#
+# Everything here maps onto a real LLM stack one to one:
+#
+# | here | at scale |
+# |---|---|
+# | `sample_group` (HF `generate`) | a serving engine for rollouts (vLLM, SGLang), weights synced each step |
+# | `teacher_prompt` = `{context}|{prompt}` | the chat template with the reference in a system or user turn |
+# | the same weights as teacher (`live`) | no second model in memory; `synced`/`frozen` teachers need a copy (or a LoRA-free snapshot) |
+# | `completion_logits` sharing the prompt's KV cache over a group | prefix caching in the engine |
+# | `methods.py`: a method = a choice of `Ahat`, `D`, `m`, `beta` | TRL's `GRPOTrainer` (the peer in `benchmarks/RESULTS.md`) plus a custom loss, or verl / OpenRLHF |
+# | `verify --seeds 3` | the same claims, re-checked on the benchmark the papers used |
+#
+# The papers' own settings (4B-8B models, lr 1e-6, 400 steps, coefficients of 1e-3) are listed in
+# the method pages ([RLSD](../docs/rlsd.md#implementation-details), [SDPG](../docs/sdpg.md#implementation-details));
+# the coefficients used here are larger because the model is tiny (notebook 07).
