@@ -32,6 +32,7 @@
 # | 07 SDPG | outcome term + gated full-vocabulary distillation + reference KL, the β(k) schedule |
 # | 08 stability and verification | the multi-seed comparison in `results/`, each paper's claims judged |
 # | 09 GPU lab | the profiles, step times measured on your device, the switches for a faster GPU step |
+# | 10 TRL trainers | the same losses inside TRL's `GRPOTrainer`, for any Hugging Face model on many GPUs; one step checked against the tiny loop |
 #
 # This notebook trains nothing. The formulas are on the method pages in [`docs/`](../docs/) (this
 # notebook goes with [the tasks and the model](../docs/tasks_and_model.md)); every concept lives in a
