@@ -103,11 +103,13 @@ def _config(profile: str, task: str, method: str, settings: dict) -> dict:
 
 
 def experiment_config(profile: str, seeds: int, methods=VERIFY_METHODS, tasks=VERIFY_TASKS, sets=None,
-                      variants=()) -> dict:
+                      variants=(), variant_seeds: int | None = None) -> dict:
     """What the experiment will run: validated, before any long work starts. `variants` names
-    entries of VARIANTS (or is ['all']); they run on the tasks that are also in VARIANT_TASKS."""
-    if not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
+    entries of VARIANTS (or is ['all']); they run on the tasks that are also in VARIANT_TASKS,
+    with seeds 0..variant_seeds-1 (None: the same seeds as the methods)."""
+    for name, n in (("seeds", seeds), ("variant_seeds", seeds if variant_seeds is None else variant_seeds)):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
     if profile not in PLANS:
         raise ValueError(f"unknown profile {profile!r}; choose from {tuple(PLANS)}")
     for t in tasks:  # methods are checked by train_config
@@ -128,6 +130,8 @@ def experiment_config(profile: str, seeds: int, methods=VERIFY_METHODS, tasks=VE
            "collapse": {"margin": COLLAPSE_MARGIN, "patience": COLLAPSE_PATIENCE}, "configs": configs}
     if chosen:  # absent when there are none: a folder of an experiment without variants reads as before
         exp["variants"] = {name: settings for name, (m, settings) in chosen.items()}
+        if variant_seeds is not None and variant_seeds != seeds:
+            exp["variant_seeds"] = list(range(variant_seeds))
     return exp
 
 
@@ -231,7 +235,7 @@ def _train_all(out: str, exp: dict, todo: list, jobs: int, progress: bool) -> li
 
 
 def run_experiment(out: str, profile: str, seeds: int, methods=VERIFY_METHODS, tasks=VERIFY_TASKS,
-                   sets=None, variants=(), jobs: int = 1, shard: str | None = None,
+                   sets=None, variants=(), jobs: int = 1, shard: str | None = None, variant_seeds: int | None = None,
                    progress: bool = True) -> dict | None:
     """Train every (task, label, seed) of the experiment (of its shard) not yet finished in `out`;
     then, without a shard, summarise and write the report and return the summary (None with a
@@ -239,7 +243,7 @@ def run_experiment(out: str, profile: str, seeds: int, methods=VERIFY_METHODS, t
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     shard = parse_shard(shard)
-    exp = experiment_config(profile, seeds, methods, tasks, sets, variants)
+    exp = experiment_config(profile, seeds, methods, tasks, sets, variants, variant_seeds)
     _check_problems(exp)
     _open_folder(out, exp)
     todo = [(t, label, s) for t, label, s in shard_runs(plan(exp), shard)
