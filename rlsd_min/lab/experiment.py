@@ -20,8 +20,11 @@ resumes: finished runs are kept, unfinished ones go on from their last checkpoin
 folder made by a different experiment is refused, never mixed or overwritten.
 
 Parallel runs. `jobs` > 1 trains that many runs at once, each in its own worker process with
-one torch thread (on a 2-core machine two one-thread runs do more steps per second than one
-two-thread run); `jobs` = 1 trains in this process with torch's thread setting as it is. A
+one torch thread; `jobs` = 1 trains in this process with torch's thread setting as it is.
+Measured on the 2-core machine (README, "Verifying"): two one-thread workers make 1.2x the
+steps per second of one two-thread process when nothing else runs, and several times more
+when other jobs share the cores (a two-thread process slows sharply when they are
+oversubscribed); each worker pays a few seconds to start, so short runs gain nothing. A
 shard `i/n` trains only the runs whose position in the plan is i modulo n and writes no
 report, so n machines (a SLURM array, say) can share the plan; a last plain call then trains
 whatever is left and reports. A run folder is locked while it trains (rlsd_min.loop.RunDir),
