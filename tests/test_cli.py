@@ -130,6 +130,8 @@ def test_train_help_lists_every_field_with_its_docstring(capsys):
     (["verify", "--profile", "ci", "--variants", "all"], "variants run on the tasks ('mul7',) only"),
     (["verify", "--profile", "ci", "--shard", "3/3"], "--shard expects i/n with 0 <= i < n"),
     (["verify", "--profile", "ci", "--jobs", "0"], "jobs must be an integer >= 1, got 0"),
+    (["verify", "--profile", "ci", "--tasks", "mul7", "--variants", "all", "--variant-seeds", "0"],
+     "variant_seeds must be an integer >= 1, got 0"),
 ])
 def test_verify_errors_name_the_bad_value_before_any_work(argv, needle, tmp_path):
     message = run_main(argv + ["--out", str(tmp_path / "results")])
@@ -160,3 +162,11 @@ def test_warmstart_uses_the_tasks_model_and_sft_settings(tmp_path, monkeypatch):
     assert seen["cfg"].target_acc == 0.25                                   # the flag wins
     main(["warmstart", "--task", "arith", "--out", str(tmp_path / "c")])
     assert seen["model"].max_positions == 128 and seen["cfg"].target_acc == 0.45   # arith: the defaults
+
+
+def test_verify_list_prints_the_plan_a_scheduler_shards(tmp_path, capsys):
+    main(["verify", "--profile", "ci", "--seeds", "2", "--methods", "grpo", "--tasks", "mul7", "--variants",
+          "rlsd_epsw0.9", "--variant-seeds", "1", "--out", str(tmp_path / "r"), "--list"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["0\tmul7/grpo/seed0\tto do", "1\tmul7/grpo/seed1\tto do", "2\tmul7/rlsd_epsw0.9/seed0\tto do"]
+    assert not (tmp_path / "r").exists()                                  # listing writes nothing

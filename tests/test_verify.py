@@ -181,6 +181,12 @@ def test_variants_are_their_method_with_the_named_settings_on_mul7_only():
     assert exp["configs"]["mul7/opsd_live"]["teacher_mode"] == "live"
     assert len(plan(exp)) == 2 * 6
     assert "variants" not in experiment_config("ci", 1)                         # absent without variants
+    fewer = experiment_config("ci", 5, methods=("grpo", "rlsd"), tasks=("mul7",), variants=("rlsd_epsw0.9",),
+                              variant_seeds=3)
+    assert fewer["variant_seeds"] == [0, 1, 2] and len(plan(fewer)) == 5 + 5 + 3
+    assert "variant_seeds" not in experiment_config("ci", 3, tasks=("mul7",), variants=("all",), variant_seeds=3)
+    with pytest.raises(ValueError, match="variant_seeds must be an integer >= 1, got 0"):
+        experiment_config("ci", 3, tasks=("mul7",), variants=("all",), variant_seeds=0)
 
 
 def test_an_older_folder_with_one_threshold_verifies_without_being_rewritten(tmp_path):
@@ -210,12 +216,12 @@ def test_a_config_field_added_later_does_not_orphan_a_results_folder(tmp_path):
 def test_a_variant_runs_beside_its_method_and_the_report_compares_them(tmp_path):
     out = str(tmp_path / "r")
     summary = run_experiment(out, "ci", 2, methods=("grpo", "rlsd"), tasks=("mul7",), variants=("rlsd_epsw0.9",),
-                             progress=False)
-    assert summary["runs"] == 6 and summary["variants"] == {"rlsd_epsw0.9": {"method": "rlsd",
+                             variant_seeds=3, progress=False)
+    assert summary["runs"] == 7 and summary["variant_seeds"] == 3 and summary["variants"] == {"rlsd_epsw0.9": {"method": "rlsd",
                                                                             "sets": {"rlsd_eps_w": 0.9}}}
-    assert json.load(open(os.path.join(out, "runs", "mul7", "rlsd_epsw0.9", "seed1", "config.json")))["rlsd_eps_w"] == 0.9
+    assert json.load(open(os.path.join(out, "runs", "mul7", "rlsd_epsw0.9", "seed2", "config.json")))["rlsd_eps_w"] == 0.9
     report = open(os.path.join(out, "REPORT.md")).read()
-    assert "--tasks mul7 --variants rlsd_epsw0.9" in report
+    assert "--tasks mul7 --variants rlsd_epsw0.9 --variant-seeds 3" in report
     assert "## Sensitivity of each method's knobs" in report and "| rlsd_epsw0.9 (rlsd_eps_w=0.9) vs RLSD |" in report
     assert "| RLSD ends above GRPO (mul7) |" in report and "## Sample efficiency against GRPO" in report
     assert os.path.exists(os.path.join(out, "sensitivity_mul7.png"))

@@ -235,7 +235,7 @@ def cmd_verify(args) -> None:
     variants = tuple(v for v in (args.variants or "").split(",") if v)
     if args.list:  # the plan, one run a line: what a scheduler fans out with --shard
         exp = experiment_config(args.profile, args.seeds, methods, tuple(args.tasks.split(",")),
-                                _parse_sets(args.set), variants)
+                                _parse_sets(args.set), variants, args.variant_seeds)
         runs = plan(exp)
         for i, (t, label, s) in enumerate(runs):
             done = finished_history(run_dir(args.out, t, label, s), exp["configs"][f"{t}/{label}"]["steps"])
@@ -243,7 +243,7 @@ def cmd_verify(args) -> None:
         return
     t0 = time.time()
     summary = run_experiment(args.out, args.profile, args.seeds, methods, tuple(args.tasks.split(",")),
-                             _parse_sets(args.set), variants, args.jobs, args.shard)
+                             _parse_sets(args.set), variants, args.jobs, args.shard, args.variant_seeds)
     if summary is None:
         print(f"shard {args.shard} done in {(time.time() - t0) / 60:.1f} min; once every shard is done, the same "
               f"command without --shard reports -> {os.path.join(args.out, 'REPORT.md')}")
@@ -331,6 +331,7 @@ def main(argv=None) -> None:
     p.add_argument("--tasks", default="arith,split", help=f"comma-separated, from {tuple(TASKS)}")
     p.add_argument("--variants", default="", help="sensitivity variants (rlsd_min.lab.experiment.VARIANTS), "
                    "comma-separated, or 'all'; they run on mul7")
+    p.add_argument("--variant-seeds", type=int, default=None, help="seeds of each variant (default: --seeds)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override TrainConfig fields of every run")
     p.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own one-thread process "
                    "(1: in this process, torch's threads as they are)")

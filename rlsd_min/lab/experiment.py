@@ -20,8 +20,11 @@ resumes: finished runs are kept, unfinished ones go on from their last checkpoin
 folder made by a different experiment is refused, never mixed or overwritten.
 
 Parallel runs. `jobs` > 1 trains that many runs at once, each in its own worker process with
-one torch thread (on a 2-core machine two one-thread runs do more steps per second than one
-two-thread run); `jobs` = 1 trains in this process with torch's thread setting as it is. A
+one torch thread; `jobs` = 1 trains in this process with torch's thread setting as it is.
+Measured on the 2-core machine (README, "Verifying"): two one-thread workers make 1.2x the
+steps per second of one two-thread process when nothing else runs, and several times more
+when other jobs share the cores (a two-thread process slows sharply when they are
+oversubscribed); each worker pays a few seconds to start, so short runs gain nothing. A
 shard `i/n` trains only the runs whose position in the plan is i modulo n and writes no
 report, so n machines (a SLURM array, say) can share the plan; a last plain call then trains
 whatever is left and reports. A run folder is locked while it trains (rlsd_min.loop.RunDir),
@@ -60,7 +63,9 @@ PLANS = {
 }
 """TrainConfig overrides of each task, on top of the profile: twice (arith, mul7) and three times
 (split) the demo's 100 steps on the cpu profile (arith and split: 33 minutes on 2 CPU cores for
-3 seeds). mul7 probes 64 prompts: its probes cost more (70-token completions)."""
+3 seeds). mul7 probes 64 prompts: its probes cost more (70-token completions). Issue 12's
+experiment is `verify --profile cpu --seeds 5 --tasks arith,split,mul7 --variants all --jobs 2`
+(the default --seeds 3 and --tasks arith,split are those of the committed results/)."""
 VARIANTS = {
     "rlsd_epsw0.5": ("rlsd", dict(rlsd_eps_w=0.5)),
     "rlsd_epsw0.9": ("rlsd", dict(rlsd_eps_w=0.9)),
@@ -103,11 +108,13 @@ def _config(profile: str, task: str, method: str, settings: dict) -> dict:
 
 
 def experiment_config(profile: str, seeds: int, methods=VERIFY_METHODS, tasks=VERIFY_TASKS, sets=None,
-                      variants=()) -> dict:
+                      variants=(), variant_seeds: int | None = None) -> dict:
     """What the experiment will run: validated, before any long work starts. `variants` names
-    entries of VARIANTS (or is ['all']); they run on the tasks that are also in VARIANT_TASKS."""
-    if not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
+    entries of VARIANTS (or is ['all']); they run on the tasks that are also in VARIANT_TASKS,
+    with seeds 0..variant_seeds-1 (None: the same seeds as the methods)."""
+    for name, n in (("seeds", seeds), ("variant_seeds", seeds if variant_seeds is None else variant_seeds)):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
     if profile not in PLANS:
         raise ValueError(f"unknown profile {profile!r}; choose from {tuple(PLANS)}")
     for t in tasks:  # methods are checked by train_config
@@ -128,6 +135,8 @@ def experiment_config(profile: str, seeds: int, methods=VERIFY_METHODS, tasks=VE
            "collapse": {"margin": COLLAPSE_MARGIN, "patience": COLLAPSE_PATIENCE}, "configs": configs}
     if chosen:  # absent when there are none: a folder of an experiment without variants reads as before
         exp["variants"] = {name: settings for name, (m, settings) in chosen.items()}
+        if variant_seeds is not None and variant_seeds != seeds:
+            exp["variant_seeds"] = list(range(variant_seeds))
     return exp
 
 
@@ -231,7 +240,7 @@ def _train_all(out: str, exp: dict, todo: list, jobs: int, progress: bool) -> li
 
 
 def run_experiment(out: str, profile: str, seeds: int, methods=VERIFY_METHODS, tasks=VERIFY_TASKS,
-                   sets=None, variants=(), jobs: int = 1, shard: str | None = None,
+                   sets=None, variants=(), jobs: int = 1, shard: str | None = None, variant_seeds: int | None = None,
                    progress: bool = True) -> dict | None:
     """Train every (task, label, seed) of the experiment (of its shard) not yet finished in `out`;
     then, without a shard, summarise and write the report and return the summary (None with a
@@ -239,7 +248,7 @@ def run_experiment(out: str, profile: str, seeds: int, methods=VERIFY_METHODS, t
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     shard = parse_shard(shard)
-    exp = experiment_config(profile, seeds, methods, tasks, sets, variants)
+    exp = experiment_config(profile, seeds, methods, tasks, sets, variants, variant_seeds)
     _check_problems(exp)
     _open_folder(out, exp)
     todo = [(t, label, s) for t, label, s in shard_runs(plan(exp), shard)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from . import stats
 from .plots import plt, plot_seed_bands
-from .results import TAIL, finished_history, read_experiment, run_dir
+from .results import TAIL, finished_history, read_experiment, run_dir, seeds_of
 
 LABELS = {"grpo": "GRPO", "opsd": "OPSD", "grpo_opsd": "GRPO+OPSD", "rlsd": "RLSD", "sdpg": "SDPG"}
 STABILITY_KEYS = (("entropy", "entropy (nats/token)"), ("completion_len", "completion length (tokens)"),
@@ -38,7 +38,7 @@ def load_runs(out: str, summary: dict) -> dict:
     for task, methods in summary["table"].items():
         for m in methods:
             histories = [finished_history(run_dir(out, task, m, s), exp["configs"][f"{task}/{m}"]["steps"])
-                         for s in exp["seeds"]]
+                         for s in seeds_of(exp, m)]
             runs.setdefault(task, {})[m] = [h for h in histories if h is not None]
     return runs
 
@@ -314,7 +314,8 @@ def write_report(out: str, summary: dict) -> str:
     thresholds = summary["threshold"]
     command = (f"python -m rlsd_min verify --profile {summary['profile']} --seeds {summary['seeds']} "
                f"--tasks {','.join(summary['table'])}"
-               + (f" --variants {','.join(summary['variants'])}" if summary.get("variants") else ""))
+               + (f" --variants {','.join(summary['variants'])}" if summary.get("variants") else "")
+               + (f" --variant-seeds {summary['variant_seeds']}" if "variant_seeds" in summary else ""))
     lines = [
         "# Verification of the papers' claims at small scale",
         "",

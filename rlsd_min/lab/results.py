@@ -49,10 +49,15 @@ def variants(exp: dict) -> dict:
             for label, t in tasks.items()}
 
 
+def seeds_of(exp: dict, label: str) -> list[int]:
+    """The seeds a run label is trained with: the experiment's, or `variant_seeds` for a variant."""
+    return exp.get("variant_seeds", exp["seeds"]) if label in exp.get("variants", {}) else exp["seeds"]
+
+
 def plan(exp: dict) -> list[tuple[str, str, int]]:
     """Every run of an experiment, (task, label, seed), in a fixed order: task, label, seed."""
     return [(t, label, s) for t in exp["tasks"] for label in labels(exp) if f"{t}/{label}" in exp["configs"]
-            for s in exp["seeds"]]
+            for s in seeds_of(exp, label)]
 
 
 def upgrade(exp: dict) -> dict:
@@ -142,7 +147,7 @@ def summarize(out: str, write: bool = True) -> dict:
             if f"{t}/{label}" not in exp["configs"]:
                 continue
             per_seed = []
-            for s in exp["seeds"]:
+            for s in seeds_of(exp, label):
                 path = run_dir(out, t, label, s)
                 history = finished_history(path, exp["configs"][f"{t}/{label}"]["steps"])
                 if history is None:
@@ -162,6 +167,8 @@ def summarize(out: str, write: bool = True) -> dict:
     summary = {"profile": exp["profile"], "seeds": len(exp["seeds"]), "runs": runs, "wall_s": wall,
                "threshold": exp["threshold"], "collapse": exp["collapse"], "table": table,
                "methods": list(exp["methods"]), "variants": variants(exp), "missing": missing}
+    if "variant_seeds" in exp:
+        summary["variant_seeds"] = len(exp["variant_seeds"])
     if write:
         save_json(summary, os.path.join(out, "summary.json"))
     return summary
