@@ -61,7 +61,7 @@ import torch
 import rlsd_min
 from rlsd_min.config import pick_device
 from rlsd_min.lab.bench import format_table, step_times, summarize
-from rlsd_min.lab.experiment import PLANS, VERIFY_METHODS
+from rlsd_min.lab.design import COMMITTED_VARIANT_SEEDS, COMMITTED_VARIANTS, PLANS, VERIFY_METHODS, VERIFY_SEEDS, VERIFY_TASKS
 
 datasets.disable_progress_bars()
 RESULTS_DIR = Path.cwd().parent / "results"  # the repository's results/ (notebooks run in notebooks/)
@@ -118,10 +118,13 @@ s_step = {r["method"]: r["median_s"] for r in rows}
 mean_step = sum(s_step.values()) / len(s_step)
 demo = rlsd_min.train_config(PROFILE, method="grpo").steps
 plan = PLANS[PROFILE]
-verify_steps = sum(p["steps"] for p in plan.values()) * len(VERIFY_METHODS) * 3
+runs = len(VERIFY_METHODS) * VERIFY_SEEDS + len(COMMITTED_VARIANTS) * COMMITTED_VARIANT_SEEDS
+verify_steps = sum(plan[t]["steps"] for t in VERIFY_TASKS) * runs
 print(f"one {PROFILE}-profile run of {demo} steps:   ~{demo * mean_step / 60:.1f} min of steps")
-print(f"verification, 5 methods x 2 tasks x 3 seeds ({verify_steps} steps): ~{verify_steps * mean_step / 60:.1f} min of steps "
-      "(an upper bound for the split task, whose completions are 6 tokens, not 31-32)")
+print(f"verification as committed, {runs} runs on {', '.join(VERIFY_TASKS)} ({len(VERIFY_METHODS)} methods x {VERIFY_SEEDS} "
+      f"seeds, {len(COMMITTED_VARIANTS)} variants x {COMMITTED_VARIANT_SEEDS}; {verify_steps} steps): "
+      f"~{verify_steps * mean_step / 60:.1f} min of steps (a lower bound: mul7's completions are about 70 tokens, "
+      "the bench's 31-32)")
 summary = json.load(open(RESULTS_DIR / "summary.json"))
 step_s = sum(r.get("step_time_s", 0.0) for p in RESULTS_DIR.glob("runs/*/*/seed*")
              for r in rlsd_min.read_metrics(str(p)))

@@ -37,18 +37,21 @@ def test_a_task_without_enough_distinct_problems_is_refused_before_any_run(tmp_p
     assert not out.exists()
 
 
+TWO = ("arith", "split")
+
+
 def test_runs_resume_and_a_different_experiment_is_refused(tmp_path):
     out = str(tmp_path / "r")
-    summary = run_experiment(out, "ci", 1, methods=("grpo", "opsd"), progress=False)
+    summary = run_experiment(out, "ci", 1, methods=("grpo", "opsd"), tasks=TWO, progress=False)
     assert summary["runs"] == 4 and set(summary["table"]) == {"arith", "split"}
     report = open(os.path.join(out, "REPORT.md")).read()
     assert "| OPSD |" in report and "floor_split.png" in report and os.path.exists(os.path.join(out, "floor_split.png"))
     metrics = os.path.join(out, "runs", "arith", "grpo", "seed0", "metrics.jsonl")
     before = os.path.getmtime(metrics)
-    assert run_experiment(out, "ci", 1, methods=("grpo", "opsd"), progress=False)["runs"] == 4
+    assert run_experiment(out, "ci", 1, methods=("grpo", "opsd"), tasks=TWO, progress=False)["runs"] == 4
     assert os.path.getmtime(metrics) == before              # finished runs are not trained again
     with pytest.raises(ValueError, match="different experiment.*repeat the command.*another --out"):
-        run_experiment(out, "ci", 2, methods=("grpo", "opsd"), progress=False)
+        run_experiment(out, "ci", 2, methods=("grpo", "opsd"), tasks=TWO, progress=False)
     assert json.load(open(os.path.join(out, "experiment.json")))["seeds"] == [0]   # left as it was
 
 
@@ -113,11 +116,11 @@ def test_shards_are_disjoint_cover_the_plan_and_a_plain_call_reports(tmp_path):
     shards = [shard_runs(runs, (i, 3)) for i in range(3)]
     assert sorted(r for s in shards for r in s) == sorted(runs) and sum(map(len, shards)) == len(runs) == 4
     for i in range(3):
-        assert run_experiment(out, "ci", 1, methods=("grpo", "opsd"), shard=f"{i}/3", progress=False) is None
+        assert run_experiment(out, "ci", 1, methods=("grpo", "opsd"), tasks=TWO, shard=f"{i}/3", progress=False) is None
         assert not os.path.exists(os.path.join(out, "REPORT.md"))                  # a shard writes no report
     metrics = os.path.join(out, "runs", "arith", "grpo", "seed0", "metrics.jsonl")
     before = os.path.getmtime(metrics)
-    summary = run_experiment(out, "ci", 1, methods=("grpo", "opsd"), progress=False)
+    summary = run_experiment(out, "ci", 1, methods=("grpo", "opsd"), tasks=TWO, progress=False)
     assert summary["runs"] == 4 and os.path.getmtime(metrics) == before and os.path.exists(os.path.join(out, "REPORT.md"))
 
 

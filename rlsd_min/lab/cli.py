@@ -7,7 +7,7 @@
     python -m rlsd_min demo                       # what `make demo` runs
     python -m rlsd_min bench --rounds 5           # seconds per step of each method, same batch
     python -m rlsd_min bench --scaling            # step time against group size, length, model size
-    python -m rlsd_min verify --profile cpu --seeds 3   # every method x both tasks x 3 seeds -> results/
+    python -m rlsd_min verify --profile cpu --jobs 2    # every method x mul7 x 5 seeds -> results/
     python -m rlsd_min verify ... --jobs 2 / --shard 0/4 / --list   # parallel, a quarter of the runs, the plan
 """
 
@@ -26,6 +26,7 @@ import time
 from ..config import PROFILES, ModelConfig, SFTConfig, TrainConfig, field_docs, pick_device, train_config
 from ..registry import METHODS
 from ..tasks import TASKS
+from .design import COMMITTED_VARIANTS, VARIANT_TASKS, VARIANTS, VERIFY_METHODS, VERIFY_SEEDS, VERIFY_TASKS
 
 DEMO_METHODS = ("grpo", "rlsd", "sdpg")
 BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
@@ -325,12 +326,13 @@ def main(argv=None) -> None:
 
     p = command("verify", "every method on each task over several seeds -> results/ and REPORT.md")
     p.add_argument("--profile", default="cpu", choices=tuple(PROFILES), help=profile_help)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=VERIFY_SEEDS, help="seeds 0..S-1 of each method")
     p.add_argument("--out", default="results", help="results folder (resumed if it holds this experiment)")
-    p.add_argument("--methods", default="grpo,opsd,grpo_opsd,rlsd,sdpg")
-    p.add_argument("--tasks", default="arith,split", help=f"comma-separated, from {tuple(TASKS)}")
-    p.add_argument("--variants", default="", help="sensitivity variants (rlsd_min.lab.experiment.VARIANTS), "
-                   "comma-separated, or 'all'; they run on mul7")
+    p.add_argument("--methods", default=",".join(VERIFY_METHODS), help="comma-separated")
+    p.add_argument("--tasks", default=",".join(VERIFY_TASKS), help=f"comma-separated, from {tuple(TASKS)}")
+    p.add_argument("--variants", default="", help=f"sensitivity variants, comma-separated, from {tuple(VARIANTS)}, "
+                   f"or 'all'; they run on {', '.join(VARIANT_TASKS)} (the committed results/: "
+                   f"{','.join(COMMITTED_VARIANTS)})")
     p.add_argument("--variant-seeds", type=int, default=None, help="seeds of each variant (default: --seeds)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override TrainConfig fields of every run")
     p.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own one-thread process "

@@ -1,7 +1,7 @@
 """The small-scale verification of the papers' claims: every method, each task, several seeds.
 
-    python -m rlsd_min verify --profile cpu --seeds 3                 # -> results/
-    python -m rlsd_min verify --tasks mul7 --variants all --jobs 2    # + the sensitivity variants
+    python -m rlsd_min verify --profile cpu --jobs 2                  # 5 seeds x every method on mul7 -> results/
+    python -m rlsd_min verify --tasks arith,split,mul7 --variants all --jobs 2   # + the other tasks, the variants
     python -m rlsd_min verify --shard 0/4 ...                         # a quarter of the runs, no report
 
 trains GRPO, OPSD, GRPO+OPSD, RLSD and SDPG from the same warm start of each task
@@ -10,8 +10,8 @@ unsaturated one), each with seeds 0..S-1 (prompt order and sampling; the warm st
 shared), for longer than the demo so that late-training effects could show. Every run logs
 held-out accuracy and the leakage probes at each evaluation (rlsd_min.leakage), and
 OPSD-style runs on `split` log the exact floor of their distillation loss (distill_floor).
-Sensitivity variants (VARIANTS: a method with some of its settings changed) run beside them on
-the tasks in VARIANT_TASKS.
+Sensitivity variants (a method with some of its settings changed) run beside them on the tasks
+in VARIANT_TASKS. What runs by default, and the variants, are in rlsd_min.lab.design.
 
 The folder holds `experiment.json` (what was asked), one run folder per
 (task, label, seed) under `runs/`, `summary.json` (per-seed values, mean and std), the
@@ -46,46 +46,10 @@ from ..config import TrainConfig, save_json, train_config
 from ..leakage import FLOORS
 from ..loop import RunFolderBusyError, check_problem_counts, train
 from ..tasks import TASKS, ensure_data, load_splits
+from .design import PLANS, VARIANT_TASKS, VARIANTS, VERIFY_METHODS, VERIFY_TASKS
 from .report import write_report
 from .results import finished_history, plan, read_experiment, run_dir, summarize, threshold_of, wall_s
 from .stability import COLLAPSE_MARGIN, COLLAPSE_PATIENCE
-
-VERIFY_METHODS = ("grpo", "opsd", "grpo_opsd", "rlsd", "sdpg")
-VERIFY_TASKS = ("arith", "split")
-"""the tasks of the committed results/ (issue 12's experiment adds mul7)"""
-PLANS = {
-    "ci": {"arith": dict(steps=4, probe_problems=8), "split": dict(steps=4, probe_problems=8),
-           "mul7": dict(steps=4, probe_problems=8)},
-    "cpu": {"arith": dict(steps=200, probe_problems=128), "split": dict(steps=300, probe_problems=128),
-            "mul7": dict(steps=200, probe_problems=64)},
-    "gpu": {"arith": dict(steps=400, probe_problems=256), "split": dict(steps=600, probe_problems=256),
-            "mul7": dict(steps=400, probe_problems=256)},
-}
-"""TrainConfig overrides of each task, on top of the profile: twice (arith, mul7) and three times
-(split) the demo's 100 steps on the cpu profile (arith and split: 33 minutes on 2 CPU cores for
-3 seeds). mul7 probes 64 prompts: its probes cost more (70-token completions). Issue 12's
-experiment is `verify --profile cpu --seeds 5 --tasks arith,split,mul7 --variants all --jobs 2`
-(the default --seeds 3 and --tasks arith,split are those of the committed results/)."""
-VARIANTS = {
-    "rlsd_epsw0.5": ("rlsd", dict(rlsd_eps_w=0.5)),
-    "rlsd_epsw0.9": ("rlsd", dict(rlsd_eps_w=0.9)),
-    "rlsd_lamconst": ("rlsd", dict(rlsd_lam_steps=10**12)),
-    "rlsd_lamconst_epsw0.9": ("rlsd", dict(rlsd_lam_steps=10**12, rlsd_eps_w=0.9)),
-    "sdpg_beta0.03": ("sdpg", dict(distill_coef=0.03)),
-    "sdpg_beta0.3": ("sdpg", dict(distill_coef=0.3)),
-    "sdpg_beta1.0": ("sdpg", dict(distill_coef=1.0)),
-    "opsd_live": ("opsd", dict(teacher_mode="live")),
-    "opsd_synced": ("opsd", dict(teacher_mode="synced")),
-    "opsd_ema": ("opsd", dict(teacher_mode="ema")),
-}
-"""The sensitivity runs of each method's knobs (issue 12, item 4), each against its method at the
-defaults (RLSD eps_w 0.2 with lam 0.5 decaying over 50 steps; SDPG beta_base 0.1; OPSD's frozen
-teacher). `rlsd_lamconst` keeps lam at 0.5 for the whole run: lam decays over 10^12 steps, so it
-moves by less than 1e-9 within any run here (below float32 resolution) and no new setting is
-needed."""
-VARIANT_TASKS = ("mul7",)
-"""the tasks the variants run on (those of the experiment's tasks that are listed here)"""
-
 
 # --- what the experiment runs -----------------------------------------------------------
 

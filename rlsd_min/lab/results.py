@@ -4,7 +4,7 @@ metric, per task and run label). Used by the experiment that writes the folder a
 report that reads it.
 
 A run label is a method name (`grpo`, `rlsd`, ...) or the name of a sensitivity variant
-(`rlsd_epsw0.9`: a method with some settings changed, rlsd_min.lab.experiment.VARIANTS).
+(`rlsd_epsw0.9`: a method with some settings changed, rlsd_min.lab.design.VARIANTS).
 """
 
 from __future__ import annotations
