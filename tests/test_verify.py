@@ -10,7 +10,7 @@ import pytest
 
 from rlsd_min.lab.experiment import experiment_config, parse_shard, run_experiment, shard_runs
 from rlsd_min.lab.report import claims, to_settle
-from rlsd_min.lab.results import plan, run_summary
+from rlsd_min.lab.results import clock_span, plan, run_summary
 from rlsd_min.loop import RunFolderError
 
 
@@ -230,3 +230,22 @@ def test_a_variant_runs_beside_its_method_and_the_report_compares_them(tmp_path)
     assert os.path.exists(os.path.join(out, "sensitivity_mul7.png"))
     cells = summary["table"]["mul7"]["grpo"]["final_acc"]
     assert len(cells["values"]) == 2 and cells["n"] == 2                   # per-seed values, for the statistics
+
+
+def _timed_run(path, starts, seconds):
+    os.makedirs(path)
+    with open(os.path.join(path, "provenance.json"), "w") as f:
+        json.dump({"starts": [{"started": s} for s in starts]}, f)
+    with open(os.path.join(path, "wall_s.json"), "w") as f:
+        json.dump({"wall_s": seconds}, f)
+    return str(path)
+
+
+def test_clock_span_reads_the_elapsed_time_and_the_runs_at_once_from_the_folders(tmp_path):
+    a = _timed_run(tmp_path / "a", ["2026-01-01T00:00:00+00:00"], 100.0)    # 0-100 s
+    b = _timed_run(tmp_path / "b", ["2026-01-01T00:00:50+00:00"], 100.0)    # 50-150 s, beside a
+    c = _timed_run(tmp_path / "c", ["2026-01-01T00:02:30+00:00"], 30.0)     # 150-180 s, after a and b
+    assert clock_span([a, b, c]) == {"elapsed_s": 180.0, "at_once": 2}
+    assert clock_span([a, c]) == {"elapsed_s": 180.0, "at_once": 1}
+    resumed = _timed_run(tmp_path / "d", ["2026-01-01T00:00:00+00:00", "2026-01-01T01:00:00+00:00"], 10.0)
+    assert clock_span([a, resumed]) is None and clock_span([]) is None

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import statistics
+from datetime import datetime
 
 from ..config import TrainConfig, save_json
 from ..loop import read_metrics
@@ -90,6 +91,30 @@ def wall_s(path: str) -> float:
         return json.load(f)["wall_s"]
 
 
+def clock_span(paths: list[str]) -> dict | None:
+    """When the runs in `paths` trained, read from their folders: {"elapsed_s": seconds from the
+    first run's start to the last run's end, "at_once": the most runs training at the same time}.
+    A run's start is its provenance.json start, its end that plus its training seconds
+    (wall_s.json), so the span is known only when no run was resumed (one start each, else None):
+    a resumed run's seconds are split over starts the folder does not time one by one."""
+    spans = []
+    for path in paths:
+        with open(os.path.join(path, "provenance.json")) as f:
+            starts = json.load(f)["starts"]
+        if len(starts) != 1:
+            return None
+        begin = datetime.fromisoformat(starts[0]["started"]).timestamp()
+        spans.append((begin, begin + wall_s(path)))
+    if not spans:
+        return None
+    events = sorted([(b, 1) for b, _ in spans] + [(e, -1) for _, e in spans])  # an end before a start at a tie
+    running = at_once = 0
+    for _, step in events:
+        running += step
+        at_once = max(at_once, running)
+    return {"elapsed_s": max(e for _, e in spans) - min(b for b, _ in spans), "at_once": at_once}
+
+
 def finished_history(path: str, steps: int) -> list[dict] | None:
     """The metrics history of a run folder that has done all `steps`, else None."""
     if not os.path.exists(os.path.join(path, "metrics.jsonl")):
@@ -138,10 +163,11 @@ def run_summary(history: list[dict], threshold: float = THRESHOLD) -> dict:
 
 def summarize(out: str, write: bool = True) -> dict:
     """{task: {label: {metric: {mean, std, n, values}}}} over the finished seeds of `out`, plus the
-    run count, the runs not finished (`missing`) and the measured wall time; written to
+    run count, the runs not finished (`missing`), the training seconds summed over runs (`wall_s`)
+    and the experiment's wall-clock span (`clock`, clock_span); written to
     out/summary.json when `write`."""
     exp = read_experiment(out)
-    table, wall, runs, missing = {}, 0.0, 0, []
+    table, wall, runs, missing, done = {}, 0.0, 0, [], []
     for t in exp["tasks"]:
         for label in labels(exp):
             if f"{t}/{label}" not in exp["configs"]:
@@ -156,6 +182,7 @@ def summarize(out: str, write: bool = True) -> dict:
                 per_seed.append(run_summary(history, exp["threshold"][t]))
                 wall += wall_s(path)
                 runs += 1
+                done.append(path)
             if not per_seed:
                 continue
             keys = list(dict.fromkeys(k for r in per_seed for k in r))
@@ -166,7 +193,8 @@ def summarize(out: str, write: bool = True) -> dict:
             table.setdefault(t, {})[label] = row
     summary = {"profile": exp["profile"], "seeds": len(exp["seeds"]), "runs": runs, "wall_s": wall,
                "threshold": exp["threshold"], "collapse": exp["collapse"], "table": table,
-               "methods": list(exp["methods"]), "variants": variants(exp), "missing": missing}
+               "clock": clock_span(done), "methods": list(exp["methods"]), "variants": variants(exp),
+               "missing": missing}
     if "variant_seeds" in exp:
         summary["variant_seeds"] = len(exp["variant_seeds"])
     if write:
