@@ -70,7 +70,7 @@ import matplotlib.pyplot as plt
 import rlsd_min
 from rlsd_min.lab.experiment import run_experiment
 from rlsd_min.lab.plots import plot_seed_bands
-from rlsd_min.lab.report import LABELS, claims, claims_table, load_runs
+from rlsd_min.lab.report import LABELS, claims, claims_table, efficiency_rows, judged_table, load_runs, sensitivity_rows
 from rlsd_min.lab.results import summarize
 from rlsd_min.lab.stability import collapsed, steps_to_threshold
 
@@ -114,26 +114,27 @@ for name, accs in examples.items():
 assert [collapsed(a) for a in examples.values()] == [False, True, False, False]
 
 # %% [markdown]
-# ## 3. Held-out accuracy over training, three seeds each
+# ## 3. Held-out accuracy over training, every seed
 #
 # Lines are the mean over seeds, bands the lowest and highest seed.
 
 # %%
 runs = load_runs(str(RESULTS_DIR), summary)
-fig, axes = plt.subplots(1, 2, figsize=(14, 4))
-for ax, task in zip(axes, runs):
-    plot_seed_bands({LABELS[m]: h for m, h in runs[task].items()}, "eval_acc", ax,
+methods = {task: {m: h for m, h in by_label.items() if m in experiment["methods"]} for task, by_label in runs.items()}
+fig, axes = plt.subplots(1, len(runs), figsize=(7 * len(runs), 4), squeeze=False)
+for ax, task in zip(axes[0], runs):
+    plot_seed_bands({LABELS[m]: h for m, h in methods[task].items()}, "eval_acc", ax,
                     ylabel="validation accuracy (sampled, T=1)")
     ax.set_title(f"{task}")
     ax.legend(fontsize=8)
 plt.show()
 for task, rows in summary["table"].items():
-    print(f"\n{task}: method      final acc        best acc         steps to {summary['threshold']}   collapses")
+    print(f"\n{task}: run            final acc        AUC              steps to {summary['threshold'][task]}   collapses")
     for m, r in rows.items():
         steps = r["steps_to_threshold"]
         reach = f"{steps['mean']:.0f} ({r['reached']}/{r['seeds']})" if steps["n"] else f"- (0/{r['seeds']})"
-        print(f"      {LABELS[m]:10s} {r['final_acc']['mean']:.3f} ± {r['final_acc']['std']:.3f}    "
-              f"{r['best_acc']['mean']:.3f} ± {r['best_acc']['std']:.3f}    {reach:12s}   {r['collapsed']}/{r['seeds']}")
+        print(f"      {LABELS.get(m, m):14s} {r['final_acc']['mean']:.3f} ± {r['final_acc']['std']:.3f}    "
+              f"{r['auc']['mean']:.3f} ± {r['auc']['std']:.3f}    {reach:12s}   {r['collapsed']}/{r['seeds']}")
 
 # %% [markdown]
 # ## 4. Stability signals
@@ -145,10 +146,10 @@ for task, rows in summary["table"].items():
 # %%
 keys = (("entropy", "entropy (nats/token)"), ("teacher_kl", "teacher-student KL"),
         ("completion_len", "completion length"), ("frac_zero_std", "zero-std groups"))
-fig, axes = plt.subplots(2, 4, figsize=(16, 6.5))
+fig, axes = plt.subplots(len(runs), 4, figsize=(16, 3.3 * len(runs)), squeeze=False)
 for row, task in zip(axes, runs):
     for ax, (key, label) in zip(row, keys):
-        plot_seed_bands({LABELS[m]: h for m, h in runs[task].items()}, key, ax, smooth=10, ylabel=label)
+        plot_seed_bands({LABELS[m]: h for m, h in methods[task].items()}, key, ax, smooth=10, ylabel=label)
         ax.set_title(f"{task}: {label}", fontsize=9)
 axes[0, 0].legend(fontsize=7)
 fig.tight_layout()
@@ -160,8 +161,9 @@ plt.show()
 # `rlsd_min.lab.report.claims` judges each claim as a comparison over seeds (`rlsd_min.lab.stats`):
 # the difference of means with a 95 % bootstrap interval and Welch's test, Holm-corrected over the
 # comparisons of a task. *Reproduced* (or *contradicted*) when both exclude 0 on the claimed (or
-# the other) side, else *inconclusive*, with the seeds per method that would settle it. The same
-# table is in `results/REPORT.md` and the README.
+# the other) side, else *inconclusive*. **MDE** is the smallest true difference these seeds detect
+# with 80 % power; the last column the seeds per method that would detect the observed one. The
+# same table is in `results/REPORT.md`.
 
 # %%
 verdicts = claims(summary)
@@ -169,31 +171,43 @@ print("\n".join(claims_table(verdicts)))
 assert all(c.verdict in ("reproduced", "contradicted", "inconclusive") for c in verdicts)
 
 # %% [markdown]
-# **What this scale shows** (3 seeds, 0.5M parameters, 200-300 steps; the numbers are the
-# outputs above):
-#
-# - **OPSD** is the one method that behaves differently, as the RLSD paper says, but the two halves
-#   of its claim appear on different tasks. On `arith` (one valid answer) it gains fast (0.52 →
-#   0.75) and then stays there, well below every method with a verifier (0.90-0.91); nothing
-#   declines within 200 steps. On `split` (ten valid answers, the reference one of them) it never
-#   gains and declines in every seed, to 0.10: all three runs collapse by the stated rule. Its loss
-#   reaches the exact floor of notebook 05 just as its accuracy bottoms out: the student that
-#   minimises the loss is a blend of teachers that each insist on a different answer.
-# - **The leakage shortcut** (OPSD matching the training references above chance) is not seen: it
-#   collapses first, and its probe has too few correct answers left to measure.
-# - **RLSD vs GRPO, SDPG vs GRPO and RLSD**: inconclusive, within seed noise on both tasks (differences of 0.001-0.013
-#   against standard deviations of 0.002-0.030). GRPO reaches 0.8 after 43 (arith) and 103 (split)
-#   steps on average (the table) and ends near 0.9, which leaves little room for a better credit assignment to show.
-# - **Entropy**: GRPO's entropy falls fast on both tasks; SDPG's ends higher than RLSD's on `split`
-#   (0.038 vs 0.023), the SDPG paper's direction, but with 3 seeds the corrected test leaves it
-#   *inconclusive* (the table above says how many seeds would settle it); on `arith` all verifier
-#   methods end alike.
-# - **What would be needed** to test the RLSD and SDPG gains: a task GRPO does not saturate (longer
-#   problems, a larger model), more seeds (the differences claimed by the papers are 0.02-0.05), and
-#   longer runs for OPSD's late decline on a unique-answer task.
+# Sample efficiency, each run label against GRPO: the area under the accuracy curve (its mean
+# accuracy over training) and the steps to the threshold (a run that never gets there counts at
+# its last step):
+
+# %%
+for task, t in summary["table"].items():
+    print(f"{task}:")
+    print("\n".join(judged_table(efficiency_rows(t))))
 
 # %% [markdown]
-# ## 6. The command itself, in miniature
+# ## 6. How much can the teacher's token-level signal do here?
+#
+# Each knob moved to the value furthest from its default (`rlsd_min.lab.design.COMMITTED_VARIANTS`),
+# 3 seeds each, against the method at its defaults and against GRPO:
+
+# %%
+variants = summary["variants"]
+bases = list(dict.fromkeys(v["method"] for v in variants.values()))
+for task, by_label in runs.items():
+    if not any(name in by_label for name in variants):
+        continue
+    fig, axes = plt.subplots(1, len(bases), figsize=(4.6 * len(bases), 3.6), squeeze=False)
+    for ax, base in zip(axes[0], bases):
+        group = ["grpo", base] + [n for n, v in variants.items() if v["method"] == base]
+        plot_seed_bands({LABELS.get(n, n): by_label[n] for n in group if n in by_label}, "eval_acc", ax,
+                        ylabel="validation accuracy")
+        ax.set_title(f"{task}: {LABELS[base]} and its variant", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    plt.show()
+    print("\n".join(judged_table(sensitivity_rows(summary["table"][task], variants))))
+
+# %% [markdown]
+# **What this scale shows** (NARRATIVE)
+
+# %% [markdown]
+# ## 7. The command itself, in miniature
 #
 # The same experiment on the `ci` profile (4 steps per run, one seed, two methods) takes seconds.
 # Running it again resumes: finished runs are kept. A folder holding a *different* experiment is
