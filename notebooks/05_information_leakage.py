@@ -33,7 +33,7 @@
 # 1. computes the floor by hand and checks the package (`rlsd_min.leakage`);
 # 2. introduces a task with ten valid answers (`split`), where the floor is strictly positive;
 # 3. computes the exact floor under a real OPSD run, token by token;
-# 4. probes for leakage over training, from the verification experiment in `results/`;
+# 4. probes for leakage over training, from the first verification experiment in `results/arith_split/`;
 # 5. looks at the teacher-student log-ratio token by token on the arithmetic task.
 #
 
@@ -82,7 +82,7 @@ from rlsd_min.tasks import TASKS, SplitProblem, load_splits, problems_of
 
 datasets.disable_progress_bars()
 ARITH = TASKS["arith"]  # the task's data folder and warm start: ARITH.data_dir, ARITH.base_checkpoint
-RESULTS_DIR = Path.cwd().parent / "results"  # the repository's results/ (notebooks run in notebooks/)
+RESULTS_DIR = Path.cwd().parent / "results" / "arith_split"  # the first verification (arith, split; notebooks run in notebooks/)
 _ = torch.manual_seed(0)
 
 # %% [markdown]
@@ -277,8 +277,8 @@ assert loss.mean() > floor.mean()
 #
 # ## 4. Leakage probes over training, from the verification experiment
 #
-# `python -m rlsd_min verify --profile cpu --seeds 3` (notebook 08) trains every method on both tasks
-# and calls `leakage_probes` at each evaluation, on the same number of **training** prompts and
+# The first verification, `python -m rlsd_min verify --profile cpu --seeds 3 --tasks arith,split --out
+# results/arith_split`, trained every method on both tasks and called `leakage_probes` at each evaluation, on the same number of **training** prompts and
 # **held-out** prompts:
 #
 # - `ref_match` (split): the fraction of *correct* answers that are exactly the data's reference.
@@ -288,7 +288,7 @@ assert loss.mean() > floor.mean()
 #   computes: the answer decoupling from the worked steps.
 # - `gap`: training accuracy minus held-out accuracy.
 #
-# The curves below are read from the committed run folders (`results/runs/<task>/<method>/seed*/metrics.jsonl`).
+# The curves below are read from the committed run folders (`results/arith_split/runs/<task>/<method>/seed*/metrics.jsonl`).
 
 # %%
 runs = {}
@@ -320,9 +320,9 @@ print(f"split opsd accuracy in the verification runs ({json.load(open(RESULTS_DI
 # its held-out curve does not. At this scale it does not, clearly: OPSD's accuracy on `split` falls
 # from 0.54 to 0.10 over the verification's 300-step runs (the last line printed above, and notebook
 # 08; the 100-step run of section 3, on the `cpu` profile, had already fallen to 0.227), so late in training it has very few correct
-# answers to count and its curve is noise (`results/REPORT.md` marks the claim *mixed*). The
+# answers to count and its curve is noise (`results/arith_split/REPORT.md` marks the claim *mixed*). The
 # methods with a verifier stay at or below chance on both sets. What OPSD does learn on `split` is
-# the floor's optimum: its loss meets the floor at the end of the run (`results/floor_split.png`),
+# the floor's optimum: its loss meets the floor at the end of the run (`results/arith_split/floor_split.png`),
 # and that student, the geometric mean of ten teachers that each insist on a different answer,
 # does not write valid answers.
 #

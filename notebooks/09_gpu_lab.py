@@ -183,7 +183,7 @@ assert all(r["median_s"] > 0 for r in scaling)
 # | the same weights as teacher (`live`) | no second model in memory; `synced`/`frozen` teachers need a copy (or a LoRA-free snapshot) |
 # | `completion_logits` sharing the prompt's KV cache over a group | prefix caching in the engine |
 # | `methods.py`: a method = a choice of `Ahat`, `D`, `m`, `beta` | TRL's `GRPOTrainer` (the peer in `benchmarks/RESULTS.md`) plus a custom loss, or verl / OpenRLHF |
-# | `verify --seeds 3` | the same claims, re-checked on the benchmark the papers used |
+# | `verify` (5 seeds on `mul7`) | the same claims, re-checked on the benchmark the papers used |
 #
 # The papers' own settings (4B-8B models, lr 1e-6, 400 steps, coefficients of 1e-3) are listed in
 # the method pages ([RLSD](../docs/rlsd.md#implementation-details), [SDPG](../docs/sdpg.md#implementation-details));

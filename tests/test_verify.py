@@ -249,3 +249,5 @@ def test_clock_span_reads_the_elapsed_time_and_the_runs_at_once_from_the_folders
     assert clock_span([a, c]) == {"elapsed_s": 180.0, "at_once": 1}
     resumed = _timed_run(tmp_path / "d", ["2026-01-01T00:00:00+00:00", "2026-01-01T01:00:00+00:00"], 10.0)
     assert clock_span([a, resumed]) is None and clock_span([]) is None
+    os.makedirs(tmp_path / "e")
+    assert clock_span([a, str(tmp_path / "e")]) is None                     # a folder without provenance.json

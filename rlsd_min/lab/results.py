@@ -95,11 +95,14 @@ def clock_span(paths: list[str]) -> dict | None:
     """When the runs in `paths` trained, read from their folders: {"elapsed_s": seconds from the
     first run's start to the last run's end, "at_once": the most runs training at the same time}.
     A run's start is its provenance.json start, its end that plus its training seconds
-    (wall_s.json), so the span is known only when no run was resumed (one start each, else None):
-    a resumed run's seconds are split over starts the folder does not time one by one."""
+    (wall_s.json), so the span is known only when every run has its record and was never resumed
+    (else None): a resumed run's seconds are split over starts the folder does not time one by one."""
     spans = []
     for path in paths:
-        with open(os.path.join(path, "provenance.json")) as f:
+        record = os.path.join(path, "provenance.json")
+        if not os.path.exists(record):  # a folder older than provenance.json
+            return None
+        with open(record) as f:
             starts = json.load(f)["starts"]
         if len(starts) != 1:
             return None
