@@ -33,7 +33,7 @@ def test_unknown_method_task_or_profile_is_named():
 def test_a_task_without_enough_distinct_problems_is_refused_before_any_run(tmp_path):
     out = tmp_path / "r"
     with pytest.raises(ValueError, match="task 'split' cannot produce 500 distinct problems for prompts_per_step"):
-        run_experiment(str(out), "ci", 1, methods=("grpo",), sets={"prompts_per_step": 500}, progress=False)
+        run_experiment(str(out), "ci", 1, methods=("grpo",), tasks=("arith", "split"), sets={"prompts_per_step": 500}, progress=False)
     assert not out.exists()
 
 
