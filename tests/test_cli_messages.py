@@ -150,7 +150,10 @@ def test_ctrl_c_stops_with_one_line_saying_where_the_checkpoint_is(tmp_path):
     out = tmp_path / "r"
     proc = subprocess.Popen([sys.executable, "-m", "rlsd_min", "train", "--method", "grpo", "--profile", "ci",
                              "--set", "steps=400", "checkpoint_every=1", "eval_every=400", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell's background job starts with SIGINT ignored, and Python then keeps
+                            # it ignored: give the child the default, as a terminal's foreground has
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (out / "checkpoint" / "state.pt").exists() and time.time() < deadline:
         time.sleep(0.2)
