@@ -1,13 +1,11 @@
 """What the verification runs: its methods, tasks, seeds, step budgets and sensitivity variants.
 
 Torch-free, so the command line takes its defaults from here and checks a name in well under a
-second. The defaults are the committed experiment's (results/REPORT.md):
+second. Plain `verify` is every method on `mul7` (the task GRPO does not saturate) with 5 seeds;
+the committed results/ add four variants with 3 seeds each, one per knob:
 
     python -m rlsd_min verify --profile cpu --variants rlsd_epsw0.9,rlsd_lamconst,sdpg_beta1.0,opsd_live \\
         --variant-seeds 3 --jobs 2
-
-is every method on `mul7` (the task GRPO does not saturate) with 5 seeds, and four variants with
-3 seeds each, one per knob (COMMITTED_VARIANTS).
 """
 
 from __future__ import annotations
