@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, StaticCache
+from transformers.cache_utils import Cache, StaticLayer
 
 
 @dataclass
@@ -132,6 +133,40 @@ def sample_group(model, tokenizer, prompts: list[str], group_size: int, max_new_
     return Rollout(ids, mask, completion, cmask, texts, group_size)
 
 
+class FilledPrefixCache(Cache):
+    """A KV cache allocated once for the whole decode and written in place, as transformers'
+    StaticCache, whose layers hand attention only the positions written so far: a decoding step
+    attends over P + t keys, not over the P + max_new_tokens of a static cache, and no key is
+    copied (DynamicCache concatenates at every step). The attention is the same: the static
+    cache's unwritten positions are masked out and weigh exactly 0."""
+
+    def __init__(self, config, max_cache_len: int):
+        super().__init__(layers=[_FilledPrefixLayer(max_cache_len) for _ in range(config.num_hidden_layers)])
+
+
+class _FilledPrefixLayer(StaticLayer):
+    """One layer of FilledPrefixCache: writes new keys and values at `filled`, returns views of
+    the first `filled` positions."""
+
+    def __init__(self, max_cache_len: int):
+        super().__init__(max_cache_len=max_cache_len)
+        self.filled = 0
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start, self.filled = self.filled, self.filled + key_states.shape[-2]
+        self.keys[:, :, start:self.filled] = key_states                        # (N, H, n, d) written in place
+        self.values[:, :, start:self.filled] = value_states
+        return self.keys[:, :, :self.filled], self.values[:, :, :self.filled]  # (N, H, filled, d) views
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.filled + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.filled
+
+
 def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
            greedy: bool = False, eos_id: int = 2, pad_id: int = 0, compiled: bool = False) -> torch.Tensor:
     """The decoding loop: one forward over the left-padded prompts (N, P), then one forward
@@ -141,21 +176,27 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, te
     What it leaves out of transformers' `generate` is what this project never uses (logits
     processors, stopping criteria, beam search, the per-call argument checks). Position ids
     count real tokens only, as in completion_logits, so a left-padded row is numbered as if
-    it were alone. The cache is preallocated (transformers' StaticCache, written in place)
-    rather than grown by concatenation every step, except under autocast, where the rotary
-    embedding's float32 keys and the bfloat16 values cannot share one static cache.
-    compiled=True runs the decoding steps through `compiled_forward` (static cache only).
+    it were alone. Per decoding step, the loop hands the model its attention mask ready-made
+    (N, 1, 1, width), so transformers builds none; the cache is allocated once and written in
+    place (FilledPrefixCache: attention over the filled positions only). compiled=True runs the
+    decoding steps through `compiled_forward` over transformers' StaticCache instead, whose
+    fixed width keeps one graph for every step. Under autocast the cache grows by concatenation
+    (DynamicCache): the rotary embedding's float32 keys and the bfloat16 values cannot share
+    one preallocated cache.
     """
     N, P = ids.shape
     name = cache_argument(model)
-    static = not torch.is_autocast_enabled(ids.device.type)
-    if compiled and not static:
+    autocast = torch.is_autocast_enabled(ids.device.type)
+    if compiled and autocast:
         raise ValueError("the compiled decoding step needs the static cache, which autocast rules out")
     step = compiled_forward(model) if compiled else model
-    cache = StaticCache(config=model.config, max_cache_len=P + max_new_tokens) if static else DynamicCache()
-    attn = torch.cat([mask, mask.new_zeros(N, max_new_tokens)], dim=1)      # (N, P + T) grows into the zeros
+    if compiled:
+        cache = StaticCache(config=model.config, max_cache_len=P + max_new_tokens)
+    else:
+        cache = DynamicCache() if autocast else FilledPrefixCache(model.config, P + max_new_tokens)
+    attn = torch.cat([mask.bool(), mask.new_zeros(N, max_new_tokens, dtype=torch.bool)], dim=1)  # (N, P + T)
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)                       # (N, P)
-    out = model(input_ids=ids, attention_mask=attn[:, :P], position_ids=positions,
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
                 use_cache=True, cache_position=torch.arange(P, device=ids.device), **{name: cache})
     logits = out.logits[:, -1]                                              # (N, V) predicts token 0
     next_pos = positions[:, -1:] + 1                                        # (N, 1)
@@ -172,10 +213,11 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, te
         ended = ended | (token == eos_id)
         if t == max_new_tokens - 1 or bool(ended.all()):
             break
-        attn[:, P + t] = 1
-        width = attn.shape[1] if static else P + t + 1
-        out = step(input_ids=token[:, None], attention_mask=attn[:, :width], position_ids=next_pos + t,
-                    use_cache=True, cache_position=torch.tensor([P + t], device=ids.device), **{name: cache})
+        attn[:, P + t] = True
+        width = attn.shape[1] if compiled else P + t + 1
+        out = step(input_ids=token[:, None], attention_mask=attn[:, None, None, :width],   # (N, 1, 1, width)
+                   position_ids=next_pos + t, use_cache=True,
+                   cache_position=torch.tensor([P + t], device=ids.device), **{name: cache})
         logits = out.logits[:, -1]                                          # (N, V)
     return torch.stack(tokens, dim=1)                                       # (N, T)
 

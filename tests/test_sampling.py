@@ -333,3 +333,39 @@ def test_cache_argument_and_checkpointing_look_through_a_distributed_wrapper(tin
     assert cache_argument(wrapped) == cache_argument(model)
     model.gradient_checkpointing_enable()
     assert checkpointed(wrapped)
+
+
+def test_filled_prefix_cache_decodes_as_the_uncached_forward(base, splits):
+    """The decoding loop's cache (allocated once, attention over the filled positions, the mask
+    handed over ready-made) against recomputing every step without a cache: the same greedy
+    tokens, left-padded rows included, and the same next-token logits at each step."""
+    from rlsd_min.sampling import FilledPrefixCache, decode
+
+    model, tok = base
+    prompts = [p.prompt for p in splits["validation"][:6]] + ["1+2=", "12+3="]   # left-padded rows
+    ids, mask = encode_prompts(tok, prompts, "cpu")                                # (N, P)
+    with torch.no_grad():
+        tokens = decode(model, ids, mask, 30, greedy=True, eos_id=EOS, pad_id=tok.pad_token_id)   # (N, T)
+        seq, attn, want = ids, mask, []
+        for t in range(tokens.shape[1]):                   # the uncached loop: a full forward per token
+            pos = (attn.cumsum(1) - 1).clamp(min=0)
+            logits = model(input_ids=seq, attention_mask=attn, position_ids=pos).logits[:, -1]   # (N, V)
+            want.append(logits.argmax(-1))
+            seq = torch.cat([seq, tokens[:, t:t + 1]], 1)
+            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
+        # the cache's logits at one step, against the uncached forward's
+        cache = FilledPrefixCache(model.config, ids.shape[1] + 4)
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+        assert [layer.filled for layer in cache.layers] == [ids.shape[1]] * len(cache.layers)
+        step_attn = torch.cat([mask, torch.ones_like(mask[:, :1])], 1).bool()[:, None, None, :]  # (N, 1, 1, P + 1)
+        cached = model(input_ids=tokens[:, :1], attention_mask=step_attn, position_ids=pos[:, -1:] + 1,
+                       cache=cache, use_cache=True).logits[:, -1]                                 # (N, V)
+        full = torch.cat([ids, tokens[:, :1]], 1)
+        full_attn = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        uncached = model(input_ids=full, attention_mask=full_attn,
+                         position_ids=(full_attn.cumsum(1) - 1).clamp(min=0)).logits[:, -1]
+    ended = torch.cumsum((tokens == EOS).long(), 1) - (tokens == EOS).long() > 0    # (N, T) after <eos>
+    want = torch.stack(want, 1).masked_fill(ended, tok.pad_token_id)
+    assert torch.equal(tokens, want)
+    torch.testing.assert_close(cached, uncached, atol=1e-4, rtol=1e-4)
