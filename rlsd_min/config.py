@@ -171,7 +171,11 @@ class TrainConfig:
     (log-probs and losses stay float32); sampling then draws from the bf16-computed policy"""
     static_cache_compile: bool = False
     """sample with the decoding step's forward compiled by torch.compile (rlsd_min.sampling.
-    compiled_forward; the KV cache is static either way); the first step pays the compile"""
+    compiled_forward, fixed shapes, over transformers' StaticCache); the first step pays the compile"""
+    compile_scoring: bool = False
+    """run the forwards that score completions (the student's in the update, its backward with it;
+    the teacher's; the reference's) through torch.compile with dynamic shapes (rlsd_min.sampling.
+    compiled_forward): one graph for every batch's widths; the first step pays the compile"""
     eval_every: int | None = None
     """steps between held-out evaluations; None = the profile's (cpu 10)"""
     eval_problems: int | None = None

@@ -88,17 +88,24 @@ def bf16_autocast(device, enabled: bool = True) -> torch.autocast:
 
 
 _COMPILED = weakref.WeakKeyDictionary()
-"""model -> its torch.compile'd forward, made once per model (static_cache_compile)"""
+"""model -> {dynamic: its torch.compile'd forward}, made once per model and kind"""
 
 
-def compiled_forward(model):
-    """The model's forward through torch.compile, with fixed shapes (dynamic=False): with the
-    static cache, every decoding step of a batch has the same shapes, so one graph serves them
-    all; a new batch size or cache length compiles again. Default mode (CUDA graphs are
-    torch's choice on a GPU). The first call pays the compilation (tens of seconds on a CPU)."""
-    if model not in _COMPILED:
-        _COMPILED[model] = torch.compile(model, dynamic=False)
-    return _COMPILED[model]
+def compiled_forward(model, dynamic: bool | None = None):
+    """The model's forward through torch.compile, made once per model and `dynamic` (default
+    mode; CUDA graphs are torch's choice on a GPU). The first call pays the compilation (tens
+    of seconds on a CPU).
+
+    dynamic=None (static_cache_compile's decoding step): fixed shapes first; with the static
+    cache every decoding step of a batch has the same shapes, so one graph serves them all, and
+    the first batch of another width makes torch mark that size dynamic (one more compile, not
+    one per width). dynamic=True (compile_scoring): the batch and sequence widths are symbolic
+    from the start, so one graph serves the scoring forwards of every batch (a second one the
+    no-grad forwards of a model that is also trained)."""
+    kinds = _COMPILED.setdefault(model, {})
+    if dynamic not in kinds:
+        kinds[dynamic] = torch.compile(model, dynamic=dynamic)
+    return kinds[dynamic]
 
 
 def sample_group(model, tokenizer, prompts: list[str], group_size: int, max_new_tokens: int,
@@ -111,21 +118,23 @@ def sample_group(model, tokenizer, prompts: list[str], group_size: int, max_new_
     belongs to prompt i // G. greedy=True decodes the argmax instead (for evaluation only).
     Reproducible from torch's seed.
 
+    The prompts' forward runs once per group, not once per row (`decode`).
     static_cache_compile=True runs the decoding steps through torch.compile
-    (`compiled_forward`; the prompt's forward stays eager): the same distribution, up to
-    kernel rounding; the first call per batch shape pays the compilation. Run under
+    (`compiled_forward`; the prompts' forward stays eager): the same distribution, up to
+    kernel rounding; the first call pays the compilation. Run under
     bf16_autocast by the caller for bfloat16 sampling.
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
     device = next(model.parameters()).device
-    ids, mask = encode_prompts(tokenizer, prompts, device)                  # (B, P)
-    check_fits(model, ids.shape[1], max_new_tokens)
-    ids = ids.repeat_interleave(group_size, dim=0)                          # (N, P)
-    mask = mask.repeat_interleave(group_size, dim=0)                        # (N, P)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)    # (B, P)
+    check_fits(model, prompt_ids.shape[1], max_new_tokens)
     with torch.inference_mode():
-        completion = decode(model, ids, mask, max_new_tokens, temperature, greedy, tokenizer.eos_token_id,
-                            tokenizer.pad_token_id, compiled=static_cache_compile)   # (N, T)
+        completion = decode(model, prompt_ids, prompt_mask, max_new_tokens, temperature, greedy,
+                            tokenizer.eos_token_id, tokenizer.pad_token_id, static_cache_compile,
+                            group_size)                                     # (N, T)
+    ids = prompt_ids.repeat_interleave(group_size, dim=0)                   # (N, P)
+    mask = prompt_mask.repeat_interleave(group_size, dim=0)                 # (N, P)
     completion = completion.clone()  # clone: a normal tensor for autograd
     cmask = completion_mask(completion, tokenizer.eos_token_id)             # (N, T)
     completion = completion.masked_fill(cmask == 0, tokenizer.pad_token_id)
@@ -168,10 +177,13 @@ class _FilledPrefixLayer(StaticLayer):
 
 
 def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-           greedy: bool = False, eos_id: int = 2, pad_id: int = 0, compiled: bool = False) -> torch.Tensor:
-    """The decoding loop: one forward over the left-padded prompts (N, P), then one forward
-    per new token through the KV cache, until every row has produced <eos> or max_new_tokens.
-    Returns the new tokens (N, T), T <= max_new_tokens; a row that has ended gets pad_id.
+           greedy: bool = False, eos_id: int = 2, pad_id: int = 0, compiled: bool = False,
+           group_size: int = 1) -> torch.Tensor:
+    """The decoding loop: one forward over the B left-padded prompts (B, P), its KV cache and
+    last logits repeated for the G = group_size rows of each prompt (N = B * G rows, group
+    members adjacent), then one forward per new token through the cache, until every row has
+    produced <eos> or max_new_tokens. Returns the new tokens (N, T), T <= max_new_tokens; a row
+    that has ended gets pad_id.
 
     What it leaves out of transformers' `generate` is what this project never uses (logits
     processors, stopping criteria, beam search, the per-call argument checks). Position ids
@@ -184,7 +196,8 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, te
     (DynamicCache): the rotary embedding's float32 keys and the bfloat16 values cannot share
     one preallocated cache.
     """
-    N, P = ids.shape
+    B, P = ids.shape
+    N = B * group_size
     name = cache_argument(model)
     autocast = torch.is_autocast_enabled(ids.device.type)
     if compiled and autocast:
@@ -194,11 +207,16 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, te
         cache = StaticCache(config=model.config, max_cache_len=P + max_new_tokens)
     else:
         cache = DynamicCache() if autocast else FilledPrefixCache(model.config, P + max_new_tokens)
-    attn = torch.cat([mask.bool(), mask.new_zeros(N, max_new_tokens, dtype=torch.bool)], dim=1)  # (N, P + T)
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)                       # (N, P)
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)                       # (B, P)
+    prompt_cache = DynamicCache()
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                use_cache=True, cache_position=torch.arange(P, device=ids.device), **{name: cache})
-    logits = out.logits[:, -1]                                              # (N, V) predicts token 0
+                use_cache=True, cache_position=torch.arange(P, device=ids.device), **{name: prompt_cache})
+    for i, layer in enumerate(prompt_cache.layers):                         # keys, values (B, H, P, d) -> (N, ...)
+        cache.update(layer.keys.repeat_interleave(group_size, 0), layer.values.repeat_interleave(group_size, 0), i)
+    logits = out.logits[:, -1].repeat_interleave(group_size, 0)             # (N, V) predicts token 0
+    positions = positions.repeat_interleave(group_size, 0)                  # (N, P)
+    attn = torch.cat([mask.bool(), mask.new_zeros(B, max_new_tokens, dtype=torch.bool)], dim=1)  # (B, P + T)
+    attn = attn.repeat_interleave(group_size, 0)                            # (N, P + T) grows into the zeros
     next_pos = positions[:, -1:] + 1                                        # (N, 1)
     ended = torch.zeros(N, dtype=torch.bool, device=ids.device)
     tokens = []
@@ -280,10 +298,15 @@ def checkpointed(model) -> bool:
 
 
 def unwrap(model):
-    """The model inside distributed wrappers (DDP, FSDP, a DeepSpeed engine keep it as `.module`)."""
-    while isinstance(getattr(model, "module", None), torch.nn.Module):
-        model = model.module
-    return model
+    """The model inside distributed wrappers (DDP, FSDP, a DeepSpeed engine keep it as `.module`)
+    and torch.compile's (`._orig_mod`)."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        elif isinstance(getattr(model, "module", None), torch.nn.Module):
+            model = model.module
+        else:
+            return model
 
 
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,8 @@ from .advantages import frac_zero_std, group_advantages
 from .leakage import reference_floor
 from .registry import METHODS
 from .objective import aggregate
-from .sampling import Rollout, bf16_autocast, encode_prompts, entropy, masked_mean, sample_group, token_logprobs
+from .sampling import (Rollout, bf16_autocast, compiled_forward, encode_prompts, entropy, masked_mean, sample_group,
+                       token_logprobs)
 from .teacher import Teacher, score_completions, teacher_prompt
 
 
@@ -83,6 +84,12 @@ def batch_problems(problems: list, step: int, cfg) -> list:
     return random.Random(cfg.seed * 1_000_003 + step).sample(problems, cfg.prompts_per_step)
 
 
+def scorer(model, cfg):
+    """`model` as the scoring forwards call it: through torch.compile with dynamic shapes when
+    cfg.compile_scoring (the same module, the same weights), else as it is."""
+    return compiled_forward(model, dynamic=True) if cfg.compile_scoring else model
+
+
 def make_teacher(policy, cfg) -> Teacher | None:
     """The teacher of cfg.method (None for a method without one)."""
     if METHODS[cfg.method].teacher is None:
@@ -95,7 +102,8 @@ def collect(policy, tokenizer, problems: list, cfg, ref_model=None, teacher: Tea
     """Sample, verify, group advantages, reference and teacher scores: the StepBatch of one step.
 
     cfg.bf16_autocast wraps each forward in bfloat16 autocast (the log-probs come out
-    float32); cfg.static_cache_compile is handed to sample_group. ref_model is scored
+    float32); cfg.static_cache_compile is handed to sample_group, cfg.compile_scoring compiles
+    the reference's and the teacher's forwards (`scorer`). ref_model is scored
     when given (the loop passes it when kl_coef > 0), the teacher when the method has one.
     """
     device = next(policy.parameters()).device
@@ -124,7 +132,7 @@ def score_rollout(policy, tokenizer, problems: list, rollout: Rollout, cfg, ref_
     clock.lap("sample")                                   # generate + verify + advantages
     if ref_model is not None:
         with torch.inference_mode(), bf16_autocast(device, cfg.bf16_autocast):
-            batch.ref_logp = token_logprobs(ref_model, rollout, cfg.temperature)[0].clone()  # (N, T)
+            batch.ref_logp = token_logprobs(scorer(ref_model, cfg), rollout, cfg.temperature)[0].clone()  # (N, T)
         clock.lap("ref")
     method = METHODS[cfg.method]
     if method.teacher is not None:
@@ -135,7 +143,7 @@ def score_rollout(policy, tokenizer, problems: list, rollout: Rollout, cfg, ref_
         ids, mask = encode_prompts(tokenizer, prompts, device)                   # (B, P')
         with bf16_autocast(device, cfg.bf16_autocast):
             batch.teacher_logp, batch.teacher_logits, batch.teacher_rows = teacher_scores(
-                teacher.model, ids, mask, rollout, advantages, cfg)
+                scorer(teacher.model, cfg), ids, mask, rollout, advantages, cfg)
         clock.lap("teacher")
         if cfg.distill_floor:  # the OPSD loss floor, on a task with several references (rlsd_min.leakage)
             floor = reference_floor(teacher.model, tokenizer, problems, rollout, cfg.divergence,
@@ -176,7 +184,7 @@ def method_loss(policy, batch: StepBatch, cfg, step: int) -> tuple[torch.Tensor,
     (loss, its metrics, the student's logits (N, T, V)). Fills batch.old_logp on first use."""
     device = next(policy.parameters()).device
     with bf16_autocast(device, cfg.bf16_autocast):
-        logp, logits = token_logprobs(policy, batch.rollout, cfg.temperature)   # (N, T), (N, T, V) float32
+        logp, logits = token_logprobs(scorer(policy, cfg), batch.rollout, cfg.temperature)   # (N, T), (N, T, V) float32
     if batch.old_logp is None:  # the weights are still the sampling policy's
         batch.old_logp = logp.detach()
     loss, metrics = METHODS[cfg.method].loss(logp, logits, batch, cfg, step)

@@ -51,6 +51,18 @@ def test_train_errors_name_the_bad_value(argv, needle, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("argv, needle", [
+    (["bench", "--set", "bogus=1"], "'bogus'"),
+    (["bench", "--set", "compile_scoring=maybe"], "'maybe'"),
+    (["bench", "--set", "group_size=1"], "group_size"),
+    (["bench", "--scaling", "--set", "compile_scoring=true"], "--set is not taken by --scaling"),
+    (["bench", "--trl-trainers", "--set", "compile_scoring=true"], "--set is not taken by --trl-trainers"),
+])
+def test_bench_set_errors_name_the_bad_value(argv, needle, capsys):
+    message = run_main(argv + ["--profile", "ci", "--rounds", "1"], capsys)
+    assert needle in message and message.startswith("error:")
+
+
 def test_unknown_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as err:
         main(["frobnicate"])

@@ -323,6 +323,51 @@ def test_rl_step_under_bf16_autocast_matches_float32_on_the_same_batch(splits, m
     assert bf16["grad_norm"] == pytest.approx(fp32["grad_norm"], rel=0.05)  # measured: 0.3% apart
 
 
+def test_compile_scoring_gives_the_eager_step_on_the_same_batch(splits, monkeypatch):
+    """compile_scoring: the student's forward and backward, the live teacher's forward and the
+    reference's run compiled; on one pinned batch, SDPG's loss, its parts, the gradient and the
+    updated weights are the eager step's up to kernel rounding."""
+    import shutil
+
+    from torch._dynamo.utils import counters
+
+    from rlsd_min.teacher import Teacher
+
+    if not any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++")):
+        pytest.skip("torch.compile on CPU (inductor) needs a C++ compiler: no g++, c++ or clang++ on PATH")
+    policy, tok = model_io.load(str(BASE_CHECKPOINT))
+    start = {k: v.clone() for k, v in policy.state_dict().items()}
+    ref = model_io.load(str(BASE_CHECKPOINT))[0].eval().requires_grad_(False)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a reference apart from the policy, so that its KL term is not 0
+        for p in ref.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    problems = splits["train"][:4]
+    rollout = step_mod.sample_group(policy, tok, [p.prompt for p in problems], 4, 40)
+    monkeypatch.setattr(step_mod, "sample_group", lambda *args, **kwargs: rollout)
+    rows, grads = {}, {}
+    for flag in (False, True):
+        cfg = train_config("ci", method="sdpg", kl_coef=0.05, sdpg_schedule=False, distill_coef=1.0,
+                           compile_scoring=flag)
+        policy.load_state_dict(start)
+        teacher = Teacher(policy, cfg.teacher_mode, cfg.sync_every, cfg.ema_rate)
+        opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
+        counters.clear()
+        rows[flag] = step_mod.rl_step(policy, tok, ref, opt, problems, cfg, 0, teacher)
+        graphs = counters["stats"]["unique_graphs"]
+        grads[flag] = {n: p.grad.clone() for n, p in policy.named_parameters()}
+    assert graphs >= 3, "the student's, the teacher's and the reference's forwards were not all compiled"
+    eager, compiled = rows[False], rows[True]
+    assert eager["gate_frac"] > 0 and eager["kl_ref"] > 0 and eager["teacher_kl"] > 0   # every term is live
+    for key in ("loss", "grad_norm", "entropy", "teacher_kl", "kl_ref", "distill_loss"):
+        assert compiled[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-6), key
+    # the gradients the step applied (Adam's first step moves a weight by about lr whatever its
+    # gradient's size, so the weights themselves would compare a near-0 gradient's rounding)
+    for name in grads[False]:
+        scale = grads[False][name].abs().max().item()
+        torch.testing.assert_close(grads[True][name], grads[False][name], atol=1e-4 * scale, rtol=1e-3)
+
+
 @pytest.mark.parametrize("field, value", [("prompts_per_step", 2001), ("probe_problems", 257)])
 def test_train_refuses_more_distinct_problems_than_the_task_has(field, value, tmp_path):
     from rlsd_min import train, train_config

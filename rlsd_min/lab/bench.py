@@ -91,16 +91,17 @@ def peak_memory_mb(step: Callable, device: torch.device) -> float:
 
 
 def step_times(methods=tuple(METHODS), profile: str = "cpu", rounds: int = 5, warmup: int = 1,
-               device=None, progress: bool = True) -> dict:
+               device=None, progress: bool = True, fields: dict | None = None) -> dict:
     """{method: {"rounds": [one_step's metrics, one dict per timed round], "peak_mem_mb": float}}
-    on one fixed batch of the profile; the peak memory comes from one more, untimed step."""
+    on one fixed batch of the profile, every method's TrainConfig with `fields` set (the speed
+    flags); the peak memory comes from one more, untimed step."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     device = pick_device(device)
-    configs = {m: train_config(profile, method=m) for m in methods}
+    configs = {m: train_config(profile, method=m, **(fields or {})) for m in methods}
     base, tokenizer = load(configs[methods[0]].base_path(), device)
     start = copy.deepcopy(base.state_dict())
     problems = batch_problems(problems_of(load_splits(configs[methods[0]].data_path())["train"]), 0,

@@ -36,15 +36,16 @@ def require_trl():
     return trl
 
 
-def trl_comparison(profile: str = "cpu", rounds: int = 5, warmup: int = 1) -> dict:
-    """{'trl': [s/step], 'ours': [s/step]} for `rounds` steps after `warmup`, interleaved."""
+def trl_comparison(profile: str = "cpu", rounds: int = 5, warmup: int = 1, fields: dict | None = None) -> dict:
+    """{'trl': [s/step], 'ours': [s/step]} for `rounds` steps after `warmup`, interleaved; our
+    GRPO step's TrainConfig with `fields` set (the speed flags)."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     trl = require_trl()
     from datasets import Dataset
     from transformers import TrainerCallback
 
-    cfg = train_config(profile, method="grpo")
+    cfg = train_config(profile, method="grpo", **(fields or {}))
     ours, tokenizer = load(cfg.base_path())
     optimizer = torch.optim.AdamW(ours.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
     train_set = problems_of(load_splits(cfg.data_path())["train"])

@@ -186,7 +186,10 @@ def cmd_bench(args) -> None:
 
     from .bench import MEMORY_NOTE, format_limits, format_table, step_times, summarize
 
+    fields = _parse_sets(args.set)
     header = f"device {pick_device()}, torch threads {torch.get_num_threads()}"
+    if fields:
+        header += ", " + " ".join(f"{k}={v}" for k, v in fields.items())
 
     if args.trl_trainers:
         import warnings
@@ -195,6 +198,8 @@ def cmd_bench(args) -> None:
 
         warnings.filterwarnings("ignore", category=FutureWarning)
         methods = tuple(args.methods.split(",")) if args.methods else TRAINER_METHODS
+        if fields:
+            raise ValueError("--set is not taken by --trl-trainers (each trainer runs its method's defaults)")
         times = trainer_comparison(args.profile, args.rounds, args.warmup, methods)
         print(f"\n{args.profile} profile, {args.rounds} rounds after {args.warmup} warm-up, interleaved, {header}")
         print(format_trainer_comparison(times))
@@ -205,13 +210,15 @@ def cmd_bench(args) -> None:
         from .bench_trl import format_comparison, trl_comparison
 
         warnings.filterwarnings("ignore", category=FutureWarning)
-        times = trl_comparison(args.profile, args.rounds, args.warmup)
+        times = trl_comparison(args.profile, args.rounds, args.warmup, fields)
         print(f"\n{args.profile} profile, GRPO, {args.rounds} steps after {args.warmup} warm-up, interleaved, {header}")
         print(format_comparison(times))
         return
     if args.scaling:
         from .bench_scaling import format_scaling, scaling_times, summarize_scaling
 
+        if fields:
+            raise ValueError("--set is not taken by --scaling (its flags axis sets the speed flags itself)")
         times = scaling_times(tuple(args.axes.split(",")), tuple((args.methods or "grpo,rlsd").split(",")),
                               args.profile, args.rounds, args.warmup)
         print(f"\n{args.profile} profile, {args.rounds} rounds after {args.warmup} warm-up, interleaved per axis, "
@@ -219,7 +226,7 @@ def cmd_bench(args) -> None:
         print(format_scaling(summarize_scaling(times)))
         return
     methods = tuple((args.methods or "grpo,opsd,grpo_opsd,rlsd,sdpg").split(","))
-    times = step_times(methods, args.profile, args.rounds, args.warmup)
+    times = step_times(methods, args.profile, args.rounds, args.warmup, fields=fields)
     print(f"\n{args.profile} profile, {args.rounds} rounds after {args.warmup} warm-up, {header}; "
           f"phases in seconds; {MEMORY_NOTE}")
     rows = summarize(times)
@@ -322,6 +329,9 @@ def main(argv=None) -> None:
                    "GRPOTrainer on the same work (rlsd_min.integrations.trl; needs .[trl])")
     p.add_argument("--scaling", action="store_true", help="step time against each axis of --axes (rlsd_min.lab.bench_scaling)")
     p.add_argument("--axes", default="group,length,model", help="with --scaling: any of group, length, model, flags")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override TrainConfig fields of every timed step (the speed flags: static_cache_compile, "
+                        "compile_scoring, bf16_autocast); not with --scaling or --trl-trainers")
     p.set_defaults(func=cmd_bench)
 
     p = command("verify", "every method on each task over several seeds -> results/ and REPORT.md")
