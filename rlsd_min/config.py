@@ -171,7 +171,8 @@ class TrainConfig:
     (log-probs and losses stay float32); sampling then draws from the bf16-computed policy"""
     static_cache_compile: bool = False
     """sample with the decoding step's forward compiled by torch.compile (rlsd_min.sampling.
-    compiled_forward, fixed shapes, over transformers' StaticCache); the first step pays the compile"""
+    compiled_forward, over transformers' StaticCache); the first step pays the compile, a batch of
+    another width one more"""
     compile_scoring: bool = False
     """run the forwards that score completions (the student's in the update, its backward with it;
     the teacher's; the reference's) through torch.compile with dynamic shapes (rlsd_min.sampling.

@@ -339,9 +339,10 @@ def test_filled_prefix_cache_decodes_as_the_uncached_forward(base, splits):
     """The decoding loop's cache (allocated once, attention over the filled positions, the mask
     handed over ready-made) against recomputing every step without a cache: the same greedy
     tokens, left-padded rows included, and the same next-token logits at each step."""
-    from rlsd_min.sampling import FilledPrefixCache, decode
+    from rlsd_min.sampling import FilledPrefixCache, cache_argument, decode
 
     model, tok = base
+    name = cache_argument(model)
     prompts = [p.prompt for p in splits["validation"][:6]] + ["1+2=", "12+3="]   # left-padded rows
     ids, mask = encode_prompts(tok, prompts, "cpu")                                # (N, P)
     with torch.no_grad():
@@ -356,11 +357,11 @@ def test_filled_prefix_cache_decodes_as_the_uncached_forward(base, splits):
         # the cache's logits at one step, against the uncached forward's
         cache = FilledPrefixCache(model.config, ids.shape[1] + 4)
         pos = (mask.cumsum(1) - 1).clamp(min=0)
-        model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+        model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{name: cache})
         assert [layer.filled for layer in cache.layers] == [ids.shape[1]] * len(cache.layers)
         step_attn = torch.cat([mask, torch.ones_like(mask[:, :1])], 1).bool()[:, None, None, :]  # (N, 1, 1, P + 1)
         cached = model(input_ids=tokens[:, :1], attention_mask=step_attn, position_ids=pos[:, -1:] + 1,
-                       cache=cache, use_cache=True).logits[:, -1]                                 # (N, V)
+                       use_cache=True, **{name: cache}).logits[:, -1]                                 # (N, V)
         full = torch.cat([ids, tokens[:, :1]], 1)
         full_attn = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         uncached = model(input_ids=full, attention_mask=full_attn,

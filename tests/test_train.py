@@ -325,8 +325,8 @@ def test_rl_step_under_bf16_autocast_matches_float32_on_the_same_batch(splits, m
 
 def test_compile_scoring_gives_the_eager_step_on_the_same_batch(splits, monkeypatch):
     """compile_scoring: the student's forward and backward, the live teacher's forward and the
-    reference's run compiled; on one pinned batch, SDPG's loss, its parts, the gradient and the
-    updated weights are the eager step's up to kernel rounding."""
+    reference's run compiled; on one pinned batch, SDPG's loss, its parts and the gradients it
+    applies are the eager step's up to kernel rounding."""
     import shutil
 
     from torch._dynamo.utils import counters

@@ -187,6 +187,10 @@ def cmd_bench(args) -> None:
     from .bench import MEMORY_NOTE, format_limits, format_table, step_times, summarize
 
     fields = _parse_sets(args.set)
+    if fields and (args.scaling or args.trl_trainers):
+        which = "--scaling (its flags axis sets the speed flags itself)" if args.scaling else \
+            "--trl-trainers (each trainer runs its method's defaults)"
+        raise ValueError(f"--set is not taken by {which}")
     header = f"device {pick_device()}, torch threads {torch.get_num_threads()}"
     if fields:
         header += ", " + " ".join(f"{k}={v}" for k, v in fields.items())
@@ -198,8 +202,6 @@ def cmd_bench(args) -> None:
 
         warnings.filterwarnings("ignore", category=FutureWarning)
         methods = tuple(args.methods.split(",")) if args.methods else TRAINER_METHODS
-        if fields:
-            raise ValueError("--set is not taken by --trl-trainers (each trainer runs its method's defaults)")
         times = trainer_comparison(args.profile, args.rounds, args.warmup, methods)
         print(f"\n{args.profile} profile, {args.rounds} rounds after {args.warmup} warm-up, interleaved, {header}")
         print(format_trainer_comparison(times))
@@ -217,8 +219,6 @@ def cmd_bench(args) -> None:
     if args.scaling:
         from .bench_scaling import format_scaling, scaling_times, summarize_scaling
 
-        if fields:
-            raise ValueError("--set is not taken by --scaling (its flags axis sets the speed flags itself)")
         times = scaling_times(tuple(args.axes.split(",")), tuple((args.methods or "grpo,rlsd").split(",")),
                               args.profile, args.rounds, args.warmup)
         print(f"\n{args.profile} profile, {args.rounds} rounds after {args.warmup} warm-up, interleaved per axis, "
