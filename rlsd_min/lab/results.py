@@ -215,8 +215,9 @@ SETTINGS = ("method", "steps", "teacher_mode", "teacher_context", "distill_coef"
 
 
 def provenance_commands(paths: list[str]) -> list[str]:
-    """The distinct commands that trained the runs in `paths` (each start's, from provenance.json,
-    as `python -m rlsd_min ...`), in the order first met."""
+    """The distinct command lines that trained the runs in `paths` (each start's, as provenance.json
+    records it: the script's name, `__main__.py` for `python -m ...`, then its arguments), in the
+    order first met."""
     commands = []
     for path in paths:
         record = os.path.join(path, "provenance.json")
@@ -225,7 +226,7 @@ def provenance_commands(paths: list[str]) -> list[str]:
         with open(record) as f:
             for start in json.load(f)["starts"]:
                 argv = start.get("command") or []
-                text = " ".join(["python -m rlsd_min"] + argv[1:]) if argv else None
+                text = " ".join(argv) if argv else None
                 if text and text not in commands:
                     commands.append(text)
     return commands
