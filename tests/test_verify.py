@@ -11,7 +11,7 @@ import torch
 
 from rlsd_min.lab.experiment import experiment_config, parse_shard, run_experiment, shard_runs
 from rlsd_min.lab.report import claims, to_settle
-from rlsd_min.lab.results import clock_span, extends, missing_probes, plan, plan_budget, run_summary
+from rlsd_min.lab.results import clock_span, extends, missing_probes, plan, run_summary
 from rlsd_min.run_folder import RunFolderError
 
 
@@ -320,7 +320,7 @@ def test_the_final_plan_lists_its_runs_counts_and_time_and_leaves_out_the_contex
     from rlsd_min.lab.design import FINAL, VARIANTS, final_plan
     from rlsd_min.teacher import CONTEXT_KINDS
 
-    methods, variants, seeds, waiting = final_plan()
+    _, _, seeds, waiting = final_plan()
     assert set(waiting) == {n for n, (_, sets) in VARIANTS.items()
                             if n in FINAL and sets.get("teacher_context", "answer") not in CONTEXT_KINDS}
     assert set(seeds) | set(waiting) == set(FINAL) and min(FINAL[m] for m in ("grpo", "rlsd", "sdpg", "grpo_opsd",

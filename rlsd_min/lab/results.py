@@ -233,9 +233,11 @@ def provenance_commands(paths: list[str]) -> list[str]:
 
 
 def summarize(out: str, write: bool = True) -> dict:
-    """{task: {label: {metric: {mean, std, n, values}}}} over the finished seeds of `out`, plus the
-    run count, the runs not finished (`missing`), the training seconds summed over runs (`wall_s`)
-    and the experiment's wall-clock span (`clock`, clock_span); written to
+    """{task: {label: {metric: {mean, std, n, values, seeds}}}} over the finished seeds of `out`,
+    plus the run count, the runs not finished (`missing`), the training seconds summed over runs
+    (`wall_s`) and per run of each task/label (`run_wall_s`), the experiment's wall-clock span
+    (`clock`, clock_span), the endpoint (`endpoint`, ENDPOINT), the command lines of the runs'
+    provenance (`commands`) and each task/label's SETTINGS (`settings`); written to
     out/summary.json when `write`."""
     exp = read_experiment(out)
     table, wall, runs, missing, done, walls = {}, 0.0, 0, [], [], {}
