@@ -28,7 +28,7 @@ import torch
 
 from . import model as model_io
 from .config import TrainConfig, save_json
-from .registry import METHODS
+from .methods import METHODS
 
 
 class RunFolderError(ValueError):

@@ -38,7 +38,7 @@ from rlsd_min.config import TrainConfig, field_docs  # noqa: E402
 from rlsd_min.integrations import trl as rt  # noqa: E402
 from rlsd_min.integrations.tiny import arith_reward, arith_rows, build_tiny_chat_model  # noqa: E402
 from rlsd_min.methods import rlsd_lambda, sdpg_beta, sdpg_windows  # noqa: E402
-from rlsd_min.registry import METHODS  # noqa: E402
+from rlsd_min.methods import METHODS  # noqa: E402
 from rlsd_min.sampling import Rollout, decode_completions, encode_prompts, token_logprobs  # noqa: E402
 from rlsd_min.step import make_teacher, score_rollout, update  # noqa: E402
 from rlsd_min.tasks import TASKS, load_splits, problems_of  # noqa: E402

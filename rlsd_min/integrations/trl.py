@@ -51,8 +51,10 @@ from transformers import TrainerCallback
 from trl.trainer.utils import pad, split_tensor_dict
 
 from ..config import TrainConfig, field_docs
-from ..registry import METHOD_FIELDS, METHODS
-from ..sampling import Rollout, entropy, masked_mean
+from ..methods import METHOD_FIELDS, METHODS
+from ..batch import Rollout
+from ..objective import masked_mean
+from ..sampling import entropy
 from ..step import StepBatch, method_loss, teacher_scores
 from ..teacher import Teacher, teacher_prompt
 

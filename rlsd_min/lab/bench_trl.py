@@ -126,7 +126,7 @@ def trainer_comparison(profile: str = "cpu", rounds: int = 5, warmup: int = 1,
     from transformers import TrainerCallback
 
     from ..integrations import trl as rt
-    from ..registry import METHODS
+    from ..methods import METHODS
 
     cfg = train_config(profile, method="grpo")
     _, tokenizer = load(cfg.base_path())
