@@ -135,8 +135,6 @@ def teacher_kl_basis(settings: dict) -> str:
     teacher scores, Method.teacher_rows, asked here of advantages -1, 0, +1)."""
     import torch
 
-    from ..registry import METHODS
-
     if settings["teacher_context"] is None:
         return ""
     rows = METHODS[settings["method"]].teacher_rows(torch.tensor([-1.0, 0.0, 1.0]), SimpleNamespace(**settings))
