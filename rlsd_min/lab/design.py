@@ -101,11 +101,10 @@ COMMITTED_VARIANT_SEEDS = 3
 """seeds of each variant in the committed results/ (`--variant-seeds 3`)"""
 
 FINAL = {
-    "grpo": 20, "rlsd": 20, "sdpg": 20, "grpo_opsd": 20, "sdpg_nodistill": 20,
-    "opsd": 5, "opsd_live": 5, "opsd_steps400": 5,
-    "rlsd_epsw0.9": 5, "rlsd_lamconst": 5, "sdpg_beta1.0": 5,
-    "rlsd_solution": 5, "rlsd_solution_lamconst": 5, "sdpg_answer": 5,
-    "grpo_opsd_sibling": 10, "grpo_opsd_other": 10, "rlsd_sibling": 10, "rlsd_other": 10,
+    **{m: 20 for m in VERIFY_METHODS}, "opsd": 5, "sdpg_nodistill": 20,
+    **{v: 5 for v in ("opsd_live", "opsd_steps400", "rlsd_epsw0.9", "rlsd_lamconst", "sdpg_beta1.0",
+                      "rlsd_solution", "rlsd_solution_lamconst", "sdpg_answer")},
+    **{v: 10 for v, (_, sets) in VARIANTS.items() if sets.get("teacher_context") in CONTEXT_ARMS},
 }
 """The final experiment on mul7: {run label: seeds 0..n-1}. Every label shares seed indices with
 its method and with GRPO, so each comparison is paired over the seeds both have. 20 seeds for the

@@ -26,6 +26,7 @@ from types import SimpleNamespace
 
 from ..methods import METHODS
 from . import stats
+from .design import CONTEXT_ARMS, VARIANTS
 from .plots import plt, plot_seed_bands
 from .results import finished_history, read_experiment, run_dir, seeds_of
 
@@ -231,13 +232,14 @@ def task_claims(task: str, t: dict, settings: dict | None = None) -> list[Claim]
     claim("SDPG's answer-only teacher term helps: SDPG (answer) ends above SDPG with distill_coef = 0",
           two_methods(t, "final_acc", "sdpg_answer", "sdpg_nodistill"))
     claim("The solution teacher moves SDPG more than the answer teacher", two_methods(t, "final_acc", "sdpg", "sdpg_answer"))
-    for m in ("grpo_opsd", "rlsd"):
-        claim(f"{_label(m)}'s gain needs the problem's own reference: default context above another problem's",
-              two_methods(t, "final_acc", m, f"{m}_other"))
-        claim(f"{_label(m)}: the reference serves better than a sibling's success", two_methods(t, "final_acc", m, f"{m}_sibling"))
-        for ctx in ("sibling", "other"):
-            claim(f"{_label(m)} with the {ctx} context ends above GRPO (its teacher term off)",
-                  two_methods(t, "final_acc", f"{m}_{ctx}", "grpo"))
+    for name, (m, sets) in VARIANTS.items():  # the teacher contexts of the 'privilege or context' question
+        context = sets.get("teacher_context")
+        if context in CONTEXT_ARMS:
+            claim(f"{_label(m)}'s gain needs the problem's own reference: default context above another problem's"
+                  if context == "other" else f"{_label(m)}: the reference serves better than a sibling's success",
+                  two_methods(t, "final_acc", m, name))
+            claim(f"{_label(m)} with the {context} context ends above GRPO (its teacher term off)",
+                  two_methods(t, "final_acc", name, "grpo"))
     if "opsd" in t and _get(t["opsd"], "tail_distill_floor"):
         claim("OPSD's loss stays above its exact floor, E_r D(q_r, p) >= floor",
               one_method(t, "opsd", "tail_distill_loss", "tail_distill_floor"))
