@@ -24,6 +24,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import typing
 
 import pytest
 import torch
@@ -31,6 +32,7 @@ import torch
 if not os.environ.get("CI"):  # CI installs the trl extra: there a missing trl fails, not skips
     pytest.importorskip("trl")
 
+import trl  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # noqa: E402
 
@@ -46,15 +48,12 @@ from rlsd_min.tasks import TASKS, load_splits, problems_of  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parent.parent
 G, T = 4, 24
 CONFIGS = {"rlsd": rt.RLSDConfig, "sdpg": rt.SDPGConfig, "opsd": rt.OPSDConfig, "grpo_opsd": rt.OPSDConfig}
-TOL = dict(rtol=1e-9, atol=1e-11)
-"""float64 on both sides: the loss and every gradient agree to rounding"""
-TOL_REF = 1e-6
-"""with a reference model (kl_coef > 0) or num_iterations > 1, TRL scores pi_ref and pi_old with
-its fused LM head, which works in float32; with gradient checkpointing the student runs in one
-pass, whose float64 gradients differ from the two-pass ones by about 1e-7: then every gradient
-entry is within TOL_REF x the largest entry of its parameter's gradient (measured: <= 4e-7)"""
-LOSS_REL = 1e-6
-"""the logged loss: the Trainer sums it over accumulated micro-batches in float32"""
+TOL_FUSED = 1e-4
+"""TRL's fused LM head (the one scoring path: the student's, the teacher's, pi_old's and pi_ref's
+log-probs) computes log-probs in float32, so a float64 model's update agrees with rlsd_min's
+float64 update to float32 rounding: every gradient entry within TOL_FUSED x the largest entry of
+its parameter's gradient (measured: <= 3e-6, and 8e-5 for opsd 'sampled', whose token
+advantage is a difference of two log-probs), the loss and the metrics to TOL_FUSED relative"""
 
 
 @pytest.fixture(scope="session")
@@ -151,20 +150,50 @@ def rlsd_min_config(method, **fields) -> TrainConfig:
 
 # --- the configs ---------------------------------------------------------------------------
 
+@pytest.mark.parametrize("cls", [rt.RLSDConfig, rt.SDPGConfig, rt.OPSDConfig])
+def test_config_fields_are_trainconfigs_method_fields_types_defaults_and_help(cls):
+    """The dataclasses written out in trl_configs: their own fields are the union of their methods'
+    fields (the records' `reads`), each with TrainConfig's type, default and docstring."""
+    types, theirs, docs = typing.get_type_hints(cls), typing.get_type_hints(TrainConfig), field_docs(TrainConfig)
+    base = {f.name for f in dataclasses.fields(trl.GRPOConfig)}
+    own = {f.name: f for f in dataclasses.fields(cls) if f.name not in base and f.name != "with_reward"}
+    assert set(own) == {n for m in cls.METHOD_FLAGS for n in rt.method_fields(m)}
+    for name, f in own.items():
+        assert types[name] == theirs[name], name
+        assert f.default == docs[name][0], name
+        assert f.metadata["help"] == docs[name][1], name
+
+
 @pytest.mark.parametrize("method", ["rlsd", "sdpg", "opsd", "grpo_opsd"])
-def test_config_method_fields_are_trainconfigs_names_docs_defaults_and_resolution(method, tmp_path):
-    cls, docs = CONFIGS[method], field_docs(TrainConfig)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    names = rt.method_fields(method)
-    assert {"kl_coef", "kl_estimator", "loss_agg", "teacher_mode", "privileged_template", "dual_clip"} <= set(names)
-    for name in names:
-        assert fields[name].default == docs[name][0], name                # TrainConfig's default (None: the method's)
-        assert fields[name].metadata["help"] == docs[name][1], name
+def test_config_resolves_method_fields_as_trainconfig(method, tmp_path):
     args = config(method, tmp_path)
     resolved = TrainConfig(method=method).validate()                      # TrainConfig's resolution of the method
-    for name in names:
-        assert getattr(args, name) == getattr(resolved, name), name
+    for name in rt.method_fields(method):
+        if name != "privileged_template":  # None until the trainer sees the dataset (text or chat)
+            assert getattr(args, name) == getattr(resolved, name), name
+    assert args.privileged_template is None and args.rlsd_config.privileged_template == resolved.privileged_template
     assert args.beta == resolved.kl_coef and args.rlsd_config.method == method
+
+
+def test_trainer_and_config_names_come_from_the_method_records():
+    from rlsd_min.integrations.trl_records import record, trl_methods
+    from rlsd_min.lab.bench_trl import TRAINER_METHODS, trainer_name
+
+    assert set(rt.TRAINERS) == set(rt.CONFIGS) == set(TRAINER_METHODS) == set(trl_methods())
+    for m in trl_methods():
+        assert rt.TRAINERS[m].__name__ == record(m).trl_trainer and trainer_name(m).startswith(record(m).trl_trainer)
+        args = rt.CONFIGS[m](output_dir="unused", use_cpu=True, report_to="none")
+        assert type(args).__name__ == record(m).trl_config and args.method == m
+
+
+@pytest.mark.parametrize("method, loss_type, loss_agg", [("sdpg", "dapo", "token-mean"), ("rlsd", "dapo", "token-mean"),
+                                                       ("sdpg", "grpo", "seq-mean"), ("opsd", None, "token-mean"),
+                                                       ("sdpg", None, "group-token-mean")])
+def test_loss_type_is_read_as_the_same_loss_agg(method, loss_type, loss_agg, tmp_path):
+    """dapo (the sum over the batch's tokens / their count) is token-mean, given or not equal to
+    TRL's default; grpo is seq-mean; not given, the method's loss_agg."""
+    args = config(method, tmp_path, loss_type=loss_type)
+    assert args.loss_agg == args.rlsd_config.loss_agg == loss_agg
 
 
 def test_config_fields_per_method():
@@ -193,7 +222,9 @@ def test_config_translates_trl_names_to_trainconfig(tmp_path):
     ("opsd", dict(divergence="hellinger"), "cannot use divergence='hellinger'"),
     ("grpo_opsd", dict(divergence="sampled"), "cannot use divergence='sampled'"),
     ("sdpg", dict(beta=0.04), "reference-KL weight is kl_coef"),
-    ("rlsd", dict(loss_type="grpo"), "loss_agg"),
+    ("rlsd", dict(loss_type="bnpo"), "set loss_agg"),
+    ("sdpg", dict(loss_type="dr_grpo"), "set loss_agg"),
+    ("rlsd", dict(loss_type="dapo", loss_agg="seq-mean"), "set one of them"),
     ("rlsd", dict(per_device_train_batch_size=2, gradient_accumulation_steps=2), "whole groups"),
     ("rlsd", dict(steps_per_generation=2), "one optimiser step per sampled batch"),
     ("rlsd", dict(rlsd_eps_w=1.5), "rlsd_eps_w must be in"),
@@ -255,10 +286,12 @@ def test_teacher_prompt_equal_to_the_student_prompt_gives_exactly_the_students_l
     trainer.model.eval()
     batch_in = trainer._generate_and_score_completions(rows)
     assert torch.equal(batch_in["teacher_prompt_ids"], batch_in["prompt_ids"])
-    batch = trainer._step_batch(batch_in, trainer._rlsd_config())
-    student, _ = token_logprobs(trainer.model, batch.rollout)
+    cfg = trainer._rlsd_config()
+    batch = trainer._step_batch(trainer.model, batch_in, cfg)
+    with torch.no_grad():
+        student = trainer.student_scores(trainer.model, batch, cfg)[0]
     mask = batch.rollout.completion_mask.bool()
-    assert torch.equal(batch.teacher_logp[mask], student.detach()[mask])
+    assert torch.equal(batch.teacher_logp[mask], student[mask])
 
 
 @pytest.mark.parametrize("conversational", [False, True])
@@ -273,8 +306,8 @@ def test_teacher_column_t_scores_completion_token_t(conversational, tiny_path, p
              "privileged_context": p.context("answer"), "answer": p.answer} for p in problems for _ in range(G)]
     trainer.model.eval()
     batch_in = trainer._generate_and_score_completions(rows)
-    batch = trainer._step_batch(batch_in, trainer._rlsd_config())
-    model = trainer._teacher.model                                           # RLSD's synced copy
+    batch = trainer._step_batch(trainer.model, batch_in, trainer._rlsd_config())
+    model = trainer._teacher.teacher.model                                   # RLSD's synced copy
     for i in range(len(rows)):
         tp = batch_in["teacher_prompt_ids"][i][batch_in["teacher_prompt_mask"][i].bool()].tolist()
         text = tok.decode(tp)
@@ -312,22 +345,15 @@ def test_one_update_equals_rlsd_mins_update_in_float64(method, fields, trl_only,
     cfg = rlsd_min_config(method, **fields)
     iterations = cfg.num_iterations
     row, ours, batch = rlsd_min_side(method, tiny_path, problems, cfg)
-    # TRL scores pi_ref, and with num_iterations > 1 pi_old, with its float32 fused LM head
-    tol = TOL_REF if cfg.kl_coef > 0 or iterations > 1 or trl_only.get("activation_checkpointing") else TOL
     assert batch.advantages.abs().sum() > 0 and len(grads) == iterations
     last = logged[iterations - 1]                                   # the last iteration's, as update returns
-    assert math.isclose(last["loss"], row["loss"], rel_tol=LOSS_REL, abs_tol=1e-12), (last["loss"], row["loss"])
+    assert math.isclose(last["loss"], row["loss"], rel_tol=TOL_FUSED, abs_tol=1e-9), (last["loss"], row["loss"])
     assert any(g.abs().sum() > 0 for g in ours.values())
-    for name, g in ours.items():
-        if tol is TOL:
-            torch.testing.assert_close(grads[-1][name], g, **TOL, msg=name)
-        else:
-            assert (grads[-1][name] - g).abs().max() <= TOL_REF * g.abs().max() + 1e-15, name
-    accumulated = trl_only.get("gradient_accumulation_steps", 1) > 1  # then metrics are micro-batch means
+    worst = max(float((grads[-1][n] - g).abs().max() / g.abs().max().clamp(min=1e-30)) for n, g in ours.items())
+    assert worst <= TOL_FUSED, worst
     for name in ("lam", "w_clip_frac", "distill_loss", "beta", "gate_frac", "teacher_kl", "kl_ref"):
-        if name in row and not accumulated:
-            rel = 1e-7 if tol is TOL else 1e-4  # teacher_kl reads pi_old: TRL's float32 scores
-            assert math.isclose(last[name], row[name], rel_tol=rel, abs_tol=1e-9), name
+        if name in row:  # the step's value, weighted over the micro-batches
+            assert math.isclose(last[name], row[name], rel_tol=TOL_FUSED, abs_tol=1e-9), name
 
 
 # --- logging, schedules and the teacher's weights ---------------------------------------------
@@ -374,17 +400,17 @@ def test_the_frozen_teacher_keeps_the_initial_weights_and_is_saved_with_checkpoi
     initial = AutoModelForCausalLM.from_pretrained(tiny_path)
     x = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
-        t, s, i = (m(input_ids=x).logits for m in (trainer._teacher.model, trainer.model, initial))
+        t, s, i = (m(input_ids=x).logits for m in (trainer._teacher.teacher.model, trainer.model, initial))
     assert torch.equal(t, i) and not torch.allclose(s, i)
     checkpoint = tmp_path / "out" / "checkpoint-2"
-    saved = torch.load(checkpoint / rt._SelfDistillationTrainer.TEACHER_FILE)
+    saved = torch.load(checkpoint / rt._SelfDistillationTrainer.TEACHER_FILE, weights_only=True)
     assert all(torch.equal(saved[k], v) for k, v in initial.state_dict().items())
     # resumed from the checkpoint, the teacher is theta_0 again, not the checkpoint's student
     again, _, _ = trl_side("opsd", tiny_path, problems, tmp_path, dtype=torch.float32, train=False, max_steps=3,
                            learning_rate=0.05, cast_lm_head_to_fp32=cast_lm_head_to_fp32)
     again.train(resume_from_checkpoint=str(checkpoint))
     with torch.no_grad():
-        assert torch.equal(again._teacher.model(input_ids=x).logits, i)
+        assert torch.equal(again._teacher.teacher.model(input_ids=x).logits, i)
 
 
 def test_shard_weight_makes_the_mean_over_shards_the_whole_batch_aggregate():
@@ -459,6 +485,7 @@ def test_trainer_comparison_table_ratio_is_the_median_of_per_round_ratios():
     text = format_trainer_comparison({"grpo": [1.0, 2.0, 4.0], "rlsd": [1.2, 2.0, 8.0]})
     assert "| RLSDTrainer | 2.000 | 1.200-8.000 | 1.20 |" in text        # not 1.00, the ratio of the medians
     assert "rlsd / GRPOTrainer per round: 1.20 1.00 2.00" in text
+    assert format_trainer_comparison({"grpo": [1.0], "grpo_opsd": [2.0]}).count("OPSDTrainer(with_reward=True)") == 1
 
 
 def test_trainer_comparison_interleaves_the_trainers_on_the_ci_profile():

@@ -52,7 +52,7 @@ def main(path: str, out: str) -> None:
         trainer._generate_single_turn = lambda prompt_ids, images, mm, n, **kw: (
             [table[tuple(ids)][i % n] for i, ids in enumerate(prompt_ids)], None)
         local, log = [], trainer._log_rlsd_metrics
-        trainer._log_rlsd_metrics = lambda metrics, mode: (local.append(dict(metrics)), log(metrics, mode))
+        trainer._log_rlsd_metrics = lambda metrics, w, mode: (local.append(dict(metrics)), log(metrics, w, mode))
         start = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
         trainer.train()
         weights = torch.cat([p.detach().flatten() for p in trainer.accelerator.unwrap_model(trainer.model).parameters()])
