@@ -36,8 +36,10 @@ import trl  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # noqa: E402
 
+import hf_fixtures as hf  # noqa: E402
 from rlsd_min.config import TrainConfig, field_docs  # noqa: E402
 from rlsd_min.integrations import trl as rt  # noqa: E402
+from rlsd_min.integrations import trl_teacher  # noqa: E402
 from rlsd_min.integrations.tiny import arith_reward, arith_rows, build_tiny_chat_model  # noqa: E402
 from rlsd_min.methods import rlsd_lambda, sdpg_beta, sdpg_windows  # noqa: E402
 from rlsd_min.registry import METHODS  # noqa: E402
@@ -493,3 +495,135 @@ def test_trainer_comparison_interleaves_the_trainers_on_the_ci_profile():
 
     times = trainer_comparison("ci", rounds=1, warmup=1, methods=("rlsd",))
     assert set(times) == {"grpo", "rlsd"} and all(len(v) == 1 and v[0] > 0 for v in times.values())
+
+
+# --- the realistic matrix: a Qwen2-shape model, a BPE tokenizer with ChatML (tests/hf_fixtures.py) --
+
+@pytest.fixture(scope="session")
+def qwen_path(tmp_path_factory):
+    return hf.build_qwen2_chat_model(str(tmp_path_factory.mktemp("qwen2") / "model"))
+
+
+def qwen_run(method, path, tmp_path, conversational=False, n=4, reward=hf.reward, callbacks=(), train=True,
+             peft_config=None, **overrides):
+    """A trainer on `n` prompts of varying length (4 per step), injected completions of varying length."""
+    data = hf.rows(n, conversational)
+    kw = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=G, num_generations=G,
+              gradient_accumulation_steps=4, max_completion_length=12, max_steps=1, learning_rate=1e-12,
+              report_to="none", use_cpu=True, bf16=True, logging_steps=1, save_strategy="no",
+              disable_tqdm=True, shuffle_dataset=False, seed=0)
+    kw.update(overrides)
+    if method == "grpo_opsd":
+        kw["with_reward"] = True
+    trainer = rt.TRAINERS[method](model=path, reward_funcs=reward, args=CONFIGS[method](**kw),
+                                  train_dataset=Dataset.from_list(data), callbacks=list(callbacks),
+                                  peft_config=peft_config)
+    hf.inject(trainer, data)
+    if train:
+        trainer.train()
+    return trainer, [h for h in trainer.state.log_history if "loss" in h]
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+@pytest.mark.parametrize("method", ["rlsd", "sdpg", "opsd", "grpo_opsd"])
+def test_at_theta_ref_the_ratio_is_one_and_the_reference_kl_zero(method, bf16, qwen_path, tmp_path):
+    """theta = theta_old = theta_ref (lr 1e-12 moves no weight): with accumulation 4, prompts of
+    1-3 lead-ins and num_iterations 2 (TRL then scores pi_old itself), the student's log-probs
+    are TRL's old and reference log-probs, bit for bit (on 5fe4387 bf16 gave kl_ref 2.9e-8)."""
+    _, logs = qwen_run(method, qwen_path, tmp_path, conversational=method in ("sdpg", "opsd"), bf16=bf16,
+                       kl_coef=0.01, num_iterations=2, max_steps=2)
+    assert len(logs) == 2
+    for row in logs:
+        assert 0 <= row["kl_ref"] <= 1e-10, row["kl_ref"]
+        assert row.get("clip_frac", 0.0) == 0.0
+
+
+def _unanimous_reward(prompts, completions, answer, **kwargs):
+    """hf.reward, but 0 for every completion of the prompts that start "Answer with": groups
+    whose advantages are all 0, which neither RLSD's nor SDPG's teacher scores."""
+    text = lambda p: p[-1]["content"] if isinstance(p, list) else p
+    return [0.0 if "Answer with" in text(p) else r for p, r in zip(prompts, hf.reward(completions, answer))]
+
+
+@pytest.mark.parametrize("method, fields", [("rlsd", dict(rlsd_eps_w=0.01)), ("sdpg", dict(sdpg_schedule=False))])
+def test_method_metrics_equal_the_tiny_loops_on_the_batch_for_accumulation_1_and_4(method, fields, qwen_path,
+                                                                                  tmp_path):
+    """8 prompts: one step of 32 rows, 8 groups, 2 of them with equal rewards (no teacher rows).
+    The logged teacher_kl, w_clip_frac, gate_frac, distill_loss ... are rlsd_min's loss metrics on
+    the whole batch at once, for 1 and 4 accumulated micro-batches (on 5fe4387 a micro-batch with
+    no scored rows counted 0.0 and the logged value was their plain mean)."""
+    logged = {}
+    for accumulation in (1, 4):
+        captured = []
+        trainer, logs = qwen_run(method, qwen_path, tmp_path / str(accumulation), n=8, reward=_unanimous_reward,
+                                 bf16=False, per_device_train_batch_size=32 // accumulation,
+                                 gradient_accumulation_steps=accumulation, train=False, **fields)
+        generate = trainer._generate_and_score_completions
+        trainer._generate_and_score_completions = lambda inputs: captured.append(generate(inputs)) or captured[-1]
+        trainer.train()
+        logged[accumulation] = [h for h in trainer.state.log_history if "loss" in h][0]
+        whole, cfg = captured[0], trainer._rlsd_config()
+        whole["num_items_in_batch"] = whole["completion_mask"].sum()
+        batch = trainer._step_batch(trainer.model, whole, cfg)
+        assert batch.teacher_rows is not None and not batch.teacher_rows.all()    # some rows unscored
+        with torch.no_grad():
+            logp, _, logits = trainer.student_scores(trainer.model, batch, cfg)
+            batch.old_logp = logp
+            _, tiny = METHODS[method].loss(logp, logits, batch, cfg, 0)            # the tiny loop's metrics
+        names = {"rlsd": ("teacher_kl", "w_clip_frac", "lam", "loss_pg"),
+                 "sdpg": ("teacher_kl", "gate_frac", "distill_loss", "beta", "loss_pg")}[method]
+        print(accumulation, {n: (logged[accumulation][n], tiny[n]) for n in names})
+        for name in names:
+            assert logged[accumulation][name] == pytest.approx(tiny[name], rel=1e-5, abs=1e-8), name
+    assert logged[1]["teacher_kl"] > 0 and (method != "rlsd" or logged[1]["w_clip_frac"] > 0)
+
+
+def test_a_chat_dataset_gets_the_plain_language_teacher_template(qwen_path, tmp_path):
+    trainer, _ = qwen_run("rlsd", qwen_path, tmp_path, conversational=True, train=False)
+    data = [r for r in hf.rows(1, conversational=True) for _ in range(G)]
+    out = trainer._generate_and_score_completions(data)
+    ids = out["teacher_prompt_ids"][0][out["teacher_prompt_mask"][0].bool()]
+    text = trainer.processing_class.decode(ids)
+    print(text)
+    question = data[0]["prompt"][0]["content"]
+    assert text == (f"<|im_start|>user\nThe reference answer is: {data[0]['answer']}\n\n{question}<|im_end|>\n"
+                    f"<|im_start|>assistant\n")
+    assert rt.CHAT_TEMPLATE == "The reference answer is: {context}\n\n{prompt}"
+    plain, _ = qwen_run("rlsd", qwen_path, tmp_path / "text", train=False)   # text keeps the tiny task's
+    assert plain.privileged_template("What is 1 + 2?") == "{context}|{prompt}"
+
+
+peft = pytest.importorskip("peft") if not os.environ.get("CI") else __import__("peft")
+
+
+@pytest.mark.parametrize("method, mode", [("opsd", "frozen"), ("rlsd", "synced"), ("rlsd", "ema")])
+def test_a_lora_teacher_is_the_base_or_a_second_adapter_and_checkpoints_adapter_weights_only(
+        method, mode, qwen_path, tmp_path):
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer, logs = qwen_run(method, qwen_path, tmp_path, peft_config=lora, teacher_mode=mode, bf16=False,
+                             learning_rate=0.05, max_steps=2, save_strategy="steps", save_steps=2, sync_every=1)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    total = sum(p.numel() for p in model.parameters())
+    adapter = sum(p.numel() for n, p in model.named_parameters() if ".default." in n)
+    teacher = sum(p.numel() for n, p in model.named_parameters() if f".{trl_teacher.TEACHER_ADAPTER}." in n)
+    base = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(qwen_path).parameters())
+    print(mode, dict(base=base, adapter=adapter, teacher=teacher, total=total))
+    assert total == base + adapter + teacher and teacher == (0 if mode == "frozen" else adapter)
+    saved = tmp_path / "out" / "checkpoint-2" / rt._SelfDistillationTrainer.TEACHER_FILE
+    if mode == "frozen":                         # the base model: nothing of its own to save
+        assert not saved.exists()
+        x = torch.tensor([[5, 6, 7, 8]])
+        with torch.no_grad(), trainer._teacher.scoring(trainer.model) as m:
+            t = m(input_ids=x).logits
+        with torch.no_grad():
+            s = trainer.model(input_ids=x).logits
+        initial = AutoModelForCausalLM.from_pretrained(qwen_path)(input_ids=x).logits
+        assert torch.allclose(t, initial, atol=1e-6) and not torch.allclose(s, initial, atol=1e-4)
+    else:
+        state = torch.load(saved, weights_only=True)
+        assert state and all(f".{trl_teacher.TEACHER_ADAPTER}." in k for k in state)
+        assert sum(v.numel() for v in state.values()) == adapter
+        student = {k.replace(f".{trl_teacher.TEACHER_ADAPTER}.", ".default."): v for k, v in state.items()}
+        params = dict(model.named_parameters())
+        moved = [torch.equal(v, params[k]) for k, v in student.items()]
+        assert all(moved) == (mode == "synced")  # synced (sync_every 1) is the student's; ema lags it
