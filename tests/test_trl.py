@@ -7,8 +7,12 @@
 - equivalence: one update of each trainer gives rlsd_min's own loss and gradients (update on
   score_rollout's batch) on the same model, prompts and injected completions, in float64;
 - logging under rlsd_min's names through TRL's `log`; the frozen teacher really is frozen;
-- two processes under torchrun (gloo, CPU): identical weights on both ranks, metrics averaged
+- two processes under torchrun (gloo, CPU): identical weights on both ranks, metrics weighted
   across ranks, and the same weights as one process on the whole batch;
+- the realistic matrix (tests/hf_fixtures.py: a Qwen2-shape model, a BPE tokenizer with ChatML,
+  prompts and completions of varying length): at theta = theta_ref the ratio is 1 and kl_ref 0 in
+  bf16 and fp32 with accumulation 4; the method metrics equal the tiny loop's for accumulation 1
+  and 4; a chat dataset's teacher template; LoRA teachers (the base, or a second adapter);
 - the example script runs two steps.
 
 The tiny model: a byte-level BPE tokenizer trained here with a chat template, and a random
@@ -452,13 +456,14 @@ def test_two_processes_under_torchrun_agree_with_each_other_and_with_one_process
         # the same weights as one process on the whole batch (the same prompts and completions)
         torch.testing.assert_close(torch.tensor(r0["weights"]), torch.tensor(one[method]["weights"]),
                                    rtol=1e-5, atol=1e-6)
-        assert r0["logged"] == r1["logged"]                                              # both ranks log the mean
+        assert r0["logged"] == r1["logged"]                                              # both ranks log the weighted mean
         for step, logged in enumerate(r0["logged"]):
             for name, value in logged.items():
                 if name == "loss":  # the Trainer's own mean of the returned loss, checked against one process
                     continue
-                local = [r["local"][step][name] for r in (r0, r1)]
-                assert value == pytest.approx(sum(local) / 2, rel=1e-6, abs=1e-9), (method, step, name)
+                local = [r["local"][step][name] for r in (r0, r1)]            # (value, weight) per rank
+                mean = sum(v * w for v, w in local) / sum(w for _, w in local)   # weighted over the ranks
+                assert value == pytest.approx(mean, rel=1e-6, abs=1e-9), (method, step, name)
             assert logged["loss"] == pytest.approx(one[method]["logged"][step]["loss"], rel=1e-4, abs=1e-7)
         assert len(r0["local"]) == 2 and r0["local"][0] != r1["local"][0]              # the ranks saw different rows
 
