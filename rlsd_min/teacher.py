@@ -33,6 +33,13 @@ def teacher_prompt(prompt: str, context: str, template: str = PRIVILEGED_TEMPLAT
     return template.format(context=context, prompt=prompt)
 
 
+def privileged_prompts(problems: list, context_kind: str, template: str = PRIVILEGED_TEMPLATE) -> list[str]:
+    """The teacher's prompt of each problem: `teacher_prompt` of its prompt and its context of
+    kind `context_kind` (a run's teacher_context). The loop's length check, the step and the
+    leakage probes build the teacher's prompts here."""
+    return [teacher_prompt(p.prompt, p.context(context_kind), template) for p in problems]
+
+
 def teacher_logprobs(model, tokenizer, teacher_prompts: list[str], rollout, return_logits: bool = False,
                      temperature: float = 1.0, rows: torch.Tensor | None = None):
     """The teacher's log-probs of the student's own completion tokens, aligned with the student's.

@@ -8,7 +8,8 @@ import torch
 
 from rlsd_min import model as model_io
 from rlsd_min import sample_group, token_logprobs
-from rlsd_min.sampling import bf16_autocast, completion_mask, encode_prompts
+from rlsd_min.decoding import bf16_autocast
+from rlsd_min.sampling import completion_mask, encode_prompts
 
 EOS = 2
 
@@ -254,7 +255,8 @@ class _CacheModel(torch.nn.Module):
 def test_completion_logits_works_on_both_sides_of_the_cache_rename(tiny_model, tokenizer, new):
     """transformers 5.x renames the forward's `past_key_values` to `cache` (removal in 5.40): the
     two-pass forward finds the name the model takes and gives the one-pass forward's logits."""
-    from rlsd_min.sampling import cache_argument, completion_logits, encode_completions, encode_prompts
+    from rlsd_min.decoding import cache_argument
+    from rlsd_min.sampling import completion_logits, encode_completions, encode_prompts
 
     model = tiny_model()
     wrapped = _CacheModel(model, new)
@@ -296,7 +298,8 @@ def test_decoding_stops_when_every_row_has_ended(base, splits):
 def test_completion_logits_with_gradient_checkpointing_is_one_pass_with_the_same_numbers(tiny_model, tokenizer):
     """transformers drops the KV cache inside checkpointed layers, so a checkpointed model is
     scored in one pass over [prompt | completion]: the two-pass logits and gradients."""
-    from rlsd_min.sampling import checkpointed, completion_logits, encode_completions, encode_prompts
+    from rlsd_min.decoding import checkpointed
+    from rlsd_min.sampling import completion_logits, encode_completions, encode_prompts
 
     ids, mask = encode_prompts(tokenizer, ["12+34=", "1+2="], "cpu")                   # (B, P)
     cids, cmask = encode_completions(tokenizer, ["46", "3", "99", "4"], "cpu")         # (N, T), G = 2
@@ -316,7 +319,7 @@ def test_completion_logits_with_gradient_checkpointing_is_one_pass_with_the_same
 
 def test_cache_argument_and_checkpointing_look_through_a_distributed_wrapper(tiny_model):
     """DDP, FSDP and DeepSpeed keep the model as `.module` and pass the forward's arguments on."""
-    from rlsd_min.sampling import cache_argument, checkpointed, unwrap
+    from rlsd_min.decoding import cache_argument, checkpointed, unwrap
 
     model = tiny_model()
 
@@ -339,7 +342,7 @@ def test_filled_prefix_cache_decodes_as_the_uncached_forward(base, splits):
     """The decoding loop's cache (allocated once, attention over the filled positions, the mask
     handed over ready-made) against recomputing every step without a cache: the same greedy
     tokens, left-padded rows included, and the same next-token logits at each step."""
-    from rlsd_min.sampling import FilledPrefixCache, cache_argument, decode
+    from rlsd_min.decoding import FilledPrefixCache, cache_argument, decode
 
     model, tok = base
     name = cache_argument(model)

@@ -46,8 +46,8 @@ from rlsd_min.integrations import trl as rt  # noqa: E402
 from rlsd_min.integrations import trl_teacher  # noqa: E402
 from rlsd_min.integrations.tiny import arith_reward, arith_rows, build_tiny_chat_model  # noqa: E402
 from rlsd_min.methods import rlsd_lambda, sdpg_beta, sdpg_windows  # noqa: E402
-from rlsd_min.registry import METHODS  # noqa: E402
-from rlsd_min.sampling import Rollout, decode_completions, encode_prompts, token_logprobs  # noqa: E402
+from rlsd_min.methods import METHODS  # noqa: E402
+from rlsd_min.sampling import Rollout, decode_completions, encode_prompts  # noqa: E402
 from rlsd_min.step import make_teacher, score_rollout, update  # noqa: E402
 from rlsd_min.tasks import TASKS, load_splits, problems_of  # noqa: E402
 
@@ -141,7 +141,7 @@ def rlsd_min_side(method, path, problems, cfg: TrainConfig):
     cmask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])           # (N, T)
     rollout = Rollout(ids.repeat_interleave(G, 0), mask.repeat_interleave(G, 0), cids, cmask,
                       decode_completions(tok, cids, cmask), G)
-    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64) if cfg.kl_coef > 0 else None
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64) if cfg.needs_reference() else None
     batch = score_rollout(policy, tok, problems, rollout, cfg, ref, make_teacher(policy, cfg))
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)  # TRL's AdamW
     row = update(policy, optimizer, batch, cfg, step=0)
@@ -163,7 +163,7 @@ def test_config_fields_are_trainconfigs_method_fields_types_defaults_and_help(cl
     types, theirs, docs = typing.get_type_hints(cls), typing.get_type_hints(TrainConfig), field_docs(TrainConfig)
     base = {f.name for f in dataclasses.fields(trl.GRPOConfig)}
     own = {f.name: f for f in dataclasses.fields(cls) if f.name not in base and f.name != "with_reward"}
-    assert set(own) == {n for m in cls.METHOD_FLAGS for n in rt.method_fields(m)}
+    assert set(own) == {n for m in cls.methods() for n in rt.method_fields(m)}
     for name, f in own.items():
         assert types[name] == theirs[name], name
         assert f.default == docs[name][0], name
@@ -182,14 +182,15 @@ def test_config_resolves_method_fields_as_trainconfig(method, tmp_path):
 
 
 def test_trainer_and_config_names_come_from_the_method_records():
-    from rlsd_min.integrations.trl_records import record, trl_methods
     from rlsd_min.lab.bench_trl import TRAINER_METHODS, trainer_name
 
-    assert set(rt.TRAINERS) == set(rt.CONFIGS) == set(TRAINER_METHODS) == set(trl_methods())
-    for m in trl_methods():
-        assert rt.TRAINERS[m].__name__ == record(m).trl_trainer and trainer_name(m).startswith(record(m).trl_trainer)
-        args = rt.CONFIGS[m](output_dir="unused", use_cpu=True, report_to="none")
-        assert type(args).__name__ == record(m).trl_config and args.method == m
+    named = {n for n, m in METHODS.items() if m.trl_trainer}
+    assert set(rt.TRAINERS) == set(rt.CONFIGS) == set(TRAINER_METHODS) == named == {"rlsd", "sdpg", "opsd", "grpo_opsd"}
+    for n in named:
+        m = METHODS[n]
+        assert rt.TRAINERS[n].__name__ == m.trl_trainer and trainer_name(n).startswith(m.trl_trainer)
+        args = rt.CONFIGS[n](output_dir="unused", use_cpu=True, report_to="none")
+        assert type(args).__name__ == m.trl_config and args.method == n
 
 
 @pytest.mark.parametrize("method, loss_type, loss_agg", [("sdpg", "dapo", "token-mean"), ("rlsd", "dapo", "token-mean"),

@@ -11,7 +11,7 @@ import pytest
 from rlsd_min.lab.experiment import experiment_config, parse_shard, run_experiment, shard_runs
 from rlsd_min.lab.report import claims, to_settle
 from rlsd_min.lab.results import clock_span, plan, run_summary
-from rlsd_min.loop import RunFolderError
+from rlsd_min.run_folder import RunFolderError
 
 
 @pytest.mark.parametrize("seeds", [0, -1, 1.5])

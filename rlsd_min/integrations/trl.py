@@ -50,14 +50,12 @@ from transformers import TrainerCallback
 from trl.trainer.utils import pad, split_tensor_dict
 
 from ..config import TrainConfig
-from ..registry import METHODS
-from ..sampling import Rollout
-from ..step import StepBatch
+from ..batch import Rollout, StepBatch
+from ..methods import METHODS
 from . import trl_configs
 from .trl_configs import (LOSS_TYPES, TRL_ADV_EPS, TRL_NAMES, OPSDConfig, RLSDConfig, SDPGConfig,  # noqa: F401
                           method_fields)
 from .trl_metrics import StepMeans, weights
-from .trl_records import record, trl_methods
 from .trl_scoring import check_full_vocab_head, completion_scores
 from .trl_teacher import (CHAT_TEMPLATE, CONTEXT_COLUMN, check_dataset, check_teacher_sharding,  # noqa: F401
                           make_teacher, privileged_prompt, teacher_scores, template_for)
@@ -264,7 +262,7 @@ class OPSDTrainer(_SelfDistillationTrainer):
     _name = "OPSD"
 
 
-CONFIGS = {m: getattr(trl_configs, record(m).trl_config).for_method(m) for m in trl_methods()}
+CONFIGS = {n: getattr(trl_configs, m.trl_config).for_method(n) for n, m in METHODS.items() if m.trl_config}
 """rlsd_min method -> a callable making its TRL config (the record's trl_config)"""
-TRAINERS = {m: globals()[record(m).trl_trainer] for m in trl_methods()}
+TRAINERS = {n: globals()[m.trl_trainer] for n, m in METHODS.items() if m.trl_trainer}
 """rlsd_min method -> the TRL trainer that runs it (the record's trl_trainer)"""

@@ -5,7 +5,7 @@
 
 Each method field has TrainConfig's name, type and default, and TrainConfig's field docstring
 as its `--help` (HfArgumentParser); tests/test_trl.py checks the three against TrainConfig and
-against the method's record (rlsd_min.integrations.trl_records: `reads`). A field left at None
+against the method's record (rlsd_min.methods.METHODS: `fields`). A field left at None
 is resolved by the method, as `TrainConfig.validate` resolves it, when the config is made;
 `rlsd_config` is that resolved TrainConfig, which the loss reads. privileged_template stays
 None until the trainer sees the dataset: None is the chat default for a conversational dataset
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import trl
 
 from ..config import TrainConfig, field_docs
-from .trl_records import record
+from ..methods import METHODS
 
 TRL_NAMES = {"group_size": "num_generations", "max_new_tokens": "max_completion_length",
              "temperature": "temperature", "lr": "learning_rate", "max_grad_norm": "max_grad_norm",
@@ -52,25 +52,34 @@ def _field(name: str, default):
 
 
 def method_fields(method: str) -> tuple[str, ...]:
-    """The TrainConfig fields of `method`'s TRL config: its record's `reads`, but teacher_context
+    """The TrainConfig fields of `method`'s TRL config: its record's `fields`, but teacher_context
     (a TRL dataset brings each row's context in its privileged_context column)."""
-    return tuple(n for n in record(method).reads if n != "teacher_context")
+    return tuple(n for n in METHODS[method].fields if n != "teacher_context")
 
 
 @dataclass
 class _MethodConfig(trl.GRPOConfig):
     """GRPOConfig plus rlsd_min's method fields; `rlsd_config` is the resolved TrainConfig the loss reads."""
-    METHOD_FLAGS = {}
-    """method -> the config settings that select it (OPSDConfig: with_reward)"""
-
     loss_type: str | None = dataclasses.field(default=None, metadata={"help": (
         "TRL's aggregation name, read as loss_agg where rlsd_min has the same one: dapo = token-mean, "
         "grpo = seq-mean; any other is refused (set loss_agg). None: loss_agg decides")})
 
+    @classmethod
+    def methods(cls) -> tuple[str, ...]:
+        """The methods this config runs: those whose record names it (rlsd_min.methods.METHODS)."""
+        return tuple(n for n, m in METHODS.items() if m.trl_config == cls.__name__)
+
+    @classmethod
+    def flags_for(cls, method: str) -> dict:
+        """The settings of this config that select `method` (none where it runs one method)."""
+        if method not in cls.methods():
+            raise ValueError(f"{cls.__name__} runs {cls.methods()}, not {method!r}")
+        return {}
+
     @property
     def method(self) -> str:
-        return next(m for m, flags in self.METHOD_FLAGS.items()
-                    if all(getattr(self, k) == v for k, v in flags.items()))
+        (only,) = self.methods()
+        return only
 
     def __post_init__(self):
         self._translate_loss_type()
@@ -129,14 +138,13 @@ class _MethodConfig(trl.GRPOConfig):
     @classmethod
     def for_method(cls, method: str):
         """A callable making this config for `method` (OPSDConfig for grpo_opsd: with_reward=True)."""
-        return functools.partial(cls, **cls.METHOD_FLAGS[method])
+        return functools.partial(cls, **cls.flags_for(method))
 
 
 @dataclass
 class RLSDConfig(_MethodConfig):
     """GRPOConfig + RLSD's settings (rlsd_min.methods.rlsd; defaults as TrainConfig: synced teacher,
     rlsd_lam 0.5 decaying over rlsd_lam_steps, rlsd_eps_w 0.2)."""
-    METHOD_FLAGS = {"rlsd": {}}
     teacher_mode: str | None = _field("teacher_mode", None)
     privileged_template: str | None = _field("privileged_template", None)
     sync_every: int = _field("sync_every", 10)
@@ -155,7 +163,6 @@ class SDPGConfig(_MethodConfig):
     """GRPOConfig + SDPG's settings (rlsd_min.methods.sdpg; defaults as TrainConfig: live teacher,
     reverse KL, distill_coef 0.1 on the beta(k) schedule over max_steps, gate on, kl_coef 0.01
     ufkl, group-token-mean)."""
-    METHOD_FLAGS = {"sdpg": {}}
     teacher_mode: str | None = _field("teacher_mode", None)
     privileged_template: str | None = _field("privileged_template", None)
     sync_every: int = _field("sync_every", 10)
@@ -180,7 +187,6 @@ class SDPGConfig(_MethodConfig):
 class OPSDConfig(_MethodConfig):
     """GRPOConfig + OPSD's settings (rlsd_min.methods.opsd; with_reward=True: grpo_opsd). Defaults
     as TrainConfig for the method: frozen teacher, reverse KL, distill_coef 1.0 (grpo_opsd 0.1)."""
-    METHOD_FLAGS = {"opsd": {"with_reward": False}, "grpo_opsd": {"with_reward": True}}
     teacher_mode: str | None = _field("teacher_mode", None)
     privileged_template: str | None = _field("privileged_template", None)
     sync_every: int = _field("sync_every", 10)
@@ -196,5 +202,14 @@ class OPSDConfig(_MethodConfig):
     dual_clip: float = _field("dual_clip", 0.0)
     with_reward: bool = dataclasses.field(default=False, metadata={
         "help": "add GRPO's outcome term: the method becomes grpo_opsd (GRPO + distill_coef * D)"})
+
+    @classmethod
+    def flags_for(cls, method: str) -> dict:
+        super().flags_for(method)
+        return {"with_reward": method == "grpo_opsd"}
+
+    @property
+    def method(self) -> str:
+        return "grpo_opsd" if self.with_reward else "opsd"
 
 

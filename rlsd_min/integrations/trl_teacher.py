@@ -18,7 +18,7 @@ import torch
 from accelerate.utils import is_peft_model
 from trl.trainer.utils import add_fused_lm_head, use_adapter
 
-from ..registry import METHODS
+from ..methods import METHODS
 from ..teacher import PRIVILEGED_TEMPLATE, Teacher, teacher_prompt
 from .trl_scoring import causal_lm, completion_scores
 

@@ -22,7 +22,7 @@ import time
 import torch
 
 from ..config import train_config
-from ..integrations.trl_records import record, trl_methods
+from ..methods import METHODS
 from ..model import load
 from ..step import batch_problems, rl_step
 from ..tasks import load_splits, problems_of, verify
@@ -100,7 +100,7 @@ def format_comparison(times: dict) -> str:
 
 # --- each rlsd_min TRL trainer against GRPOTrainer -------------------------------------------
 
-TRAINER_METHODS = trl_methods()
+TRAINER_METHODS = tuple(n for n, m in METHODS.items() if m.trl_trainer)
 """the methods with a TRL trainer (their records' trl_trainer)"""
 
 
@@ -128,7 +128,6 @@ def trainer_comparison(profile: str = "cpu", rounds: int = 5, warmup: int = 1,
     from transformers import TrainerCallback
 
     from ..integrations import trl as rt
-    from ..registry import METHODS
 
     cfg = train_config(profile, method="grpo")
     _, tokenizer = load(cfg.base_path())
@@ -229,6 +228,7 @@ def trainer_name(method: str) -> str:
     trl_trainer, with the config settings that select the method (OPSDConfig's with_reward)."""
     from ..integrations import trl_configs
 
-    flags = getattr(trl_configs, record(method).trl_config).METHOD_FLAGS[method]
+    m = METHODS[method]
+    flags = getattr(trl_configs, m.trl_config).flags_for(method)
     settings = ", ".join(f"{k}={v}" for k, v in flags.items() if v)
-    return f"{record(method).trl_trainer}({settings})" if settings else record(method).trl_trainer
+    return f"{m.trl_trainer}({settings})" if settings else m.trl_trainer

@@ -10,10 +10,10 @@ the committed results/ add four variants with 3 seeds each, one per knob:
 
 from __future__ import annotations
 
-from ..registry import METHODS
+from ..methods import METHODS
 
 VERIFY_METHODS = tuple(METHODS)
-"""every method of the registry: grpo, opsd, grpo_opsd, rlsd, sdpg"""
+"""every method of rlsd_min.methods.METHODS: grpo, opsd, grpo_opsd, rlsd, sdpg"""
 VERIFY_TASKS = ("mul7",)
 """the task of the committed results/: on arith and split GRPO ends near 0.9 within 200 steps,
 where the methods' differences (0.001-0.013 in the first round's 3-seed runs) sit inside the seed

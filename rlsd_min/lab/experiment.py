@@ -27,7 +27,7 @@ when other jobs share the cores (a two-thread process slows sharply when they ar
 oversubscribed); each worker pays a few seconds to start, so short runs gain nothing. A
 shard `i/n` trains only the runs whose position in the plan is i modulo n and writes no
 report, so n machines (a SLURM array, say) can share the plan; a last plain call then trains
-whatever is left and reports. A run folder is locked while it trains (rlsd_min.loop.RunDir),
+whatever is left and reports. A run folder is locked while it trains (rlsd_min.run_folder.RunDir),
 so a run busy elsewhere is skipped, never trained twice at once; it is named, and left out of
 the report until it has finished.
 """
@@ -44,7 +44,8 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig, save_json, train_config
 from ..leakage import FLOORS
-from ..loop import RunFolderBusyError, check_problem_counts, train
+from ..loop import check_problem_counts, train
+from ..run_folder import RunFolderBusyError
 from ..tasks import TASKS, ensure_data, load_splits
 from .design import PLANS, VARIANT_TASKS, VARIANTS, VERIFY_METHODS, VERIFY_TASKS
 from .report import write_report

@@ -21,11 +21,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..methods import METHODS
 from . import stats
 from .plots import plt, plot_seed_bands
 from .results import finished_history, read_experiment, run_dir, seeds_of
 
-LABELS = {"grpo": "GRPO", "opsd": "OPSD", "grpo_opsd": "GRPO+OPSD", "rlsd": "RLSD", "sdpg": "SDPG"}
+LABELS = {name: m.label for name, m in METHODS.items()}
 STABILITY_KEYS = (("entropy", "entropy (nats/token)"), ("completion_len", "completion length (tokens)"),
                   ("teacher_kl", "teacher-student KL (sampled)"), ("frac_zero_std", "fraction of zero-std groups"),
                   ("grad_norm", "gradient norm"), ("reward_mean", "training reward"))

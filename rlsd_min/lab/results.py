@@ -16,7 +16,7 @@ import statistics
 from datetime import datetime
 
 from ..config import TrainConfig, save_json
-from ..loop import read_metrics
+from ..run_folder import read_metrics
 from .stability import collapsed, steps_to_threshold
 from .stats import auc
 
