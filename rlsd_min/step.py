@@ -29,11 +29,11 @@ import torch
 from .advantages import frac_zero_std, group_advantages
 from .batch import Rollout, StepBatch
 from .decoding import bf16_autocast, compiled_forward, split_head
-from .methods import METHODS
+from .methods import METHODS, distillation
 from .objective import masked_mean
 from .phases import Phases
-from .sampling import (chunked_logprobs, completion_hidden, encode_prompts, output_logits, rollout_logprobs,
-                       sample_group)
+from .sampling import (chunked_logprobs, completion_hidden, encode_prompts, over_row_chunks, rollout_logprobs,
+                       sample_group, token_scores)
 from .teacher import Teacher, privileged_prompts, score_completions
 
 
@@ -128,18 +128,17 @@ def teacher_scores(teacher_model, prompt_ids, prompt_mask, rollout: Rollout, adv
     return logp, logits, rows
 
 
-def method_loss(policy, batch: StepBatch, cfg, step: int) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+def method_loss(policy, batch: StepBatch, cfg, step: int) -> tuple[torch.Tensor, dict]:
     """The student's forward and the loss of cfg.method on `batch` at RL step `step`:
-    (loss, its metrics, the student's logits (N, T, V) where the loss reads them, else None).
-    Fills batch.old_logp on first use.
+    (loss, its metrics). Fills batch.old_logp on first use.
 
     Only the rows that can change the loss go through the student: where the method's record
     says a row with A_i = 0 adds nothing (METHODS[...].skips_zero_rows: GRPO and RLSD without
     the reference KL, SDPG's gated loss without it), those rows get log-probs 0 (and logits 0)
     without a forward; their tokens still count in every normaliser, so the loss and its
-    gradient are the whole batch's. The log-probs come from the final hidden states a chunk of
-    rows at a time (rlsd_min.sampling.chunked_logprobs); the full logits are built only for a
-    loss that reads them (a full-vocabulary divergence). The entropy metric is the sampler's
+    gradient are the whole batch's. The log-probs, and a full-vocabulary divergence D_t, come
+    from the final hidden states a chunk of rows at a time (rlsd_min.sampling.over_row_chunks):
+    the student's (N, T, V) logits are never held. The entropy metric is the sampler's
     (every completion token), or the scored rows' for completions given from elsewhere."""
     method, rollout = METHODS[cfg.method], batch.rollout
     N, T = rollout.completion_ids.shape
@@ -147,7 +146,7 @@ def method_loss(policy, batch: StepBatch, cfg, step: int) -> tuple[torch.Tensor,
     full = not method.skips_zero_rows(cfg)
     picked = torch.arange(N, device=rollout.completion_ids.device) if full else batch.advantages.nonzero().squeeze(1)
     logp = torch.zeros(N, T, device=rollout.completion_ids.device)                # (N, T)
-    logits, ent = None, torch.zeros(N, T, device=logp.device)                     # (N, T, V) when read; (N, T)
+    ent, distill = torch.zeros_like(logp), None                                   # (N, T), D_t when read
     if len(picked):
         body, head = split_head(scorer(policy, cfg))
         used, groups = torch.unique(picked // G, return_inverse=True)            # prompts needed; (n,) into them
@@ -155,22 +154,26 @@ def method_loss(policy, batch: StepBatch, cfg, step: int) -> tuple[torch.Tensor,
         with bf16_autocast(logp.device, cfg.bf16_autocast):                     # the forward only
             hidden = completion_hidden(body, rollout.prompt_ids[::G][used], rollout.prompt_mask[::G][used],
                                        tokens, rollout.completion_mask[picked], groups)           # (n, T, H)
-            scored, scored_ent = chunked_logprobs(hidden, head, tokens, cfg.temperature)        # (n, T), (n, T)
-            scored_logits = output_logits(head, hidden, cfg.temperature) if method.needs_logits(cfg) else None
+            if method.needs_logits(cfg):  # log-probs and the full-vocabulary D_t from each chunk's logits
+                scored, scored_ent, scored_distill = over_row_chunks(
+                    lambda lg, y, q: (*token_scores(lg, y), distillation(cfg, lg, q)), hidden, head,
+                    cfg.temperature, tokens, batch.teacher_logits[picked])      # (n, T) x 3
+                distill = scored_distill if full else logp.to(scored.dtype).index_put((picked,), scored_distill)
+            else:
+                scored, scored_ent = chunked_logprobs(hidden, head, tokens, cfg.temperature)    # (n, T), (n, T)
         logp = scored if full else logp.to(scored.dtype).index_put((picked,), scored)          # (N, T)
         ent = scored_ent if full else ent.to(scored.dtype).index_put((picked,), scored_ent)
-        if scored_logits is not None:
-            logits = scored_logits if full else scored_logits.new_zeros(N, T, scored_logits.shape[-1]).index_put(
-                (picked,), scored_logits)                                        # (N, T, V)
+    elif method.needs_logits(cfg):
+        distill = torch.zeros_like(logp)                                         # (N, T) no row to distil
     if batch.old_logp is None:  # the weights are still the sampling policy's
         batch.old_logp = logp.detach()
-    loss, metrics = method.loss(logp, logits, batch, cfg, step)
+    loss, metrics = method.loss(logp, distill, batch, cfg, step)
     if rollout.entropy is not None:
         metrics["entropy"] = masked_mean(rollout.entropy, rollout.completion_mask).item()
     else:
         metrics["entropy"] = masked_mean(ent, rollout.completion_mask[picked] if full else
                                          rollout.completion_mask * (batch.advantages != 0)[:, None]).item()
-    return loss, metrics, logits
+    return loss, metrics
 
 
 def update(policy, optimizer, batch: StepBatch, cfg, step: int, phases: Phases | None = None) -> dict:
@@ -180,7 +183,7 @@ def update(policy, optimizer, batch: StepBatch, cfg, step: int, phases: Phases |
     phases = phases or Phases(next(policy.parameters()).device, cfg.bf16_autocast)
     for _ in range(cfg.num_iterations):
         with phases("update"):                            # student forward + backward
-            loss, metrics, _ = method_loss(policy, batch, cfg, step)
+            loss, metrics = method_loss(policy, batch, cfg, step)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
