@@ -19,6 +19,8 @@ class Rollout:
     completion_mask: torch.Tensor  # (N, T) 1 up to and including the first <eos>
     texts: list                    # N decoded completions, special tokens removed
     group_size: int
+    entropy: torch.Tensor | None = None  # (N, T) entropy of the distribution each token was drawn
+                                         #        from (the sampler's; None for given completions)
 
 
 @dataclass

@@ -92,8 +92,9 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, te
     """The decoding loop: one forward over the B left-padded prompts (B, P), its KV cache and
     last logits repeated for the G = group_size rows of each prompt (N = B * G rows, group
     members adjacent), then one forward per new token through the cache, until every row has
-    produced <eos> or max_new_tokens. Returns the new tokens (N, T), T <= max_new_tokens; a row
-    that has ended gets pad_id.
+    produced <eos> or max_new_tokens. Returns the new tokens (N, T), T <= max_new_tokens (a row
+    that has ended gets pad_id), and the entropy (N, T) of the distribution each was drawn from
+    (None when greedy).
 
     What it leaves out of transformers' `generate` is what this project never uses (logits
     processors, stopping criteria, beam search, the per-call argument checks). Position ids
@@ -129,13 +130,14 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, te
     attn = attn.repeat_interleave(group_size, 0)                            # (N, P + T) grows into the zeros
     next_pos = positions[:, -1:] + 1                                        # (N, 1)
     ended = torch.zeros(N, dtype=torch.bool, device=ids.device)
-    tokens = []
+    tokens, entropies = [], []
     for t in range(max_new_tokens):
         if greedy:
             token = logits.argmax(dim=-1)                                   # (N,)
         else:
             probs = torch.softmax(logits.float() / temperature, dim=-1)    # (N, V)
             token = torch.multinomial(probs, 1).squeeze(1)                  # (N,)
+            entropies.append(torch.special.entr(probs).sum(-1))             # (N,) -sum p log p
         token = torch.where(ended, pad_id, token)                           # (N,)
         tokens.append(token)
         ended = ended | (token == eos_id)
@@ -147,7 +149,7 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, te
                    position_ids=next_pos + t, use_cache=True,
                    cache_position=torch.tensor([P + t], device=ids.device), **{name: cache})
         logits = out.logits[:, -1]                                          # (N, V)
-    return torch.stack(tokens, dim=1)                                       # (N, T)
+    return torch.stack(tokens, dim=1), torch.stack(entropies, dim=1) if entropies else None   # (N, T), (N, T)
 
 
 def cache_argument(model) -> str:
@@ -156,6 +158,18 @@ def cache_argument(model) -> str:
     5.40) where the forward takes it, else `past_key_values`. A wrapped model (DDP, FSDP, a
     DeepSpeed engine) passes its arguments on: the wrapped model's forward decides."""
     return "cache" if "cache" in inspect.signature(unwrap(model).forward).parameters else "past_key_values"
+
+
+def split_head(model) -> tuple:
+    """(body, head) of a causal LM: the model without its output layer (its forward returns
+    `last_hidden_state`, the final norm applied) and the output layer (logits = head(hidden)).
+    A model compiled by `compiled_forward` gives its body compiled the same way (dynamic shapes);
+    a wrapped one (DDP, FSDP, DeepSpeed) the wrapped model's parts."""
+    inner = unwrap(model)
+    body, head = inner.get_decoder(), inner.get_output_embeddings()
+    if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+        body = compiled_forward(body, dynamic=True)
+    return body, head
 
 
 def checkpointed(model) -> bool:

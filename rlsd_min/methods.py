@@ -194,6 +194,16 @@ def _floor_rule(cfg) -> str | None:
     return None
 
 
+def _no_reference_kl(cfg) -> bool:
+    """A_i = 0 makes every term 0 when the only other term, the reference KL, is off."""
+    return cfg.kl_coef == 0
+
+
+def _sdpg_skips_zero_rows(cfg) -> bool:
+    """SDPG's outcome term is 0 at A_i = 0 and its gate 1[A_i > 0] zeroes D_t there."""
+    return cfg.kl_coef == 0 and cfg.sdpg_gate
+
+
 def _sdpg_total_steps(cfg) -> str | None:
     if cfg.sdpg_schedule:
         return "SDPG's beta(k) schedule is laid out over the total (sdpg_warm_frac, sdpg_decay_frac of steps)"
@@ -232,6 +242,9 @@ class Method:
     teacher_rows: Callable = lambda advantages, cfg: None
     """(advantages (N,), cfg) -> (N,) bool of the rows whose loss the teacher can change, or None
     for all: the teacher scores only those (the others' teacher term is multiplied by 0)"""
+    skips_zero_rows: Callable = lambda cfg: False
+    """cfg -> whether a row with A_i = 0 adds exactly nothing to this method's loss and gradient
+    (beyond the token counts of the normaliser): then the student's forward and backward skip it"""
 
     @property
     def divergences(self) -> tuple:
@@ -286,7 +299,7 @@ class Method:
 
 _TEACHER = dict(teacher_mode="frozen", teacher_context="solution")
 METHODS = {m.name: m for m in (
-    Method("grpo", "GRPO", grpo, defaults=COMMON, demo=True),
+    Method("grpo", "GRPO", grpo, defaults=COMMON, demo=True, skips_zero_rows=_no_reference_kl),
     Method("opsd", "OPSD", opsd, "logits", dict(COMMON, **_TEACHER, divergence="reverse", distill_coef=1.0),
            distill=("full", "sampled"), trl_trainer="OPSDTrainer", trl_config="OPSDConfig"),
     Method("grpo_opsd", "GRPO+OPSD", grpo_opsd, "logits",
@@ -296,7 +309,7 @@ METHODS = {m.name: m for m in (
     Method("rlsd", "RLSD", rlsd, "logp", dict(COMMON, teacher_mode="synced", teacher_context="answer"),
            reads=("rlsd_lam", "rlsd_lam_steps", "rlsd_eps_w"), demo=True,
            trl_trainer="RLSDTrainer", trl_config="RLSDConfig",
-           teacher_rows=lambda advantages, cfg: advantages != 0),
+           teacher_rows=lambda advantages, cfg: advantages != 0, skips_zero_rows=_no_reference_kl),
     # SDPG's gate m_i = 1[A_i > 0] zeroes the distillation term of every other rollout
     Method("sdpg", "SDPG", sdpg, "logits",
            dict(COMMON, teacher_mode="live", teacher_context="solution", divergence="reverse", distill_coef=0.1,
@@ -304,6 +317,7 @@ METHODS = {m.name: m for m in (
            reads=("sdpg_outcome", "sdpg_gate", "sdpg_schedule", "sdpg_warm_frac", "sdpg_decay_frac"),
            distill=("full",), demo=True, trl_trainer="SDPGTrainer", trl_config="SDPGConfig",
            uses_total_steps=_sdpg_total_steps,
-           teacher_rows=lambda advantages, cfg: advantages > 0 if cfg.sdpg_gate else None),
+           teacher_rows=lambda advantages, cfg: advantages > 0 if cfg.sdpg_gate else None,
+           skips_zero_rows=_sdpg_skips_zero_rows),
 )}
 """GRPO, OPSD, GRPO+OPSD, RLSD, SDPG: the table at the top of this file."""

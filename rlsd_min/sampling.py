@@ -14,9 +14,10 @@ what makes its log-probs line up with the student's column by column.
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 
 from .batch import Rollout
-from .decoding import cache_argument, checkpointed, decode
+from .decoding import cache_argument, checkpointed, decode, split_head
 
 
 def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,30 +86,32 @@ def sample_group(model, tokenizer, prompts: list[str], group_size: int, max_new_
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)    # (B, P)
     check_fits(model, prompt_ids.shape[1], max_new_tokens)
     with torch.inference_mode():
-        completion = decode(model, prompt_ids, prompt_mask, max_new_tokens, temperature, greedy,
-                            tokenizer.eos_token_id, tokenizer.pad_token_id, static_cache_compile,
-                            group_size)                                     # (N, T)
+        completion, ent = decode(model, prompt_ids, prompt_mask, max_new_tokens, temperature, greedy,
+                                 tokenizer.eos_token_id, tokenizer.pad_token_id, static_cache_compile,
+                                 group_size)                                # (N, T), (N, T) or None
     ids = prompt_ids.repeat_interleave(group_size, dim=0)                   # (N, P)
     mask = prompt_mask.repeat_interleave(group_size, dim=0)                 # (N, P)
     completion = completion.clone()  # clone: a normal tensor for autograd
     cmask = completion_mask(completion, tokenizer.eos_token_id)             # (N, T)
     completion = completion.masked_fill(cmask == 0, tokenizer.pad_token_id)
     texts = decode_completions(tokenizer, completion, cmask)
-    return Rollout(ids, mask, completion, cmask, texts, group_size)
+    ent = None if ent is None else ent.clone().masked_fill(cmask == 0, 0.0)   # (N, T)
+    return Rollout(ids, mask, completion, cmask, texts, group_size, ent)
 
 
-def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                      temperature: float = 1.0, groups: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits (N, T, V) that predict each completion token, for B = prompt_ids.shape[0]
-    prompts of G = N / B completions each (group members adjacent), or, given `groups`
-    (N,), the prompt index of each completion row.
+def completion_hidden(body, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                      groups: torch.Tensor | None = None) -> torch.Tensor:
+    """The final hidden states (N, T, H) from which the output layer predicts each completion
+    token, for B = prompt_ids.shape[0] prompts of G = N / B completions each (group members
+    adjacent), or, given `groups` (N,), the prompt index of each completion row. `body` is the
+    model without its output layer (`split_head`).
 
     The same numbers as one forward pass over [prompt | completion], computed in two:
     the prompts once per group, their KV cache repeated for each of the group's rows, then
     the completions attending to it. A group shares its prompt, so this saves (G-1)/G of
     the prompt's cost (the teacher's privileged prompt is longer than the completion).
-    Gradients flow through both passes. Position ids count real tokens only, so a
-    left-padded row is numbered exactly as it would be alone.
+    Gradients flow through both passes, the shared prompt's included. Position ids count
+    real tokens only, so a left-padded row is numbered exactly as it would be alone.
 
     A model with gradient checkpointing on gets one pass over [prompt | completion] instead:
     transformers drops the KV cache inside checkpointed layers, so the prompt's cache cannot
@@ -120,28 +123,83 @@ def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion
         if N % B:
             raise ValueError(f"{N} completions do not split into groups over {B} prompts")
         groups = torch.arange(B, device=prompt_ids.device).repeat_interleave(N // B)   # (N,)
-    if checkpointed(model):
+    if checkpointed(body):
         ids = torch.cat([prompt_ids[groups], completion_ids], dim=1)                         # (N, P+T)
         attn = torch.cat([prompt_mask[groups], completion_mask], dim=1)                      # (N, P+T)
         position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)                                 # (N, P+T)
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids).logits  # (N, P+T, V)
-        return logits[:, P - 1:-1].float() / temperature                                      # (N, T, V)
+        hidden = body(input_ids=ids, attention_mask=attn, position_ids=position_ids).last_hidden_state
+        return hidden[:, P - 1:-1]                                                           # (N, T, H)
     prompt_pos = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)                 # (B, P)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True)
-    name = cache_argument(model)
+    out = body(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True)
+    name = cache_argument(body)
     cache = getattr(out, name)
     cache.batch_select_indices(groups)                                        # keys/values (N, ...)
     attn = torch.cat([prompt_mask[groups], completion_mask], dim=1)           # (N, P+T)
     position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)[:, P:]               # (N, T)
-    rest = model(input_ids=completion_ids, attention_mask=attn, position_ids=position_ids,
-                 **{name: cache}).logits                                      # (N, T, V)
-    first = out.logits[groups, -1:]                                           # (N, 1, V) predicts token 0
-    return torch.cat([first, rest[:, :-1]], dim=1).float() / temperature      # (N, T, V)
+    rest = body(input_ids=completion_ids, attention_mask=attn, position_ids=position_ids,
+                **{name: cache}).last_hidden_state                            # (N, T, H)
+    first = out.last_hidden_state[groups, -1:]                                # (N, 1, H) predicts token 0
+    return torch.cat([first, rest[:, :-1]], dim=1)                            # (N, T, H)
+
+
+def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                      temperature: float = 1.0, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits (N, T, V), float32, divided by the temperature, that predict each completion
+    token: the output layer over `completion_hidden` (arguments as there)."""
+    body, head = split_head(model)
+    hidden = completion_hidden(body, prompt_ids, prompt_mask, completion_ids, completion_mask, groups)  # (N, T, H)
+    return output_logits(head, hidden, temperature)                          # (N, T, V)
+
+
+def output_logits(head: torch.nn.Module, hidden: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """head(hidden) / temperature in float32 at least (bfloat16 under autocast becomes float32;
+    a float64 model stays float64): (..., H) -> (..., V)."""
+    logits = head(hidden)
+    return (logits if logits.dtype == torch.float64 else logits.float()) / temperature
+
+
+LOGITS_CHUNK_BYTES = 2 ** 26
+"""the most float32 logits `chunked_logprobs` holds at once (64 MiB: 7 rows x 128 positions of a
+151,936-token vocabulary; the whole batch of the character vocabulary)"""
+
+
+def chunked_logprobs(hidden: torch.Tensor, head: torch.nn.Module, tokens: torch.Tensor, temperature: float = 1.0,
+                     chunk_bytes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log pi(y_t), the entropy H_t of pi(. | x, y_<t)), both (N, T), from the final hidden states
+    (N, T, H) and the output layer, without holding the (N, T, V) logits: rows go through the
+    output layer a chunk at a time (at most `chunk_bytes` of logits, default LOGITS_CHUNK_BYTES), and the backward
+    recomputes each chunk's logits (torch.utils.checkpoint) instead of keeping them. The
+    log-probs carry the gradient (to the hidden states and the output layer); the entropy is
+    detached. One chunk (the whole batch fits) runs without the recomputation."""
+    N, T, _ = hidden.shape
+    rows = max(1, (chunk_bytes or LOGITS_CHUNK_BYTES) // max(1, T * head.out_features * 4))
+
+    def one_chunk(h, y):
+        logp = torch.log_softmax(output_logits(head, h, temperature), dim=-1)        # (n, T, V)
+        ent = -(logp.exp() * logp).sum(-1).detach()                                  # (n, T)
+        return logp.gather(-1, y.unsqueeze(-1)).squeeze(-1), ent                     # (n, T), (n, T)
+
+    if rows >= N:
+        return one_chunk(hidden, tokens)
+    parts = [torch.utils.checkpoint.checkpoint(one_chunk, hidden[s:s + rows], tokens[s:s + rows], use_reentrant=False)
+             if torch.is_grad_enabled() else one_chunk(hidden[s:s + rows], tokens[s:s + rows])
+             for s in range(0, N, rows)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])         # (N, T), (N, T)
 
 
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[token] at each position: (N, T, V), (N, T) -> (N, T)."""
     return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def rollout_logprobs(model, rollout: Rollout, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(y_t | x, y_<t) of a rollout's tokens, (N, T), without holding its (N, T, V) logits
+    (`chunked_logprobs` over `completion_hidden`); `token_logprobs` returns the logits too."""
+    G = rollout.group_size
+    body, head = split_head(model)
+    hidden = completion_hidden(body, rollout.prompt_ids[::G], rollout.prompt_mask[::G], rollout.completion_ids,
+                               rollout.completion_mask)                       # (N, T, H)
+    return chunked_logprobs(hidden, head, rollout.completion_ids, temperature)[0]   # (N, T)
 
 
 def token_logprobs(model, rollout: Rollout, temperature: float = 1.0):

@@ -28,11 +28,11 @@ import torch
 
 from .advantages import frac_zero_std, group_advantages
 from .batch import Rollout, StepBatch
-from .decoding import bf16_autocast, compiled_forward
+from .decoding import bf16_autocast, compiled_forward, split_head
 from .methods import METHODS
 from .objective import masked_mean
 from .phases import Phases
-from .sampling import entropy, sample_group, token_logprobs
+from .sampling import chunked_logprobs, completion_hidden, output_logits, rollout_logprobs, sample_group
 from .teacher import (OTHER_KINDS, Teacher, encode_teacher_prompts, other_problems, privileged_prompts,
                       score_completions, sibling_completions)
 
@@ -98,7 +98,7 @@ def score_rollout(policy, tokenizer, problems: list, rollout: Rollout, cfg, ref_
                              tokens=int(rollout.prompt_mask.sum() + rollout.completion_mask.sum()))
     if ref_model is not None:
         with phases("ref", autocast=True), torch.inference_mode():
-            batch.ref_logp = token_logprobs(scorer(ref_model, cfg), rollout, cfg.temperature)[0].clone()  # (N, T)
+            batch.ref_logp = rollout_logprobs(scorer(ref_model, cfg), rollout, cfg.temperature).clone()  # (N, T)
     if METHODS[cfg.method].teacher is not None:
         if teacher is None:
             raise ValueError(f"method {cfg.method!r} needs its teacher: pass teacher=make_teacher(policy, cfg)")
@@ -135,25 +135,60 @@ def teacher_scores(teacher_model, prompt_ids, prompt_mask, rollout: Rollout, adv
         out = score_completions(teacher_model, prompt_ids, prompt_mask, rollout, full_vocab, cfg.temperature,
                                 prompt_index=prompt_index)
         return (*out, rows) if full_vocab else (out, None, rows)
-    logp = torch.zeros(N, T, device=prompt_ids.device)                           # (N, T)
-    logits = torch.zeros(N, T, teacher_model.config.vocab_size, device=prompt_ids.device) if full_vocab else None
-    if rows.any():
-        out = score_completions(teacher_model, prompt_ids, prompt_mask, rollout, full_vocab, cfg.temperature,
-                                rows, prompt_index)                              # (n, T) [, (n, T, V)]
-        logp[rows] = out[0] if full_vocab else out
-        if full_vocab:
-            logits[rows] = out[1]
+    if not rows.any():
+        logits = torch.zeros(N, T, teacher_model.config.vocab_size, device=prompt_ids.device) if full_vocab else None
+        return torch.zeros(N, T, device=prompt_ids.device), logits, rows
+    out = score_completions(teacher_model, prompt_ids, prompt_mask, rollout, full_vocab, cfg.temperature,
+                            rows, prompt_index)                                  # (n, T) [, (n, T, V)]
+    scored, scored_logits = out if full_vocab else (out, None)
+    logp = scored.new_zeros(N, T).index_put((rows,), scored)                     # (N, T)
+    logits = scored_logits.new_zeros(N, T, scored_logits.shape[-1]).index_put((rows,), scored_logits) \
+        if full_vocab else None                                                  # (N, T, V)
     return logp, logits, rows
 
 
-def method_loss(policy, batch: StepBatch, cfg, step: int) -> tuple[torch.Tensor, dict, torch.Tensor]:
+def method_loss(policy, batch: StepBatch, cfg, step: int) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
     """The student's forward and the loss of cfg.method on `batch` at RL step `step`:
-    (loss, its metrics, the student's logits (N, T, V)). Fills batch.old_logp on first use."""
-    with bf16_autocast(next(policy.parameters()).device, cfg.bf16_autocast):   # the forward only
-        logp, logits = token_logprobs(scorer(policy, cfg), batch.rollout, cfg.temperature)   # (N, T), (N, T, V) float32
+    (loss, its metrics, the student's logits (N, T, V) where the loss reads them, else None).
+    Fills batch.old_logp on first use.
+
+    Only the rows that can change the loss go through the student: where the method's record
+    says a row with A_i = 0 adds nothing (METHODS[...].skips_zero_rows: GRPO and RLSD without
+    the reference KL, SDPG's gated loss without it), those rows get log-probs 0 (and logits 0)
+    without a forward; their tokens still count in every normaliser, so the loss and its
+    gradient are the whole batch's. The log-probs come from the final hidden states a chunk of
+    rows at a time (rlsd_min.sampling.chunked_logprobs); the full logits are built only for a
+    loss that reads them (a full-vocabulary divergence). The entropy metric is the sampler's
+    (every completion token), or the scored rows' for completions given from elsewhere."""
+    method, rollout = METHODS[cfg.method], batch.rollout
+    N, T = rollout.completion_ids.shape
+    G = rollout.group_size
+    full = not method.skips_zero_rows(cfg)
+    picked = torch.arange(N, device=rollout.completion_ids.device) if full else batch.advantages.nonzero().squeeze(1)
+    logp = torch.zeros(N, T, device=rollout.completion_ids.device)                # (N, T)
+    logits, ent = None, torch.zeros(N, T, device=logp.device)                     # (N, T, V) when read; (N, T)
+    if len(picked):
+        body, head = split_head(scorer(policy, cfg))
+        used, groups = torch.unique(picked // G, return_inverse=True)            # prompts needed; (n,) into them
+        tokens = rollout.completion_ids[picked]                                  # (n, T)
+        with bf16_autocast(logp.device, cfg.bf16_autocast):                     # the forward only
+            hidden = completion_hidden(body, rollout.prompt_ids[::G][used], rollout.prompt_mask[::G][used],
+                                       tokens, rollout.completion_mask[picked], groups)           # (n, T, H)
+            scored, scored_ent = chunked_logprobs(hidden, head, tokens, cfg.temperature)        # (n, T), (n, T)
+            scored_logits = output_logits(head, hidden, cfg.temperature) if method.needs_logits(cfg) else None
+        logp = scored if full else logp.to(scored.dtype).index_put((picked,), scored)          # (N, T)
+        ent = scored_ent if full else ent.to(scored.dtype).index_put((picked,), scored_ent)
+        if scored_logits is not None:
+            logits = scored_logits if full else scored_logits.new_zeros(N, T, scored_logits.shape[-1]).index_put(
+                (picked,), scored_logits)                                        # (N, T, V)
     if batch.old_logp is None:  # the weights are still the sampling policy's
         batch.old_logp = logp.detach()
-    loss, metrics = METHODS[cfg.method].loss(logp, logits, batch, cfg, step)
+    loss, metrics = method.loss(logp, logits, batch, cfg, step)
+    if rollout.entropy is not None:
+        metrics["entropy"] = masked_mean(rollout.entropy, rollout.completion_mask).item()
+    else:
+        metrics["entropy"] = masked_mean(ent, rollout.completion_mask[picked] if full else
+                                         rollout.completion_mask * (batch.advantages != 0)[:, None]).item()
     return loss, metrics, logits
 
 
@@ -164,19 +199,21 @@ def update(policy, optimizer, batch: StepBatch, cfg, step: int, phases: Phases |
     phases = phases or Phases(next(policy.parameters()).device, cfg.bf16_autocast)
     for _ in range(cfg.num_iterations):
         with phases("update"):                            # student forward + backward
-            loss, metrics, logits = method_loss(policy, batch, cfg, step)
+            loss, metrics, _ = method_loss(policy, batch, cfg, step)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if loss.requires_grad:
+                loss.backward()
+            else:  # no row can change the loss: its gradient is 0, and the optimiser steps on that
+                for p in policy.parameters():
+                    p.grad = torch.zeros_like(p)
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             if not torch.isfinite(grad_norm):
                 raise NonFiniteLossError(f"non-finite gradient norm at step {step}")
         with phases("optim"):
             optimizer.step()
-    with torch.no_grad():
-        ent = masked_mean(entropy(logits), batch.rollout.completion_mask).item()
-    return {"loss": loss.item(), **metrics, "grad_norm": grad_norm.item(), "entropy": ent}
+    return {"loss": loss.item(), **metrics, "grad_norm": grad_norm.item()}
 
 
 def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg, step: int,

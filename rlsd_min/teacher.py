@@ -30,7 +30,9 @@ import random
 
 import torch
 
-from .sampling import check_fits, completion_logits, encode_prompts, gather_logprobs
+from .decoding import split_head
+from .sampling import (check_fits, chunked_logprobs, completion_hidden, completion_logits, encode_prompts,
+                       gather_logprobs)
 
 PRIVILEGED_TEMPLATE = "{context}|{prompt}"
 """Teacher prompt: privileged context c, a '|' separator, then the student prompt x."""
@@ -225,9 +227,15 @@ def score_completions(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
     used, groups = torch.unique(prompt_index[picked], return_inverse=True)  # prompts needed; (n,) into them
     completion = rollout.completion_ids[picked]                                              # (n, T)
     with torch.inference_mode():
-        logits = completion_logits(model, prompt_ids[used], prompt_mask[used], completion,
-                                   rollout.completion_mask[picked], temperature, groups)      # (n, T, V)
-        logp = gather_logprobs(logits, completion)                                           # (n, T)
+        if return_logits:
+            logits = completion_logits(model, prompt_ids[used], prompt_mask[used], completion,
+                                       rollout.completion_mask[picked], temperature, groups)  # (n, T, V)
+            logp = gather_logprobs(logits, completion)                                       # (n, T)
+        else:  # the log-probs alone: without holding the (n, T, V) logits
+            body, head = split_head(model)
+            hidden = completion_hidden(body, prompt_ids[used], prompt_mask[used], completion,
+                                       rollout.completion_mask[picked], groups)             # (n, T, H)
+            logp = chunked_logprobs(hidden, head, completion, temperature)[0]               # (n, T)
     # clone: inference tensors become ordinary (still gradient-free) tensors for the loss
     return (logp.clone(), logits.clone()) if return_logits else logp.clone()
 

@@ -233,19 +233,27 @@ def cmd_verify(args) -> None:
     from .experiment import experiment_config, run_experiment
     from .results import finished_history, plan, run_dir
 
+    from .design import final_plan
+    from .results import plan_budget
+
     methods = tuple(m for m in args.methods.split(",") if m)
     variants = tuple(v for v in (args.variants or "").split(",") if v)
+    label_seeds, waiting = None, {}
+    if args.final:  # design.FINAL in place of --seeds, --methods, --variants, --variant-seeds
+        methods, variants, label_seeds, waiting = final_plan()
     if args.list:  # the plan, one run a line: what a scheduler fans out with --shard
         exp = experiment_config(args.profile, args.seeds, methods, tuple(args.tasks.split(",")),
-                                _parse_sets(args.set), variants, args.variant_seeds)
+                                _parse_sets(args.set), variants, args.variant_seeds, label_seeds)
         runs = plan(exp)
         for i, (t, label, s) in enumerate(runs):
             done = finished_history(run_dir(args.out, t, label, s), exp["configs"][f"{t}/{label}"]["steps"])
             print(f"{i}\t{t}/{label}/seed{s}\t{'finished' if done is not None else 'to do'}")
+        print("\n".join(plan_budget(args.out, exp) + [f"left out: {k}: {why}" for k, why in waiting.items()]))
         return
     t0 = time.time()
     summary = run_experiment(args.out, args.profile, args.seeds, methods, tuple(args.tasks.split(",")),
-                             _parse_sets(args.set), variants, args.jobs, args.shard, args.variant_seeds)
+                             _parse_sets(args.set), variants, args.jobs, args.shard, args.variant_seeds,
+                             label_seeds=label_seeds)
     if summary is None:
         print(f"shard {args.shard} done in {(time.time() - t0) / 60:.1f} min; once every shard is done, the same "
               f"command without --shard reports -> {os.path.join(args.out, 'REPORT.md')}")
@@ -343,7 +351,11 @@ def main(argv=None) -> None:
                    "(1: in this process, torch's threads as they are)")
     p.add_argument("--shard", default=None, metavar="I/N", help="train only the runs at positions I, I+N, ... of "
                    "the plan (0 <= I < N) and write no report; the same command without --shard reports")
-    p.add_argument("--list", action="store_true", help="print the plan (position, run, finished or not) and exit")
+    p.add_argument("--final", action="store_true", help="the final experiment (rlsd_min.lab.design.FINAL: "
+                   "20 paired seeds of the main labels, 5 or 10 of the others), in place of --seeds, --methods, "
+                   "--variants and --variant-seeds; the committed results/ are its first shard")
+    p.add_argument("--list", action="store_true", help="print the plan (position, run, finished or not), the "
+                   "seeds, finished runs and projected time of each label, and exit")
     p.set_defaults(func=cmd_verify)
 
     args = parser.parse_args(argv)
