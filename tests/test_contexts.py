@@ -239,3 +239,36 @@ def test_a_ci_run_trains_with_each_new_context(method, kind, tmp_path):
         assert fracs == [1.0, 1.0]
         assert "probe_logratio_answer" in history[-1]
     assert "probe_acc_train" in history[-1]
+
+
+# --- through the TRL trainers -----------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", sorted(OTHER_KINDS))
+def test_an_other_context_trains_a_trl_trainer_on_a_chat_dataset(kind, tmp_path):
+    """The other_* contexts are data: arith_rows puts another problem's worked example in each
+    row's privileged_context, and GRPO+OPSD's TRL trainer puts it in the user turn before the
+    question."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+
+    from rlsd_min.integrations import trl as rt
+    from rlsd_min.integrations.tiny import arith_reward, arith_rows, build_tiny_chat_model
+
+    rows = arith_rows(n=8, conversational=True, context=kind, seed=0)
+    problems = rlsd_min.tasks.problems_of(rlsd_min.tasks.load_splits(str(TASKS["arith"].data_dir))["train"])[:8]
+    others = other_problems(problems, seed=0)
+    for row, p in zip(rows, problems):
+        assert row["privileged_context"] == others[p.prompt].prompt + others[p.prompt].context(OTHER_KINDS[kind])
+    args = rt.OPSDConfig(output_dir=str(tmp_path / "out"), with_reward=True, per_device_train_batch_size=8,
+                         num_generations=4, max_completion_length=24, max_steps=2, learning_rate=1e-3,
+                         report_to="none", use_cpu=True, bf16=False, logging_steps=1, save_strategy="no",
+                         disable_tqdm=True, shuffle_dataset=False, seed=0)
+    trainer = rt.OPSDTrainer(model=build_tiny_chat_model(str(tmp_path / "model")), reward_funcs=arith_reward,
+                             args=args, train_dataset=Dataset.from_list(rows))
+    trainer.train()
+    assert trainer.state.global_step == 2
+    trainer.model.eval()
+    batch = trainer._generate_and_score_completions([rows[0]] * 4)
+    teacher = trainer.processing_class.decode(batch["teacher_prompt_ids"][0], skip_special_tokens=True)
+    assert rows[0]["privileged_context"] in teacher and problems[0].prompt in teacher
+    assert teacher.index(rows[0]["privileged_context"]) < teacher.rindex(problems[0].prompt)
