@@ -94,9 +94,24 @@ def sdpg_windows(cfg) -> tuple[int, int]:
 def distillation(cfg, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """The distillation term D_t of cfg.divergence (rlsd_min.reverse_kl.divergence, with the run's
     jsd_beta, entry_clip, token_clip): (..., V) x 2 -> (...). rlsd_min.step calls it on a chunk of
-    rows at a time, the TRL trainers on their micro-batch."""
+    rows at a time, the TRL trainers on their micro-batch; the losses keep it on the rows with a
+    teacher (`_with_teacher`)."""
     return divergence(cfg.divergence, student_logits, teacher_logits, cfg.jsd_beta,
                       cfg.entry_clip or None, cfg.token_clip or None)
+
+
+def _with_teacher(term: torch.Tensor, batch: StepBatch) -> torch.Tensor:
+    """A teacher term (N, T) on the rows the teacher scored, 0 on the others (batch.teacher_rows):
+    a row without a teacher adds nothing to the loss, nor to its gradient."""
+    return term if batch.teacher_rows is None else term * batch.teacher_rows[:, None]   # (N, T)
+
+
+def _teacher_logp(logp: torch.Tensor, batch: StepBatch) -> torch.Tensor:
+    """log q_t(y_t) (N, T) where the teacher scored the row, sg[log p_t(y_t)] elsewhere: a row
+    without a teacher gets Delta_t = 0 (RLSD's w_t = 1, GRPO's token advantage)."""
+    if batch.teacher_rows is None:
+        return batch.teacher_logp
+    return torch.where(batch.teacher_rows[:, None], batch.teacher_logp, logp.detach())  # (N, T)
 
 
 # --- the methods ------------------------------------------------------------------------
@@ -116,21 +131,22 @@ def opsd(logp, distill, batch: StepBatch, cfg, step: int):
     if cfg.divergence == "sampled":
         delta = sampled_token_advantage(logp, batch.teacher_logp)     # (N, T) sg[log q - log p], p current
         distill = clipped_surrogate(logp, batch.old_logp, delta, cfg.eps_low, cfg.eps_high)[0]  # (N, T)
-    return template_loss(logp, batch, cfg, distill=distill, beta=cfg.distill_coef)
+    return template_loss(logp, batch, cfg, distill=_with_teacher(distill, batch), beta=cfg.distill_coef)
 
 
 def grpo_opsd(logp, distill, batch: StepBatch, cfg, step: int):
     """GRPO + beta * OPSD divergence on all tokens (the additive baseline of RLSD's table)."""
     ahat = batch.advantages[:, None].expand_as(logp)                                # (N, T)
-    return template_loss(logp, batch, cfg, ahat=ahat, distill=distill, beta=cfg.distill_coef)
+    return template_loss(logp, batch, cfg, ahat=ahat, distill=_with_teacher(distill, batch), beta=cfg.distill_coef)
 
 
 def rlsd(logp, distill, batch: StepBatch, cfg, step: int):
     """RLSD: the verifier's A_i sets the direction, the teacher's Delta_t the per-token magnitude."""
     lam = rlsd_lambda(step, cfg.rlsd_lam, cfg.rlsd_lam_steps)
-    ahat = rlsd_advantages(batch.advantages, batch.teacher_logp, logp, lam, cfg.rlsd_eps_w)  # Delta of the current p
+    teacher_logp = _teacher_logp(logp, batch)                                      # (N, T)
+    ahat = rlsd_advantages(batch.advantages, teacher_logp, logp, lam, cfg.rlsd_eps_w)  # Delta of the current p
     loss, metrics = template_loss(logp, batch, cfg, ahat=ahat)
-    w = rlsd_weights(batch.advantages, batch.teacher_logp, logp)                    # (N, T)
+    w = rlsd_weights(batch.advantages, teacher_logp, logp)                          # (N, T)
     outside = ((w < 1 - cfg.rlsd_eps_w) | (w > 1 + cfg.rlsd_eps_w)).to(logp.dtype)  # (N, T)
     signed = batch.rollout.completion_mask * (batch.advantages != 0)[:, None]     # (N, T) tokens with A_i != 0
     metrics.update(lam=lam, w_clip_frac=masked_mean(outside, signed).item())      # (w = 1 where A_i = 0)
@@ -145,7 +161,7 @@ def sdpg(logp, distill, batch: StepBatch, cfg, step: int):
         beta = sdpg_beta(step, cfg.steps, cfg.distill_coef, *sdpg_windows(cfg))
     else:
         beta = cfg.distill_coef
-    return template_loss(logp, batch, cfg, ahat=ahat, distill=distill, gate=gate, beta=beta,
+    return template_loss(logp, batch, cfg, ahat=ahat, distill=_with_teacher(distill, batch), gate=gate, beta=beta,
                          outcome=cfg.sdpg_outcome)
 
 
@@ -164,10 +180,14 @@ DIVERGENCE_FIELDS = ("jsd_beta", "entry_clip", "token_clip")
 
 def _floor_rule(cfg) -> str | None:
     from .leakage import FLOORS  # the floor's own list of divergences
+    from .teacher import REFERENCE_KINDS  # the floor averages over the problem's own references
 
     if cfg.distill_floor and (cfg.task != "split" or cfg.divergence not in FLOORS):
         return (f"distill_floor=True needs task 'split' and a forward or reverse divergence, got task "
                 f"{cfg.task!r} and divergence {cfg.divergence!r}")
+    if cfg.distill_floor and cfg.teacher_context not in REFERENCE_KINDS:
+        return (f"distill_floor=True needs a teacher shown the problem's own reference {REFERENCE_KINDS}, "
+                f"got teacher_context={cfg.teacher_context!r}")
     return None
 
 

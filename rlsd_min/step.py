@@ -32,9 +32,10 @@ from .decoding import bf16_autocast, compiled_forward, split_head
 from .methods import METHODS, distillation
 from .objective import masked_mean
 from .phases import Phases
-from .sampling import (chunked_logprobs, completion_hidden, encode_prompts, over_row_chunks, rollout_logprobs,
-                       sample_group, token_scores)
-from .teacher import Teacher, privileged_prompts, score_completions
+from .sampling import (chunked_logprobs, completion_hidden, over_row_chunks, rollout_logprobs, sample_group,
+                       token_scores)
+from .teacher import (OTHER_KINDS, Teacher, encode_teacher_prompts, other_problems, privileged_prompts,
+                      score_completions, sibling_completions)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -52,11 +53,19 @@ def scorer(model, cfg):
     return compiled_forward(model, dynamic=True) if cfg.compile_scoring else model
 
 
-def make_teacher(policy, cfg) -> Teacher | None:
-    """The teacher of cfg.method (None for a method without one)."""
+def make_teacher(policy, cfg, pool: list | None = None) -> Teacher | None:
+    """The teacher of cfg.method (None for a method without one). An other_* teacher_context
+    needs `pool`, the training split, whose derangement (seeded by cfg.seed) picks the
+    problem each question's teacher is shown (teacher.other_problems)."""
     if METHODS[cfg.method].teacher is None:
         return None
-    return Teacher(policy, cfg.teacher_mode, cfg.sync_every, cfg.ema_rate)
+    others = None
+    if cfg.teacher_context in OTHER_KINDS:
+        if pool is None:
+            raise ValueError(f"teacher_context={cfg.teacher_context!r} needs the training split: "
+                             f"pass pool=<its problems> to make_teacher")
+        others = other_problems(pool, cfg.seed)
+    return Teacher(policy, cfg.teacher_mode, cfg.sync_every, cfg.ema_rate, others)
 
 
 def collect(policy, tokenizer, problems: list, cfg, ref_model=None, teacher: Teacher | None = None,
@@ -95,32 +104,43 @@ def score_rollout(policy, tokenizer, problems: list, rollout: Rollout, cfg, ref_
         if teacher is None:
             raise ValueError(f"method {cfg.method!r} needs its teacher: pass teacher=make_teacher(policy, cfg)")
         with phases("teacher", autocast=True):
-            ids, mask = encode_prompts(tokenizer, privileged_prompts(problems, cfg.teacher_context, cfg.privileged_template),
-                                       device)   # (B, P')
+            siblings = (sibling_completions(rollout.texts, rewards.tolist(), cfg.group_size)
+                        if cfg.teacher_context == "sibling" else None)
+            prompts = privileged_prompts(problems, cfg.teacher_context, cfg.privileged_template,
+                                         others=teacher.others, siblings=siblings)      # B, or N with None
+            ids, mask, prompt_index, context_rows = encode_teacher_prompts(tokenizer, prompts, rollout, device)
             batch.teacher_logp, batch.teacher_logits, batch.teacher_rows = teacher_scores(
-                scorer(teacher.model, cfg), ids, mask, rollout, advantages, cfg)
+                scorer(teacher.model, cfg), ids, mask, rollout, advantages, cfg, prompt_index, context_rows)
+            batch.metrics["teacher_frac"] = 1.0 if context_rows is None else context_rows.float().mean().item()
     return batch
 
 
-def teacher_scores(teacher_model, prompt_ids, prompt_mask, rollout: Rollout, advantages, cfg):
+def teacher_scores(teacher_model, prompt_ids, prompt_mask, rollout: Rollout, advantages, cfg,
+                   prompt_index=None, context_rows=None):
     """(log q_t(y_t) (N, T), full-vocabulary logits (N, T, V) or None, rows) of the teacher on
-    the rollout, after its prompts (B, P'), one per group.
+    the rollout, after its prompts (U, P'): one per group, or row n's is prompt_index[n]
+    (teacher.encode_teacher_prompts).
 
-    Only the rows whose loss the teacher can change are scored (METHODS[cfg.method].teacher_rows:
-    A_i > 0 under SDPG's gate, A_i != 0 for RLSD; None = all); the others get 0 log-probs and 0
-    logits (a uniform teacher), which their loss multiplies by 0."""
+    Only the rows whose loss the teacher can change are scored: those that have a teacher
+    (context_rows (N,) bool; None = all: a `sibling` row whose group has no other success has
+    none) and that the method's term reaches (METHODS[cfg.method].teacher_rows: A_i > 0 under
+    SDPG's gate, A_i != 0 for RLSD; None = all). The others get 0 log-probs and 0 logits (a
+    uniform teacher) and no teacher term in the loss (rows, StepBatch.teacher_rows)."""
     method = METHODS[cfg.method]
     full_vocab = method.needs_logits(cfg)
     rows = method.teacher_rows(advantages, cfg)                                  # (N,) bool or None
+    if context_rows is not None:
+        rows = context_rows if rows is None else rows & context_rows              # (N,)
     N, T = rollout.completion_ids.shape
     if rows is None:
-        out = score_completions(teacher_model, prompt_ids, prompt_mask, rollout, full_vocab, cfg.temperature)
+        out = score_completions(teacher_model, prompt_ids, prompt_mask, rollout, full_vocab, cfg.temperature,
+                                prompt_index=prompt_index)
         return (*out, rows) if full_vocab else (out, None, rows)
     if not rows.any():
         logits = torch.zeros(N, T, teacher_model.config.vocab_size, device=prompt_ids.device) if full_vocab else None
         return torch.zeros(N, T, device=prompt_ids.device), logits, rows
     out = score_completions(teacher_model, prompt_ids, prompt_mask, rollout, full_vocab, cfg.temperature,
-                            rows)                                                # (n, T) [, (n, T, V)]
+                            rows, prompt_index)                                  # (n, T) [, (n, T, V)]
     scored, scored_logits = out if full_vocab else (out, None)
     logp = scored.new_zeros(N, T).index_put((rows,), scored)                     # (N, T)
     logits = scored_logits.new_zeros(N, T, scored_logits.shape[-1]).index_put((rows,), scored_logits) \
