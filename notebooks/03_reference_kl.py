@@ -204,19 +204,12 @@ if os.environ.get("RLSD_SOLUTIONS") == "1":  # CI runs the course with the solut
 import torch
 
 import rlsd_min
-from rlsd_min.lab.exercises import compare, fresh_generator
+from rlsd_min.lab.exercises import compare, fresh_generator, gradient_of
 
 
 def check_exercise_3():  # a function: the check's variables stay out of the notebook's
     def package_k3(logp, ref_logp):
         return rlsd_min.kl_penalty(logp, ref_logp, "k3")
-
-    def gradient_of(k3, wrt):  # the gradient of k3(logp, ref_logp).sum() with respect to input `wrt`
-        def grad(logp, ref_logp):
-            inputs = [logp.clone().requires_grad_(), ref_logp.clone().requires_grad_()]
-            k3(*inputs).sum().backward()
-            return inputs[wrt].grad if inputs[wrt].grad is not None else torch.zeros_like(inputs[wrt])
-        return grad
 
     gen = fresh_generator()
     for _ in range(20):

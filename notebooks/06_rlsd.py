@@ -136,8 +136,9 @@ assert torch.allclose(pkg, torch.tensor(hand), atol=1e-6)
 # **Exercise 6: RLSD's token advantages.** Write `my_rlsd_advantages(A, teacher_logp, student_logp, lam, eps_w)`
 # for a whole batch: `A (N,)`, log-probs `(N, T)` to `Â (N, T)` by the formulas at the top of this
 # notebook. The sign of `A_i` picks which ratio `w_t` is, and `A_i = 0` must give `Â = 0`; the teacher
-# signal `Δ_t` carries no gradient. The next cell compares with `rlsd_min.rlsd_advantages` on fresh
-# random advantages (some zero), log-probs, `λ` and `ε_w`.
+# signal `Δ_t` carries no gradient (`.detach()` it). The next cell compares with `rlsd_min.rlsd_advantages`
+# on fresh random advantages (some zero), log-probs, `λ` and `ε_w`: the values, and the gradients of
+# their sum with respect to both log-probs (zero: an answer without the detach is rejected there).
 
 # %% tags=["exercise"]
 import os
@@ -159,7 +160,7 @@ if os.environ.get("RLSD_SOLUTIONS") == "1":  # CI runs the course with the solut
 import torch
 
 import rlsd_min
-from rlsd_min.lab.exercises import compare, fresh_generator
+from rlsd_min.lab.exercises import compare, fresh_generator, gradient_of
 
 
 def check_exercise_6():  # a function: the check's variables stay out of the notebook's
@@ -170,9 +171,13 @@ def check_exercise_6():  # a function: the check's variables stay out of the not
         student_logp = -3 * torch.rand(N, T, generator=gen)
         teacher_logp = student_logp + torch.randn(N, T, generator=gen)              # Delta ~ N(0, 1): clips often
         lam, eps_w = float(torch.rand((), generator=gen)), 0.05 + 0.9 * float(torch.rand((), generator=gen))
-        compare("my_rlsd_advantages", my_rlsd_advantages, rlsd_min.rlsd_advantages, A, teacher_logp, student_logp,
-                lam, eps_w)
-    print("exercise 6 solved: my_rlsd_advantages == rlsd_min.rlsd_advantages on 30 random batches")
+        args = (A, teacher_logp, student_logp, lam, eps_w)
+        compare("my_rlsd_advantages", my_rlsd_advantages, rlsd_min.rlsd_advantages, *args)
+        for wrt, name in ((1, "teacher_logp"), (2, "student_logp")):  # Delta_t = sg[...]: no gradient through it
+            compare(f"the gradient of my_rlsd_advantages(...).sum() with respect to {name}",
+                    gradient_of(my_rlsd_advantages, wrt), gradient_of(rlsd_min.rlsd_advantages, wrt), *args)
+    print("exercise 6 solved: my_rlsd_advantages == rlsd_min.rlsd_advantages, values and gradients (none through "
+          "Delta_t), on 30 random batches")
 
 
 check_exercise_6()
