@@ -41,13 +41,14 @@
 # Set-up, the same first cell in every notebook: make rlsd_min importable, then pick the profile.
 import importlib, importlib.util, pathlib, subprocess, sys
 
-if importlib.util.find_spec("rlsd_min") is None:  # not installed: install the checkout this notebook is in
-    here = pathlib.Path.cwd()
-    ROOT = next((d for d in (here, *here.parents, *sorted(p for p in here.iterdir() if p.is_dir()))
-                 if (d / "pyproject.toml").is_file() and (d / "rlsd_min" / "__init__.py").is_file()), None)
-    if ROOT is None:
-        raise ModuleNotFoundError("rlsd_min is not installed, and no checkout of its repository is in or above "
-                                  f"{here}: clone the repository, then open this notebook from its notebooks/ folder")
+here, spec = pathlib.Path.cwd(), importlib.util.find_spec("rlsd_min")
+installed = [pathlib.Path(spec.origin).resolve().parents[1]] if spec else []  # an editable install's checkout
+ROOT = next((d for d in (*installed, here, *here.parents, *sorted(p for p in here.iterdir() if p.is_dir()))
+             if (d / "pyproject.toml").is_file() and (d / "rlsd_min" / "__init__.py").is_file()), None)
+if ROOT is None:  # every path below is taken from the checkout's root, whatever the working directory
+    raise ModuleNotFoundError(f"no checkout of the rlsd_min repository is in, above or just below {here}: "
+                              "clone the repository, then open this notebook from its notebooks/ folder")
+if spec is None:  # not installed: install the checkout this notebook is in
     print(f"rlsd_min is not installed: pip install -e {ROOT}")
     if subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", str(ROOT)]).returncode:
         print("pip install failed (above): this kernel imports rlsd_min from the checkout, a new one will not")
@@ -58,12 +59,11 @@ if importlib.util.find_spec("rlsd_min") is None:  # not installed: install the c
 from rlsd_min.config import default_profile
 
 PROFILE = default_profile()  # RLSD_PROFILE if set, else gpu when CUDA is present, else cpu
-RUNS = pathlib.Path.cwd().parent / "runs" / "course" / PROFILE  # the course's run folders, shared by its notebooks
+RUNS = ROOT / "runs" / "course" / PROFILE  # the course's run folders, shared by its notebooks
 print("profile:", PROFILE)
 
 # %%
 import json, math, os, warnings
-from pathlib import Path
 
 warnings.filterwarnings("ignore")
 
@@ -82,7 +82,7 @@ from rlsd_min.tasks import TASKS, SplitProblem, load_splits, problems_of
 
 datasets.disable_progress_bars()
 ARITH = TASKS["arith"]  # the task's data folder and warm start: ARITH.data_dir, ARITH.base_checkpoint
-RESULTS_DIR = Path.cwd().parent / "results" / "arith_split"  # the first verification (arith, split; notebooks run in notebooks/)
+RESULTS_DIR = ROOT / "results" / "arith_split"  # the first verification (arith, split)
 _ = torch.manual_seed(0)
 
 # %% [markdown]

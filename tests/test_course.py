@@ -260,7 +260,7 @@ import json, sys
 ns = {}
 exec(open(sys.argv[1]).read(), ns)
 import rlsd_min
-print(json.dumps(dict(file=rlsd_min.__file__, profile=ns["PROFILE"])))
+print(json.dumps(dict(file=rlsd_min.__file__, profile=ns["PROFILE"], runs=str(ns["RUNS"]))))
 """
 
 
@@ -291,6 +291,26 @@ def test_setup_cell_installs_the_checkout_where_the_package_is_missing(tmp_path,
     else:
         assert "pip install failed" in proc.stdout
         assert again.returncode != 0
+
+
+def test_a_hosted_start_takes_its_paths_from_the_clone(tmp_path, bare_python):
+    """A hosted runtime: the kernel starts in the clone's parent, rlsd_min not installed. The first
+    cell installs the clone and puts the run folders under it, not under the working directory's
+    parent."""
+    python, env = bare_python
+    content = tmp_path / "content"
+    clone = content / "rlsd_min_clone"
+    clone.mkdir(parents=True)
+    _checkout_copy(clone)
+    cell = tmp_path / "cell.py"
+    cell.write_text(setup_cell(notebooks()[0]))
+    env = dict(env, RLSD_PROFILE="ci", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_BUILD_ISOLATION="0")
+    proc = subprocess.run([python, "-c", AFTER, str(cell)], cwd=content, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    got = json.loads(proc.stdout.splitlines()[-1])
+    assert f"pip install -e {clone}" in proc.stdout
+    assert Path(got["runs"]) == clone / "runs" / "course" / "ci"
 
 
 # --- one set of runs ------------------------------------------------------------------------------
