@@ -133,10 +133,10 @@ def clock_block(root: Path, up: str) -> str:
     s = summary_of(root, "mul7")
     clock = s["clock"]
     hours = clock["elapsed_s"] / 3600
-    return (f"{s['runs']} runs, {clock['elapsed_s'] / 60:.1f} minutes on the clock with at most {clock['at_once']} "
-            f"training at once ({s['wall_s'] / 60:.1f} minutes of training summed over runs, "
+    return (f"{s['runs']} runs, **{clock['elapsed_s'] / 60:.1f} minutes on the clock** with at most "
+            f"{clock['at_once']} training at once ({s['wall_s'] / 60:.1f} minutes of training summed over runs, "
             f"{s['runs'] / hours:.1f} runs per hour; `clock` and `wall_s` in "
-            f"[`results/summary.json`]({up}results/summary.json))")
+            f"[`results/summary.json`]({up}results/summary.json)).")
 
 
 def below_floor_block(root: Path, up: str) -> str:
