@@ -26,6 +26,12 @@
 #
 # Each piece is one function of `rlsd_min`; here each is computed by hand on a tiny example first
 # and checked against the package. The notebook ends with a short GRPO run.
+#
+# **What it trains:** one GRPO run from the shipped warm start (`train_config(PROFILE, method="grpo")`: 100 steps on the `cpu` profile), the run notebooks 04, 06 and 07 read back.
+#
+# <!-- generated: notebook-time -->
+# **Time.** Its stored run, on the `cpu` profile: 8.0 min (the cells' times recorded in this notebook; the longest cell 7.8 min). A notebook run again reads its finished run folders back and trains nothing.
+# <!-- end generated -->
 
 # %%
 # Set-up, the same first cell in every notebook: make rlsd_min importable, then pick the profile.

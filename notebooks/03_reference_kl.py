@@ -30,6 +30,12 @@
 # All three are `rlsd_min.kl_penalty(logp, ref_logp, estimator)`. This notebook checks their bias
 # and variance exactly on a small categorical distribution, then by Monte Carlo, shows which
 # gradient each one gives as a loss, and ends with GRPO runs using the penalty.
+#
+# **What it trains:** two GRPO runs with a k3 reference KL (`kl_coef` 0.05 and 1.0), 100 steps each on the `cpu` profile.
+#
+# <!-- generated: notebook-time -->
+# **Time.** Its stored run, on the `cpu` profile: 9.3 min (the cells' times recorded in this notebook; the longest cell 9.2 min). A notebook run again reads its finished run folders back and trains nothing.
+# <!-- end generated -->
 
 # %%
 # Set-up, the same first cell in every notebook: make rlsd_min importable, then pick the profile.

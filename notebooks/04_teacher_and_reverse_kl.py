@@ -28,6 +28,12 @@
 # This notebook builds the teacher's log-probs, checks their alignment, looks at `Δ_t` on a real
 # mistake, checks the reverse KL and its sampled-token estimator (SDPG Prop. 3.1), and ends with
 # a short OPSD run.
+#
+# **What it trains:** one OPSD run (100 steps on the `cpu` profile); it reads notebook 02's GRPO run back (run 02 first, as for the stored outputs, or it trains that too).
+#
+# <!-- generated: notebook-time -->
+# **Time.** Its stored run, on the `cpu` profile: 42 s (the cells' times recorded in this notebook; the longest cell 36 s). A notebook run again reads its finished run folders back and trains nothing.
+# <!-- end generated -->
 
 # %%
 # Set-up, the same first cell in every notebook: make rlsd_min importable, then pick the profile.

@@ -36,6 +36,12 @@
 # 4. probes for leakage over training, from the first verification experiment in `results/arith_split/`;
 # 5. looks at the teacher-student log-ratio token by token on the arithmetic task.
 #
+#
+# **What it trains:** one OPSD run on `split` with its exact floor logged (section 3, 100 steps on the `cpu` profile); it reads the committed `results/arith_split/` for the rest.
+#
+# <!-- generated: notebook-time -->
+# **Time.** Its stored run, on the `cpu` profile: 28 s (the cells' times recorded in this notebook; the longest cell 22 s). A notebook run again reads its finished run folders back and trains nothing.
+# <!-- end generated -->
 
 # %%
 # Set-up, the same first cell in every notebook: make rlsd_min importable, then pick the profile.
@@ -320,8 +326,13 @@ print(f"split opsd accuracy in the verification runs ({json.load(open(RESULTS_DI
 # its held-out curve does not. At this scale it does not, clearly: OPSD's accuracy on `split` falls
 # from 0.54 to 0.10 over the verification's 300-step runs (the last line printed above, and notebook
 # 08; the 100-step run of section 3, on the `cpu` profile, had already fallen to 0.227), so late in training it has very few correct
-# answers to count and its curve is noise (`results/arith_split/REPORT.md` marks the claim *mixed*). The
-# methods with a verifier stay at or below chance on both sets. What OPSD does learn on `split` is
+# answers to count and its curve is noise. The methods with a verifier stay at or below chance on
+# both sets. The report's verdict (`results/arith_split/REPORT.md`):
+#
+# <!-- generated: verdicts arith_split shortcuts -->
+# - OPSD learns question-to-reference shortcuts on training prompts (split): **inconclusive** (OPSD probe_ref_match_train − probe_ref_match_heldout: +0.025 [-0.067, +0.131])
+# <!-- end generated -->
+# What OPSD does learn on `split` is
 # the floor's optimum: its loss meets the floor at the end of the run (`results/arith_split/floor_split.png`),
 # and that student, the geometric mean of ten teachers that each insist on a different answer,
 # does not write valid answers.

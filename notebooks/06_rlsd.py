@@ -39,6 +39,12 @@
 # Defaults ([RLSD's details](../docs/rlsd.md#implementation-details)): `ε_w = 0.2`; `λ` starts at 0.5 and decays linearly to 0 over 50 steps,
 # after which RLSD *is* GRPO; the teacher is a **synced** copy of the student (refreshed every 10
 # steps) shown only the **answer**.
+#
+# **What it trains:** one RLSD run (100 steps on the `cpu` profile) and reads notebook 02's GRPO run back (run 02 first, as for the stored outputs, or it trains that too).
+#
+# <!-- generated: notebook-time -->
+# **Time.** Its stored run, on the `cpu` profile: 38 s (the cells' times recorded in this notebook; the longest cell 33 s). A notebook run again reads its finished run folders back and trains nothing.
+# <!-- end generated -->
 
 # %%
 # Set-up, the same first cell in every notebook: make rlsd_min importable, then pick the profile.
@@ -408,7 +414,9 @@ assert same()
 # paper reports 3–6 %) and `teacher_kl` (the mean of `log p − log q` on the sampled tokens: how far
 # the synced teacher is from the student). `λ` decays over the paper's 50 steps on the `cpu` and
 # `gpu` profiles, and over 2 of the `ci` profile's 4 steps, so that every profile checks that it
-# reaches 0.
+# reaches 0. In the table below, row `k` is the `k`-th update and logs the `λ` that update used,
+# `λ(k − 1)`, computed from the `k − 1` steps done before it: row 10 shows 0.5 · (1 − 9/50) = 0.410,
+# and row 50 the last non-zero value, 0.010.
 #
 # **Expectation.** The RLSD paper reports RLSD ending highest (validation reward about 0.62 vs
 # GRPO's 0.60 in its Fig. 1a). Here, with one seed, 256 validation problems (a standard error of

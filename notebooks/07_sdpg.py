@@ -39,6 +39,12 @@
 # Compared with RLSD (notebook 06): RLSD only rescales GRPO's per-token advantage by a clipped
 # ratio on the *sampled* token; SDPG adds a gradient toward the teacher's *whole* next-token
 # distribution, with its own weight β.
+#
+# **What it trains:** one SDPG run (100 steps on the `cpu` profile; the rest of the notebook computes on single batches); it reads notebook 06's RLSD run and notebook 02's GRPO run back.
+#
+# <!-- generated: notebook-time -->
+# **Time.** Its stored run, on the `cpu` profile: 43 s (the cells' times recorded in this notebook; the longest cell 38 s). A notebook run again reads its finished run folders back and trains nothing.
+# <!-- end generated -->
 
 # %%
 # Set-up, the same first cell in every notebook: make rlsd_min importable, then pick the profile.

@@ -22,8 +22,16 @@
 # here, not quoted), how the step time grows with group size, completion length and model size,
 # and which switches make a GPU step faster. It ends with where the path continues for real LLMs.
 #
-# Setting up a GPU machine: `make TORCH_SPEC=torch install` (a CUDA build of torch), then
+# Setting up a GPU machine: `make install` (on Linux, PyPI's torch is a CUDA build), or
+# `make TORCH_INDEX=https://download.pytorch.org/whl/cu<version> install` for one CUDA version
+# ([docs/usage.md](../docs/usage.md#which-torch-you-get-and-how-to-choose)), then
 # `RLSD_PROFILE=gpu .venv/bin/jupyter lab notebooks/`.
+#
+# **What it trains:** nothing: it times single steps of every method on the current device.
+#
+# <!-- generated: notebook-time -->
+# **Time.** Its stored run, on the `cpu` profile: 20 s (the cells' times recorded in this notebook; the longest cell 11 s). A notebook run again reads its finished run folders back and trains nothing.
+# <!-- end generated -->
 
 # %%
 # Set-up, the same first cell in every notebook: make rlsd_min importable, then pick the profile.
@@ -185,7 +193,7 @@ assert all(r["median_s"] > 0 for r in scaling)
 # | here | at scale |
 # |---|---|
 # | `sample_group` (HF `generate`) | a serving engine for rollouts (vLLM, SGLang), weights synced each step |
-# | `teacher_prompt` = `{context}|{prompt}` | the chat template with the reference in a system or user turn |
+# | `teacher_prompt` = `{context}|{prompt}` | the chat template with the reference in the user turn (why the user turn: [from_tiny_to_cluster.md](../docs/from_tiny_to_cluster.md#the-privileged-context-plain-and-chat)) |
 # | the same weights as teacher (`live`) | no second model in memory; `synced`/`frozen` teachers need a copy (or a LoRA-free snapshot) |
 # | `completion_logits` sharing the prompt's KV cache over a group | prefix caching in the engine |
 # | `methods.py`: a method = a choice of `Ahat`, `D`, `m`, `beta` | TRL's `GRPOTrainer` (the peer in `benchmarks/RESULTS.md`) plus a custom loss, or verl / OpenRLHF |

@@ -13,7 +13,7 @@ whose text `render` makes from a committed file, never by hand:
     metrics SOURCE LABEL,... KEY,...   those summary keys (mean ± std over seeds), one row per task and label
     claims SOURCE LABEL       the report's claim rows that name the label (and its variants' rows),
                               judged in the report's Holm families: the verdicts as the report states them
-    verdicts SOURCE           one line per claim: its verdict and its first comparison
+    verdicts SOURCE [WORD]    one line per claim (whose text holds WORD): its verdict and first comparison
     clock                     the verification's time on the clock and its training time
     below-floor               per seed, the steps where OPSD's loss on `split` lay below its exact floor
     notebook-time             this notebook's stored run: the cell times its .ipynb records
@@ -120,12 +120,14 @@ def claims_block(root: Path, up: str, source: str, label: str) -> str:
     return "\n".join(lines)
 
 
-def verdicts_block(root: Path, up: str, source: str) -> str:
+def verdicts_block(root: Path, up: str, source: str, word: str = "") -> str:
     out = []
-    for c in _judged(_text_of(root, source))[0]:
+    for c in (c for c in _judged(_text_of(root, source))[0] if word in c.text):
         what, comparison = c.parts[0]
         more = f"; {len(c.parts) - 1} more part in the report" if len(c.parts) > 1 else ""
         out.append(f"- {c.text}: **{c.verdict}** ({what}: {report._cmp(comparison)}{more})")
+    if not out:
+        raise ValueError(f"block verdicts {source} {word}: no claim of {SOURCES[source]} holds {word!r}")
     return "\n".join(out)
 
 
