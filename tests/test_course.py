@@ -294,12 +294,13 @@ def test_setup_cell_installs_the_checkout_where_the_package_is_missing(tmp_path,
 
 
 def test_a_hosted_start_takes_its_paths_from_the_clone(tmp_path, bare_python):
-    """A hosted runtime: the kernel starts in the clone's parent, rlsd_min not installed. The first
-    cell installs the clone and puts the run folders under it, not under the working directory's
-    parent."""
+    """A hosted runtime: the kernel starts in the clone's parent, rlsd_min not installed, and the
+    clone's folder is named rlsd_min (what `git clone` makes), which Python in that working
+    directory sees as an empty namespace package. The first cell installs the clone, imports the
+    package, and puts the run folders under the clone, not under the working directory's parent."""
     python, env = bare_python
     content = tmp_path / "content"
-    clone = content / "rlsd_min_clone"
+    clone = content / "rlsd_min"
     clone.mkdir(parents=True)
     _checkout_copy(clone)
     cell = tmp_path / "cell.py"
@@ -310,6 +311,7 @@ def test_a_hosted_start_takes_its_paths_from_the_clone(tmp_path, bare_python):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     got = json.loads(proc.stdout.splitlines()[-1])
     assert f"pip install -e {clone}" in proc.stdout
+    assert Path(got["file"]).resolve() == (clone / "rlsd_min" / "__init__.py").resolve()
     assert Path(got["runs"]) == clone / "runs" / "course" / "ci"
 
 
