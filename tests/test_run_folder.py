@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from rlsd_min import train, train_config
-from rlsd_min.loop import RunFolderBusyError, RunFolderError, read_metrics
+from rlsd_min.run_folder import RunFolderBusyError, RunFolderError, read_metrics
 
 
 @pytest.fixture(scope="module")

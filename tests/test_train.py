@@ -15,7 +15,7 @@ import torch
 
 from rlsd_min import model as model_io
 from rlsd_min import train, train_config
-from rlsd_min.registry import METHODS
+from rlsd_min.methods import METHODS
 from rlsd_min.step import NonFiniteLossError
 from rlsd_min.tasks import TASKS
 
@@ -40,7 +40,7 @@ def patch_grpo(monkeypatch, on_call):
         loss, metrics = original(*args, **kwargs)
         return on_call(calls["n"], loss), metrics
 
-    monkeypatch.setitem(METHODS, "grpo", dataclasses.replace(entry, loss_fn=wrapped))
+    monkeypatch.setitem(METHODS, "grpo", dataclasses.replace(entry, loss=wrapped))
     return calls
 
 
@@ -409,7 +409,7 @@ def test_the_teacher_scores_only_rows_whose_loss_it_can_change(method, splits, m
         torch.manual_seed(0)
         batch = collect(policy, tok, problems, cfg, None, make_teacher(policy, cfg))
         policy.zero_grad()
-        loss, metrics, _ = method_loss(policy, batch, cfg, step=1)
+        loss, metrics = method_loss(policy, batch, cfg, step=1)
         loss.backward()
         results[rows] = (batch, loss.item(), [p.grad.clone() for p in policy.parameters()])
     subset, every = results["subset"][0], results["all"][0]
