@@ -331,11 +331,7 @@ print(f"split opsd accuracy in the verification runs ({json.load(open(RESULTS_DI
 # from 0.54 to 0.10 over the verification's 300-step runs (the last line printed above, and notebook
 # 08; the 100-step run of section 3, on the `cpu` profile, had already fallen to 0.227), so late in training it has very few correct
 # answers to count and its curve is noise. The methods with a verifier stay at or below chance on
-# both sets. The report's verdict (`results/arith_split/REPORT.md`):
-#
-# <!-- generated: verdicts arith_split shortcuts -->
-# - OPSD learns question-to-reference shortcuts on training prompts (split): **inconclusive** (OPSD probe_ref_match_train − probe_ref_match_heldout: +0.025 [-0.067, +0.131])
-# <!-- end generated -->
+# both sets; `results/arith_split/REPORT.md` judges the shortcut claim inconclusive.
 # What OPSD does learn on `split` is
 # the floor's optimum: its loss meets the floor at the end of the run (`results/arith_split/floor_split.png`),
 # and that student, the geometric mean of ten teachers that each insist on a different answer,

@@ -282,7 +282,7 @@ val = problems_of(load_splits(str(ARITH.data_dir))["validation"])[:4]
 torch.manual_seed(0)
 batch = rlsd_min.collect(model, tok, val, DEMO, teacher=teacher)      # sample, verify, A_i, teacher scores
 rollout, rewards, adv, teacher_logp = batch.rollout, batch.rewards, batch.advantages, batch.teacher_logp
-loss, metrics, _ = method_loss(model, batch, DEMO, step=0)            # the loss at step 0; fills batch.old_logp
+loss, metrics = method_loss(model, batch, DEMO, step=0)               # the loss at step 0; fills batch.old_logp
 student_logp = batch.old_logp                                         # (N, T) log p_t(y_t), detached
 lam0 = rlsd_lambda(0, DEMO.rlsd_lam, DEMO.rlsd_lam_steps)
 ahat = rlsd_min.rlsd_advantages(adv, teacher_logp, student_logp, lam0, DEMO.rlsd_eps_w)  # (N, T)
@@ -386,7 +386,7 @@ assert ((factor[sel] - 1).abs() <= bound + 1e-6).all()
 
 # %%
 k_end = DEMO.rlsd_lam_steps                                               # lam(k_end) = 0
-loss_end, metrics_end, _ = method_loss(model, batch, DEMO, step=k_end)
+loss_end, metrics_end = method_loss(model, batch, DEMO, step=k_end)
 grpo = rlsd_min.train_config(PROFILE, method="grpo", prompts_per_step=4, group_size=8)
 loss_grpo = method_loss(model, batch, grpo, step=k_end)[0]
 print(f"step {k_end}: lam {metrics_end['lam']}, RLSD loss {loss_end.item():+.6f}, GRPO loss {loss_grpo.item():+.6f}")

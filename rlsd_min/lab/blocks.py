@@ -11,9 +11,9 @@ whose text `render` makes from a committed file, never by hand:
 
     runs SOURCE LABEL,...     the report's run table (results/REPORT.md's), those run labels only
     metrics SOURCE LABEL,... KEY,...   those summary keys (mean ± std over seeds), one row per task and label
-    claims SOURCE LABEL       the report's claim rows that name the label (and its variants' rows),
-                              judged in the report's Holm families: the verdicts as the report states them
-    verdicts SOURCE [WORD]    one line per claim (whose text holds WORD): its verdict and first comparison
+    claims SOURCE LABEL       the report's claim rows that name the label, with their verdicts as the
+                              report states them, and its exploratory rows of the label and its variants
+    verdicts SOURCE           one line per claim: its verdict and its first comparison
     clock                     the verification's time on the clock and its training time
     below-floor               per seed, the steps where OPSD's loss on `split` lay below its exact floor
     notebook-time             this notebook's stored run: the cell times its .ipynb records
@@ -58,18 +58,19 @@ def summary_of(root: Path, source: str) -> dict:
 
 @lru_cache(maxsize=8)
 def _judged(text: str) -> tuple[list, list]:
-    """The report's judged claims of a summary (its text), and per task its judged efficiency and
-    sensitivity families as [(row text, table line)]: computed once per summary (the bootstrap is slow)."""
+    """The report's judged claims of a summary (its text), and the lines of its exploratory tables
+    (efficiency and sensitivity against GRPO, each comparison that is a claim left out), made once
+    per summary: the bootstrap is slow."""
     summary = json.loads(text)
-    families = []
+    judged = report.claims(summary)
+    exploratory = []
     for task, t in summary["table"].items():
         groups = [report.efficiency_rows(t)]
         if summary.get("variants"):
             groups.append(report.sensitivity_rows(t, summary["variants"]))
         for rows in ([(f"{text} ({task})", part) for text, part in group] for group in groups):
-            lines = report.judged_table(rows)[len(report.COMPARISON_HEAD):]
-            families += [(text, line) for (text, _), line in zip(rows, lines)]
-    return report.claims(summary), families
+            exploratory += report.judged_table(rows, [c for c in judged if c.task == task])[len(report.EXPLORATORY_HEAD):]
+    return judged, exploratory
 
 
 # --- the kinds of block ------------------------------------------------------------------------
@@ -89,7 +90,7 @@ def runs_block(root: Path, up: str, source: str, labels: str) -> str:
         if picked:
             parts.append(f"`{task}`, mean ± std over seeds ([`{SOURCES[source]}/summary.json`]"
                          f"({up}{SOURCES[source]}/summary.json)):\n\n"
-                         + report._table(task, picked, summary["threshold"][task]))
+                         + report._table(task, picked, summary["threshold"][task], summary.get("settings", {})))
     if not parts:
         raise ValueError(f"block runs {source} {labels}: none of these run labels is in {SOURCES[source]}")
     return "\n\n".join(parts)
@@ -112,22 +113,22 @@ def metrics_block(root: Path, up: str, source: str, labels: str, keys: str) -> s
 
 def claims_block(root: Path, up: str, source: str, label: str) -> str:
     summary = summary_of(root, source)
-    judged, families = _judged(_text_of(root, source))
+    judged, exploratory = _judged(_text_of(root, source))
     variants = [n for n, v in summary.get("variants", {}).items() if v["method"] == label]
-    starts = (report.LABELS.get(label, label) + " ", *(f"{v} (" for v in variants))
+    starts = tuple(f"| {start}" for start in (report.LABELS.get(label, label) + " ", *(f"{v} (" for v in variants)))
     lines = report.claims_table([c for c in judged if _named(c.text, label)])
-    lines += [line for text, line in families if text.startswith(starts)]
+    more = [line for line in exploratory if line.startswith(starts)]
+    if more:
+        lines += ["", "Exploratory comparisons (uncorrected p, no verdict):", "", *report.EXPLORATORY_HEAD, *more]
     return "\n".join(lines)
 
 
-def verdicts_block(root: Path, up: str, source: str, word: str = "") -> str:
+def verdicts_block(root: Path, up: str, source: str) -> str:
     out = []
-    for c in (c for c in _judged(_text_of(root, source))[0] if word in c.text):
+    for c in _judged(_text_of(root, source))[0]:
         what, comparison = c.parts[0]
         more = f"; {len(c.parts) - 1} more part in the report" if len(c.parts) > 1 else ""
         out.append(f"- {c.text}: **{c.verdict}** ({what}: {report._cmp(comparison)}{more})")
-    if not out:
-        raise ValueError(f"block verdicts {source} {word}: no claim of {SOURCES[source]} holds {word!r}")
     return "\n".join(out)
 
 
