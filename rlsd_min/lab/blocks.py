@@ -144,12 +144,13 @@ def clock_block(root: Path, up: str) -> str:
 
 def below_floor_block(root: Path, up: str) -> str:
     counts = []
-    for label in ("opsd", "grpo_opsd"):
-        for folder in sorted((root / SOURCES["arith_split"] / "runs" / "split" / label).glob("seed*")):
-            rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-            scored = [r for r in rows if "distill_floor" in r]
+    for folder in sorted((root / SOURCES["arith_split"] / "runs" / "split").glob("*/seed*")):  # the runs that log it
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        scored = [r for r in rows if "distill_floor" in r]
+        if scored:
             below = sum(r["distill_loss"] < r["distill_floor"] for r in scored)
-            counts.append(f"{report.LABELS[label]} {folder.name}: {below} of {len(scored)}")
+            counts.append(f"{report.LABELS.get(folder.parent.name, folder.parent.name)} {folder.name}: "
+                          f"{below} of {len(scored)}")
     if not counts:
         raise ValueError(f"block below-floor: no split run folders under {SOURCES['arith_split']}/runs/split")
     return ("Steps at which `distill_loss < distill_floor`, counted in the `metrics.jsonl` of "
