@@ -35,7 +35,11 @@
 
 # %%
 # Set-up, the same first cell in every notebook: make rlsd_min importable, then pick the profile.
-import importlib, importlib.util, pathlib, subprocess, sys
+import importlib
+import importlib.util
+import pathlib
+import subprocess
+import sys
 
 def package_spec():  # rlsd_min's spec, or None: a clone's folder named rlsd_min in the working
     spec = importlib.util.find_spec("rlsd_min")  # directory imports as an empty namespace, no package
@@ -63,7 +67,8 @@ RUNS = ROOT / "runs" / "course" / PROFILE  # the course's run folders, shared by
 print("profile:", PROFILE)
 
 # %%
-import math, warnings
+import math
+import warnings
 
 warnings.filterwarnings("ignore")
 
@@ -308,7 +313,6 @@ if os.environ.get("RLSD_SOLUTIONS") == "1":  # CI runs the course with the solut
 # %% tags=["check"]
 import torch
 
-from rlsd_min.lab.exercises import compare, fresh_generator
 from rlsd_min.objective import aggregate
 
 

@@ -45,7 +45,11 @@
 
 # %%
 # Set-up, the same first cell in every notebook: make rlsd_min importable, then pick the profile.
-import importlib, importlib.util, pathlib, subprocess, sys
+import importlib
+import importlib.util
+import pathlib
+import subprocess
+import sys
 
 def package_spec():  # rlsd_min's spec, or None: a clone's folder named rlsd_min in the working
     spec = importlib.util.find_spec("rlsd_min")  # directory imports as an empty namespace, no package
@@ -73,7 +77,10 @@ RUNS = ROOT / "runs" / "course" / PROFILE  # the course's run folders, shared by
 print("profile:", PROFILE)
 
 # %%
-import json, math, os, warnings
+import json
+import math
+import os
+import warnings
 
 warnings.filterwarnings("ignore")
 
@@ -153,7 +160,6 @@ assert abs(-Z.log() - reverse_kl_floor(q.log(), w)) < 1e-12 and abs(reverse_loss
 # `-1e9` for "impossible", against `ln 10`.)
 
 # %% tags=["exercise"]
-import os
 
 import torch
 
@@ -168,7 +174,6 @@ if os.environ.get("RLSD_SOLUTIONS") == "1":  # CI runs the course with the solut
     from solutions.nb05 import my_mutual_information_floor
 
 # %% tags=["check"]
-import math
 
 import torch
 
@@ -274,7 +279,10 @@ fig, ax = plt.subplots(figsize=(6.4, 3.4))
 ax.plot(steps, loss, label="OPSD loss (reverse KL, per token)")
 ax.plot(steps, floor, label="its exact floor on the same samples")
 ax.fill_between(steps, floor, 0, color="C1", alpha=0.15)
-ax.set_xlabel("RL step"); ax.set_ylabel("nats per token"); ax.set_ylim(bottom=0); ax.legend(fontsize=8)
+ax.set_xlabel("RL step")
+ax.set_ylabel("nats per token")
+ax.set_ylim(bottom=0)
+ax.legend(fontsize=8)
 ax.set_title(f"OPSD on split, {cfg.steps} steps ({PROFILE} profile)")
 plt.show()
 print(f"mean loss {loss.mean():.3f}, mean floor {floor.mean():.3f}; accuracy {history[0]['eval_acc']:.3f} -> {rlsd_min.last_eval(history):.3f}")
@@ -357,7 +365,8 @@ for i, ids in enumerate(roll.completion_ids.tolist()):
     for t, s in enumerate(tok.convert_ids_to_tokens(ids[:int(roll.completion_mask[i].sum())])):
         ax.text(t, i, {"\n": "⏎", "<eos>": "$"}.get(s, s), ha="center", va="center", fontsize=8)
 ax.set_yticks(range(6), [f"{q.prompt} {'✓' if q.reward(t) else '✗'}" for q, t in zip(few, roll.texts)])
-ax.set_xticks([]); fig.colorbar(im, ax=ax, label="Δ = log q − log p")
+ax.set_xticks([])
+fig.colorbar(im, ax=ax, label="Δ = log q − log p")
 ax.set_title("teacher (shown the answer) vs student on the student's own tokens; red: the teacher doubts the token")
 plt.show()
 
@@ -379,7 +388,8 @@ kinds = [k for k in TOKEN_KINDS if by_kind[k]]
 fig, ax = plt.subplots(figsize=(6.4, 3.2))
 ax.boxplot([by_kind[k] for k in kinds], showfliers=False)
 ax.set_xticks(range(1, len(kinds) + 1), kinds)
-ax.axhline(0, color="k", lw=0.8); ax.set_ylabel("Δ = log q − log p")
+ax.axhline(0, color="k", lw=0.8)
+ax.set_ylabel("Δ = log q − log p")
 ax.set_title("teacher-student log-ratio by token kind (arith warm start)")
 plt.show()
 for k in kinds:

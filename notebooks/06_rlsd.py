@@ -48,7 +48,11 @@
 
 # %%
 # Set-up, the same first cell in every notebook: make rlsd_min importable, then pick the profile.
-import importlib, importlib.util, pathlib, subprocess, sys
+import importlib
+import importlib.util
+import pathlib
+import subprocess
+import sys
 
 def package_spec():  # rlsd_min's spec, or None: a clone's folder named rlsd_min in the working
     spec = importlib.util.find_spec("rlsd_min")  # directory imports as an empty namespace, no package
@@ -76,7 +80,8 @@ RUNS = ROOT / "runs" / "course" / PROFILE  # the course's run folders, shared by
 print("profile:", PROFILE)
 
 # %%
-import math, warnings
+import math
+import warnings
 
 warnings.filterwarnings("ignore")
 
@@ -140,7 +145,7 @@ teacher_logp = torch.log(torch.tensor([q, q]))                     # (N, T)     
 pkg = rlsd_min.rlsd_advantages(torch.tensor(A), teacher_logp, student_logp, lam, eps_w)  # (N, T)
 for i, a in enumerate(A):
     print(f"A={a:+.0f}  hand   ", [round(x, 4) for x in hand[i]])
-    print(f"      package", [round(x, 4) for x in pkg[i].tolist()])
+    print("      package", [round(x, 4) for x in pkg[i].tolist()])
 assert torch.allclose(pkg, torch.tensor(hand), atol=1e-6)
 
 # %% [markdown]

@@ -38,7 +38,11 @@
 
 # %%
 # Set-up, the same first cell in every notebook: make rlsd_min importable, then pick the profile.
-import importlib, importlib.util, pathlib, subprocess, sys
+import importlib
+import importlib.util
+import pathlib
+import subprocess
+import sys
 
 def package_spec():  # rlsd_min's spec, or None: a clone's folder named rlsd_min in the working
     spec = importlib.util.find_spec("rlsd_min")  # directory imports as an empty namespace, no package
@@ -66,7 +70,8 @@ RUNS = ROOT / "runs" / "course" / PROFILE  # the course's run folders, shared by
 print("profile:", PROFILE)
 
 # %%
-import os, warnings
+import os
+import warnings
 
 warnings.filterwarnings("ignore")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -202,10 +207,13 @@ diff = max((grads.grads[n] - p.grad).abs().max().item() for n, p in policy.named
 largest = max(p.grad.abs().max().item() for p in policy.parameters())
 print(f"loss: TRL {trl_row['loss']:.12f}  rlsd_min {ours['loss']:.12f}")
 print(f"largest gradient entry {largest:.3e}; largest difference between the two {diff:.1e}")
-assert abs(trl_row["loss"] - ours["loss"]) <= 1e-12 and diff <= 1e-11 * max(1.0, largest)
+assert abs(trl_row["loss"] - ours["loss"]) <= 1e-4 * abs(ours["loss"]) + 1e-7 and diff <= 1e-4 * largest
 
 # %% [markdown]
-# The same loss and the same gradients, to the last bits of float64. `tests/test_trl.py` makes the
+# The same loss and the same gradients, to float32 rounding: the trainers score the student with
+# TRL's own log-prob call (the one that gives TRL's old and reference log-probs), whose fused output
+# layer computes in float32 even for a float64 model, while rlsd_min's update stays in float64.
+# `tests/test_trl.py` makes the
 # same check for SDPG, OPSD (reverse and sampled), GRPO+OPSD, a reference-KL term, two accumulated
 # micro-batches and gradient checkpointing, and runs RLSD and SDPG on two processes under
 # `torchrun` (identical weights on both ranks, and equal to one process on the whole batch).

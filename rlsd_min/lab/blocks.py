@@ -37,7 +37,6 @@ from functools import lru_cache
 from pathlib import Path
 
 from . import report
-from .results import run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = {"mul7": "results", "arith_split": "results/arith_split"}
