@@ -35,6 +35,7 @@ class RunInterrupted(KeyboardInterrupt):
 def check_problem_counts(cfg: TrainConfig, n_train: int, n_validation: int) -> None:
     """Fail before any work if the task has fewer distinct prompts than a step or the probes ask for."""
     for field, need, have in (("prompts_per_step", cfg.prompts_per_step, n_train),
+                              ("eval_problems", cfg.eval_problems, n_validation),
                               ("probe_problems", cfg.probe_problems, min(n_train, n_validation))):
         if need > have:
             raise ValueError(f"task {cfg.task!r} cannot produce {need} distinct problems for {field}: "
@@ -124,7 +125,7 @@ def _loop(cfg, run, policy, tokenizer, ref_model, optimizer, train_set, heldout,
     else:
         torch.manual_seed(cfg.seed)
         history = [{"step": 0, **evaluation()}]
-        run.append(history[0])
+        run.write_metrics(history)  # a fresh start: rows of an attempt without a checkpoint go
     start = history[-1]["step"]
     if progress and start:
         print(f"{run.path}: " + (f"finished ({start} of {cfg.steps} steps)" if start >= cfg.steps
@@ -143,9 +144,10 @@ def _loop(cfg, run, policy, tokenizer, ref_model, optimizer, train_set, heldout,
             bar.set_postfix(reward=f"{row['reward_mean']:.2f}", acc=f"{row['eval_acc']:.2f}")
         row.update(lr=optimizer.param_groups[0]["lr"], num_tokens=history[-1].get("num_tokens", 0) + row["tokens"])
         history.append(row)
-        run.append(row)
         if row["step"] % cfg.checkpoint_every == 0 or row["step"] == cfg.steps:
-            run.save(policy, tokenizer, optimizer, history, teacher)
+            run.save(policy, tokenizer, optimizer, history, teacher)  # the checkpoint, then its rows
+        else:
+            run.append(row)
     return history
 
 

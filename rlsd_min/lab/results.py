@@ -16,7 +16,7 @@ import statistics
 from datetime import datetime
 
 from ..config import TrainConfig, save_json
-from ..run_folder import read_metrics
+from ..run_folder import RunFolderError, checkpoint_step, read_metrics
 from .stability import collapsed, steps_to_threshold
 from .stats import auc
 
@@ -119,11 +119,25 @@ def clock_span(paths: list[str]) -> dict | None:
 
 
 def finished_history(path: str, steps: int) -> list[dict] | None:
-    """The metrics history of a run folder that has done all `steps`, else None."""
+    """The metrics history of a run folder that has done all `steps`, else None. Finished means
+    the metrics end at `steps` and the checkpoint, where the folder keeps one, is of that step
+    too (else the run resumes from its checkpoint). A damaged file is a RunFolderError naming it
+    (a torn last line of metrics.jsonl is not: rlsd_min.run_folder.read_metrics)."""
     if not os.path.exists(os.path.join(path, "metrics.jsonl")):
         return None
     history = read_metrics(path)
-    return history if history and history[-1]["step"] == steps else None
+    if not history or history[-1]["step"] != steps:
+        return None
+    saved = checkpoint_step(path)
+    return history if saved is None or saved == steps else None
+
+
+def run_status(path: str, steps: int) -> str:
+    """'finished', 'to do', or 'damaged: <what and where>' for a run folder of `steps` steps."""
+    try:
+        return "to do" if finished_history(path, steps) is None else "finished"
+    except RunFolderError as e:
+        return f"damaged: {e}"
 
 
 def _cell(values: list) -> dict:
@@ -166,11 +180,12 @@ def run_summary(history: list[dict], threshold: float = THRESHOLD) -> dict:
 
 def summarize(out: str, write: bool = True) -> dict:
     """{task: {label: {metric: {mean, std, n, values}}}} over the finished seeds of `out`, plus the
-    run count, the runs not finished (`missing`), the training seconds summed over runs (`wall_s`)
+    run count, the runs not finished (`missing`; those of them with a damaged file also under
+    `damaged`, with the message naming it), the training seconds summed over runs (`wall_s`)
     and the experiment's wall-clock span (`clock`, clock_span); written to
     out/summary.json when `write`."""
     exp = read_experiment(out)
-    table, wall, runs, missing, done = {}, 0.0, 0, [], []
+    table, wall, runs, missing, done, damaged = {}, 0.0, 0, [], [], {}
     for t in exp["tasks"]:
         for label in labels(exp):
             if f"{t}/{label}" not in exp["configs"]:
@@ -178,7 +193,10 @@ def summarize(out: str, write: bool = True) -> dict:
             per_seed = []
             for s in seeds_of(exp, label):
                 path = run_dir(out, t, label, s)
-                history = finished_history(path, exp["configs"][f"{t}/{label}"]["steps"])
+                try:
+                    history = finished_history(path, exp["configs"][f"{t}/{label}"]["steps"])
+                except RunFolderError as e:
+                    history, damaged[f"{t}/{label}/seed{s}"] = None, str(e)
                 if history is None:
                     missing.append(f"{t}/{label}/seed{s}")
                     continue
@@ -200,6 +218,8 @@ def summarize(out: str, write: bool = True) -> dict:
                "missing": missing}
     if "variant_seeds" in exp:
         summary["variant_seeds"] = len(exp["variant_seeds"])
+    if damaged:  # absent when there are none: a sound folder's summary reads as before
+        summary["damaged"] = damaged
     if write:
         save_json(summary, os.path.join(out, "summary.json"))
     return summary
