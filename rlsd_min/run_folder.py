@@ -88,6 +88,11 @@ class RunFolderWriteError(RunFolderError):
     """A run folder that cannot be written: its disk is full or read-only."""
 
 
+class RunFolderDamagedError(RunFolderError):
+    """A run folder with a file that cannot be used: unreadable, malformed, holding more than data
+    (a pickled object), or a symlink. The message names the file."""
+
+
 @contextlib.contextmanager
 def writing(folder: str):
     """Writes into `folder`: a full disk (ENOSPC, EDQUOT, EFBIG) or a read-only one (EROFS) becomes
@@ -113,10 +118,10 @@ def read_config(out_dir: str) -> dict:
         with open(path) as f:
             cfg = json.load(f)
     except (OSError, ValueError) as e:
-        raise RunFolderError(f"{path} is damaged ({e}); restore it, or delete the run folder {out_dir} to start "
+        raise RunFolderDamagedError(f"{path} is damaged ({e}); restore it, or delete the run folder {out_dir} to start "
                              "again") from None
     if not isinstance(cfg, dict):
-        raise RunFolderError(f"{path} is damaged (a JSON {type(cfg).__name__}, not the object of a run's config); "
+        raise RunFolderDamagedError(f"{path} is damaged (a JSON {type(cfg).__name__}, not the object of a run's config); "
                              f"restore it, or delete the run folder {out_dir} to start again")
     return cfg
 
@@ -130,7 +135,7 @@ def read_metrics(out_dir: str) -> list[dict]:
         with open(path, encoding="utf-8") as f:
             lines = f.read().split("\n")  # the text after the last newline is lines[-1]
     except (OSError, UnicodeDecodeError) as e:
-        raise RunFolderError(f"{path} cannot be read ({e}); restore it") from None
+        raise RunFolderDamagedError(f"{path} cannot be read ({e}); restore it") from None
     rows = []
     for i, line in enumerate(lines, 1):
         if not line.strip():
@@ -144,7 +149,7 @@ def read_metrics(out_dir: str) -> list[dict]:
         else:
             problem = "a row needs an integer 'step'"
         if not (isinstance(row, dict) and isinstance(row.get("step"), int)):
-            raise RunFolderError(f"{path} line {i} is damaged ({problem}); restore the file (`train` on a folder "
+            raise RunFolderDamagedError(f"{path} line {i} is damaged ({problem}); restore the file (`train` on a folder "
                                  "with a checkpoint rewrites it from the checkpoint)")
         rows.append(row)
     return rows
@@ -159,7 +164,7 @@ def checkpoint_step(out_dir: str) -> int | None:
     try:
         return model_io.load_state(path)["history"][-1]["step"]
     except Exception as e:  # missing, truncated, foreign or refused: named, with what to do
-        raise RunFolderError(f"the checkpoint file {path} is damaged or refused ({type(e).__name__}: {e}); "
+        raise RunFolderDamagedError(f"the checkpoint file {path} is damaged or refused ({type(e).__name__}: {e}); "
                              "delete that checkpoint folder to restart the run from step 0, or restore it") from None
 
 
@@ -178,7 +183,7 @@ def checkpoint_of(path: str) -> tuple[str, str | None, int | None]:
 
         task = read_config(path).get("task")
         if task not in TASKS:
-            raise RunFolderError(f"{os.path.join(path, 'config.json')} names the task {task!r}, which is not one "
+            raise RunFolderDamagedError(f"{os.path.join(path, 'config.json')} names the task {task!r}, which is not one "
                                  f"of {tuple(TASKS)}; pass --task, or restore the file")
     return os.path.join(path, "checkpoint"), task, checkpoint_step(path)
 
@@ -199,7 +204,7 @@ class RunDir:
             raise RunFolderError(f"{self.path} is a file, not a run folder; pass another output folder")
         links = [name for name in FILES if os.path.islink(os.path.join(self.path, name))]
         if links:
-            raise RunFolderError(f"{os.path.join(self.path, links[0])} is a symlink: a run folder's files are its "
+            raise RunFolderDamagedError(f"{os.path.join(self.path, links[0])} is a symlink: a run folder's files are its "
                                  "own, never written through a link; replace it by the file itself, or delete it")
         self.old_steps = None  # the recorded total, when this call asks for another one
         if os.path.exists(self.cfg_path):
@@ -230,7 +235,7 @@ class RunDir:
                 with open(self.provenance_path) as f:
                     starts = json.load(f)["starts"]
             except (OSError, ValueError, KeyError, TypeError) as e:
-                raise RunFolderError(f"{self.provenance_path} is damaged ({e}); restore it, or delete it (the "
+                raise RunFolderDamagedError(f"{self.provenance_path} is damaged ({e}); restore it, or delete it (the "
                                      "record of this folder's earlier starts goes with it)") from None
         with writing(self.path):
             if not os.path.exists(self.cfg_path) or self.old_steps is not None:
@@ -307,7 +312,7 @@ class RunDir:
             if missing:
                 raise KeyError(f"state.pt lacks {sorted(missing)}")
         except Exception as e:  # a truncated, foreign or refused file fails in safetensors, torch or here
-            raise RunFolderError(
+            raise RunFolderDamagedError(
                 f"the checkpoint {self.ckpt} is damaged ({type(e).__name__}: {e}); delete that folder to "
                 f"restart the run from step 0 (the metrics of {self.path} are then rewritten), or restore it") from None
         return policy, tokenizer, state

@@ -455,8 +455,9 @@ def read_jsonl(path: str) -> list:
                 continue
             try:
                 problems.append(Problem.from_row(json.loads(line)))
-            except ValueError as e:  # json's JSONDecodeError is one too
-                raise ValueError(f"{path} line {i}: {e}; rebuild the file with `python -m rlsd_min data --task "
+            except ValueError as e:
+                why = f"not valid JSON ({e.msg} at column {e.colno})" if isinstance(e, json.JSONDecodeError) else e
+                raise ValueError(f"{path} line {i}: {why}; rebuild the file with `python -m rlsd_min data --task "
                                  "<task> --out <folder> --force`, or fix that line") from None
     if not problems:
         raise ValueError(f"{path} holds no problems; rebuild it with `python -m rlsd_min data --task <task> "

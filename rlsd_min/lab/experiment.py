@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from ..config import TrainConfig, save_json, train_config
 from ..leakage import FLOORS
 from ..loop import check_problem_counts, train
-from ..run_folder import RunFolderBusyError, RunFolderError, RunFolderWriteError, writing
+from ..run_folder import RunFolderBusyError, RunFolderDamagedError, writing
 from ..tasks import TASKS, ensure_data, load_splits
 from .design import PLANS, VARIANT_TASKS, VARIANTS, VERIFY_METHODS, VERIFY_TASKS
 from .report import write_report
@@ -160,17 +160,15 @@ def shard_runs(runs: list, shard: tuple[int, int] | None) -> list:
 def train_run(cfg: dict, path: str) -> str:
     """Train (or resume) one run in `path`; add its training seconds to wall_s.json there.
     Returns 'done', 'busy: ...' when another process holds the run folder, or 'damaged: ...'
-    naming the file that keeps it from training (the other runs go on). A full or read-only
-    disk stops the experiment (rlsd_min.run_folder.RunFolderWriteError)."""
+    naming the file that keeps it from training (the other runs go on); any other error (a full
+    disk, a folder of another run) stops the experiment."""
     cfg = TrainConfig(**cfg).validate()
     start, before = time.perf_counter(), wall_s(path)
     try:
         train(cfg, path, progress=False)
     except RunFolderBusyError as e:
         return f"busy: {e}"
-    except RunFolderWriteError:
-        raise
-    except RunFolderError as e:
+    except RunFolderDamagedError as e:
         return f"damaged: {e}"
     with writing(path):
         save_json({"wall_s": before + time.perf_counter() - start}, os.path.join(path, "wall_s.json"))

@@ -16,7 +16,7 @@ import statistics
 from datetime import datetime
 
 from ..config import TrainConfig, save_json
-from ..run_folder import RunFolderError, checkpoint_step, read_metrics
+from ..run_folder import RunFolderDamagedError, checkpoint_step, read_metrics
 from .stability import collapsed, steps_to_threshold
 from .stats import auc
 
@@ -121,7 +121,7 @@ def clock_span(paths: list[str]) -> dict | None:
 def finished_history(path: str, steps: int) -> list[dict] | None:
     """The metrics history of a run folder that has done all `steps`, else None. Finished means
     the metrics end at `steps` and the checkpoint, where the folder keeps one, is of that step
-    too (else the run resumes from its checkpoint). A damaged file is a RunFolderError naming it
+    too (else the run resumes from its checkpoint). A damaged file is a RunFolderDamagedError naming it
     (a torn last line of metrics.jsonl is not: rlsd_min.run_folder.read_metrics)."""
     if not os.path.exists(os.path.join(path, "metrics.jsonl")):
         return None
@@ -136,7 +136,7 @@ def run_status(path: str, steps: int) -> str:
     """'finished', 'to do', or 'damaged: <what and where>' for a run folder of `steps` steps."""
     try:
         return "to do" if finished_history(path, steps) is None else "finished"
-    except RunFolderError as e:
+    except RunFolderDamagedError as e:
         return f"damaged: {e}"
 
 
@@ -195,7 +195,7 @@ def summarize(out: str, write: bool = True) -> dict:
                 path = run_dir(out, t, label, s)
                 try:
                     history = finished_history(path, exp["configs"][f"{t}/{label}"]["steps"])
-                except RunFolderError as e:
+                except RunFolderDamagedError as e:
                     history, damaged[f"{t}/{label}/seed{s}"] = None, str(e)
                 if history is None:
                     missing.append(f"{t}/{label}/seed{s}")
