@@ -39,6 +39,7 @@ import torch
 from . import model as model_io
 from .config import TrainConfig, save_json, write_atomic
 from .registry import METHODS
+from .tasks import TASKS
 
 
 def provenance(start_step: int) -> dict:
@@ -102,34 +103,34 @@ def writing(folder: str):
     except OSError as e:
         if e.errno not in DISK_FULL + READ_ONLY:
             raise
-        what = (f"free space on its disk (or pass another --out on a disk with room), then run the same command "
+        what = ("free space on its disk (or pass another --out on a disk with room), then run the same command "
                 "again: a run resumes from its last checkpoint, and nothing written before is lost"
                 if e.errno in DISK_FULL else
                 "its file system is read-only: copy the folder to a writable place (or pass another --out), then "
                 "run the same command there")
-        raise RunFolderWriteError(f"cannot write in the run folder {folder} ({e.strerror}: {e.filename or folder}); "
-                             f"{what}") from None
+        raise RunFolderWriteError(f"cannot write in the run folder {folder} ({e.strerror}: "
+                                  f"{e.filename or folder}); {what}") from None
 
 
 def read_config(out_dir: str) -> dict:
-    """A run folder's config.json, a RunFolderError naming it when it is not a JSON object."""
+    """A run folder's config.json; a RunFolderDamagedError naming it when it is not a JSON object."""
     path = os.path.join(out_dir, "config.json")
     try:
         with open(path) as f:
             cfg = json.load(f)
     except (OSError, ValueError) as e:
-        raise RunFolderDamagedError(f"{path} is damaged ({e}); restore it, or delete the run folder {out_dir} to start "
-                             "again") from None
+        raise RunFolderDamagedError(f"{path} is damaged ({e}); restore it, or delete the run folder {out_dir} "
+                                    "to start again") from None
     if not isinstance(cfg, dict):
-        raise RunFolderDamagedError(f"{path} is damaged (a JSON {type(cfg).__name__}, not the object of a run's config); "
-                             f"restore it, or delete the run folder {out_dir} to start again")
+        raise RunFolderDamagedError(f"{path} is damaged (a JSON {type(cfg).__name__}, not the object of a run's "
+                                    f"config); restore it, or delete the run folder {out_dir} to start again")
     return cfg
 
 
 def read_metrics(out_dir: str) -> list[dict]:
     """The metrics history of a run folder (metrics.jsonl). A torn last line (a write cut short:
-    no newline, not valid JSON) is left out; any other bad line is a RunFolderError naming the
-    file and the line."""
+    no newline, not valid JSON) is left out; any other bad line is a RunFolderDamagedError naming
+    the file and the line."""
     path = os.path.join(out_dir, "metrics.jsonl")
     try:
         with open(path, encoding="utf-8") as f:
@@ -149,15 +150,15 @@ def read_metrics(out_dir: str) -> list[dict]:
         else:
             problem = "a row needs an integer 'step'"
         if not (isinstance(row, dict) and isinstance(row.get("step"), int)):
-            raise RunFolderDamagedError(f"{path} line {i} is damaged ({problem}); restore the file (`train` on a folder "
-                                 "with a checkpoint rewrites it from the checkpoint)")
+            raise RunFolderDamagedError(f"{path} line {i} is damaged ({problem}); restore the file (`train` on a "
+                                        "folder with a checkpoint rewrites it from the checkpoint)")
         rows.append(row)
     return rows
 
 
 def checkpoint_step(out_dir: str) -> int | None:
     """The last step in a run folder's checkpoint (None when it has none); a checkpoint that cannot
-    be read, or holds more than data, is a RunFolderError naming its file."""
+    be read, or holds more than data, is a RunFolderDamagedError naming its file."""
     path = os.path.join(out_dir, "checkpoint", "state.pt")
     if not os.path.isdir(os.path.join(out_dir, "checkpoint")):
         return None
@@ -165,7 +166,8 @@ def checkpoint_step(out_dir: str) -> int | None:
         return model_io.load_state(path)["history"][-1]["step"]
     except Exception as e:  # missing, truncated, foreign or refused: named, with what to do
         raise RunFolderDamagedError(f"the checkpoint file {path} is damaged or refused ({type(e).__name__}: {e}); "
-                             "delete that checkpoint folder to restart the run from step 0, or restore it") from None
+                                    "delete that checkpoint folder to restart the run from step 0, or restore "
+                                    "it") from None
 
 
 def checkpoint_of(path: str) -> tuple[str, str | None, int | None]:
@@ -179,12 +181,10 @@ def checkpoint_of(path: str) -> tuple[str, str | None, int | None]:
                                 "metrics); train it, or pass another checkpoint")
     task = None
     if os.path.isfile(os.path.join(path, "config.json")):
-        from .tasks import TASKS
-
         task = read_config(path).get("task")
         if task not in TASKS:
-            raise RunFolderDamagedError(f"{os.path.join(path, 'config.json')} names the task {task!r}, which is not one "
-                                 f"of {tuple(TASKS)}; pass --task, or restore the file")
+            raise RunFolderDamagedError(f"{os.path.join(path, 'config.json')} names the task {task!r}, which is not "
+                                        f"one of {tuple(TASKS)}; restore the file")
     return os.path.join(path, "checkpoint"), task, checkpoint_step(path)
 
 
@@ -204,8 +204,9 @@ class RunDir:
             raise RunFolderError(f"{self.path} is a file, not a run folder; pass another output folder")
         links = [name for name in FILES if os.path.islink(os.path.join(self.path, name))]
         if links:
-            raise RunFolderDamagedError(f"{os.path.join(self.path, links[0])} is a symlink: a run folder's files are its "
-                                 "own, never written through a link; replace it by the file itself, or delete it")
+            raise RunFolderDamagedError(f"{os.path.join(self.path, links[0])} is a symlink: a run folder's files are "
+                                        "its own, never written through a link; replace it by the file itself, or "
+                                        "delete it")
         self.old_steps = None  # the recorded total, when this call asks for another one
         if os.path.exists(self.cfg_path):
             old = read_config(self.path)
@@ -235,8 +236,8 @@ class RunDir:
                 with open(self.provenance_path) as f:
                     starts = json.load(f)["starts"]
             except (OSError, ValueError, KeyError, TypeError) as e:
-                raise RunFolderDamagedError(f"{self.provenance_path} is damaged ({e}); restore it, or delete it (the "
-                                     "record of this folder's earlier starts goes with it)") from None
+                raise RunFolderDamagedError(f"{self.provenance_path} is damaged ({e}); restore it, or delete it "
+                                            "(the record of this folder's earlier starts goes with it)") from None
         with writing(self.path):
             if not os.path.exists(self.cfg_path) or self.old_steps is not None:
                 save_json(self.cfg.to_dict(), self.cfg_path)

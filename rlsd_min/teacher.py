@@ -33,7 +33,8 @@ def teacher_prompt(prompt: str, context: str, template: str = PRIVILEGED_TEMPLAT
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as e:  # a lone { or }
-        raise ValueError(f"privileged template {template!r} is malformed ({e}); write a literal brace as {{{{ or }}}}") from None
+        raise ValueError(f"privileged template {template!r} is malformed ({e}); write a literal brace as "
+                         "{{ or }}") from None
     unknown = sorted({f for f in fields if f not in ("context", "prompt")})
     if unknown:
         raise ValueError(f"privileged template {template!r} has the placeholder(s) "

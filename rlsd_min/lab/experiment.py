@@ -132,8 +132,9 @@ def _open_folder(out: str, exp: dict) -> None:
                 f"{old.get('tasks')}, variants {list(old.get('variants', {}))}); to start fresh, pass another "
                 f"--out (or delete {out} yourself)")
         return
-    os.makedirs(out, exist_ok=True)
-    save_json(exp, path)
+    with writing(out):
+        os.makedirs(out, exist_ok=True)
+        save_json(exp, path)
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
