@@ -127,7 +127,7 @@ def cmd_eval(args) -> None:
         task = args.task or run_task or "arith"
         if args.task and run_task and args.task != run_task:
             raise ValueError(f"--task {args.task} but the run in {args.ckpt} trained on task {run_task!r}")
-        what = f"{ckpt} (task {task}{'' if step is None else f', step {step} of the run'})"
+        what = f"{ckpt} (task {task})" + ("" if step is None else f" at step {step} of the run")
     else:
         task = args.task or "arith"
         ckpt = str(TASKS[task].base_checkpoint)
