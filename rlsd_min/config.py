@@ -10,7 +10,7 @@ Every field has a docstring that says what it controls; `python -m rlsd_min trai
 
 A TrainConfig field left at None takes its value from the first layer that sets it:
 
-    the method (rlsd_min.registry.METHODS)  >  the task (rlsd_min.tasks.TASKS)  >  the profile (PROFILES)
+    the method (rlsd_min.methods.METHODS)  >  the task (rlsd_min.tasks.TASKS)  >  the profile (PROFILES)
 
 `TrainConfig.validate()` does that resolution and every check; `train_config(profile, ...)` is
 `TrainConfig(profile=profile, ...).validate()`. config.json records the resolved values.
@@ -19,12 +19,17 @@ A TrainConfig field left at None takes its value from the first layer that sets 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
+import re
+import typing
 from dataclasses import dataclass
 
-from .registry import METHODS
+import torch
+
+from .methods import METHODS
 from .tasks import TASKS
 
 PROFILES = {
@@ -81,7 +86,7 @@ class SFTConfig:
 class TrainConfig:
     """One RL run (`rlsd_min.train`). None = resolved by `validate()` (see the module docstring)."""
     method: str = "grpo"
-    """which method: see rlsd_min.registry.METHODS"""
+    """which method: see rlsd_min.methods.METHODS"""
     task: str = "arith"
     """arith (one valid answer), split (ten valid answers) or mul7 (one, longer: the unsaturated task);
     picks the data and the warm start"""
@@ -171,12 +176,12 @@ class TrainConfig:
     """run the student, teacher and reference forwards and the sampling under bfloat16 autocast
     (log-probs and losses stay float32); sampling then draws from the bf16-computed policy"""
     static_cache_compile: bool = False
-    """sample with the decoding step's forward compiled by torch.compile (rlsd_min.sampling.
+    """sample with the decoding step's forward compiled by torch.compile (rlsd_min.decoding.
     compiled_forward, over transformers' StaticCache); the first step pays the compile, a batch of
     another width one more"""
     compile_scoring: bool = False
     """run the forwards that score completions (the student's in the update, its backward with it;
-    the teacher's; the reference's) through torch.compile with dynamic shapes (rlsd_min.sampling.
+    the teacher's; the reference's) through torch.compile with dynamic shapes (rlsd_min.decoding.
     compiled_forward): one graph for every batch's widths; the first step pays the compile"""
     eval_every: int | None = None
     """steps between held-out evaluations; None = the profile's (cpu 10)"""
@@ -201,8 +206,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """The resolved config: every None filled by the method, task or profile, every value
-        checked. Raises a ValueError naming the first bad value; returns a new TrainConfig.
-        (Imports the concept modules, torch with them; building a TrainConfig does not.)"""
+        checked. Raises a ValueError naming the first bad value; returns a new TrainConfig."""
         from .teacher import PRIVILEGED_TEMPLATE
 
         for name, choices in (("profile", PROFILES), ("task", TASKS), ("method", METHODS)):
@@ -219,22 +223,16 @@ class TrainConfig:
     def _check(self) -> None:
         """Types and ranges of every field (resolved values)."""
         from .advantages import SCALES as ADV_SCALES
-        from .leakage import FLOORS
         from .objective import AGGREGATIONS
         from .reference_kl import ESTIMATORS, SDPG_NAMES
         from .teacher import teacher_prompt
 
         kl_estimators = ESTIMATORS + tuple(SDPG_NAMES)
-        for f in dataclasses.fields(self):
-            value, kind = getattr(self, f.name), str(f.type).split(" | ")[0]
-            if value is None:
-                continue
-            ok = {"int": isinstance(value, int) and not isinstance(value, bool),
-                  "float": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-                  "bool": isinstance(value, bool), "str": isinstance(value, str)}[kind]
-            if not ok:
-                what = "a finite number" if kind == "float" else f"of type {kind}"
-                raise ValueError(f"{f.name} must be {what}, got {value!r}")
+        for name, kind in field_types(TrainConfig).items():
+            value = getattr(self, name)
+            if value is not None and not _is(kind, value):
+                what = "a finite number" if kind is float else f"of type {kind.__name__}"
+                raise ValueError(f"{name} must be {what}, got {value!r}")
         checks = [
             (self.probe_problems >= 0, f"probe_problems must be >= 0, got {self.probe_problems}"),
             (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
@@ -268,9 +266,6 @@ class TrainConfig:
             (self.distill_coef is None or self.distill_coef >= 0, f"distill_coef must be >= 0, got {self.distill_coef}"),
             (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
             (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
-            (not (self.distill_floor and (self.task != "split" or self.divergence not in FLOORS)),
-             f"distill_floor=True needs task 'split' and a forward or reverse divergence, got task {self.task!r} "
-             f"and divergence {self.divergence!r}"),
             (not (self.bf16_autocast and self.static_cache_compile),
              "bf16_autocast=True and static_cache_compile=True cannot be combined: under autocast the "
              "rotary embedding returns float32 keys beside bfloat16 values, and transformers' static "
@@ -279,7 +274,13 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        METHODS[self.method].check(self)
         teacher_prompt("x", "c", self.privileged_template)  # raises on a missing placeholder
+
+    def needs_reference(self) -> bool:
+        """Whether this run scores the reference policy pi_ref (a frozen copy of the starting
+        model): kl_coef > 0. The loop, the bench and the TRL trainers ask here."""
+        return self.kl_coef > 0
 
     def data_path(self) -> str:
         """The data folder this run reads (the task's under the data root when data_dir is None)."""
@@ -295,8 +296,6 @@ class TrainConfig:
 
 def default_profile() -> str:
     """RLSD_PROFILE if set, else 'gpu' when CUDA is present, else 'cpu'."""
-    import torch
-
     name = os.environ.get("RLSD_PROFILE") or ("gpu" if torch.cuda.is_available() else "cpu")
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r} (from RLSD_PROFILE); choose from {tuple(PROFILES)}")
@@ -311,6 +310,45 @@ def train_config(profile: str | None = None, **fields) -> TrainConfig:
     if unknown:
         raise ValueError(f"unknown TrainConfig field(s) {unknown}")
     return TrainConfig(profile=profile or default_profile(), **fields).validate()
+
+
+@functools.cache
+def field_types(cls) -> dict:
+    """{field: its type} of a config dataclass, `int | None` read as int (typing.get_type_hints)."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        out[name] = args[0] if args else hint
+    return out
+
+
+def _is(kind: type, value) -> bool:
+    """Whether `value` is a valid `kind` (int, float, bool or str) for a config field."""
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+"""the spellings of a bool field's value on the command line"""
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def parse_field(cls, name: str, text: str):
+    """The value of field `name` of config dataclass `cls` written as `text` (a command line's
+    `--set name=text`), typed as the field is; a ValueError names the value otherwise. Digits
+    are ASCII only (Python's int() would read '٣' as 3)."""
+    kind = field_types(cls)[name]
+    if kind is bool:
+        if text.lower() not in BOOLS:
+            raise ValueError(f"{text!r} is not one of {'/'.join(BOOLS)}")
+        return BOOLS[text.lower()]
+    if kind is int and not _INT.fullmatch(text) or kind is float and not _FLOAT.fullmatch(text):
+        raise ValueError(f"{text!r} is not a valid {kind.__name__}")
+    return kind(text)
 
 
 def field_docs(cls) -> dict:
@@ -357,8 +395,6 @@ def save_json(obj, path) -> None:
 
 def pick_device(device: str | None = None) -> torch.device:
     """CUDA when present, else CPU (an explicit `device` wins)."""
-    import torch
-
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -19,7 +19,8 @@ import torch
 
 from .sampling import sample_group, token_logprobs
 from .tasks import SplitProblem, parse_answer
-from .teacher import PRIVILEGED_TEMPLATE, teacher_logprobs, teacher_prompt
+from .objective import aggregate
+from .teacher import PRIVILEGED_TEMPLATE, privileged_prompts, teacher_logprobs, teacher_prompt
 
 
 def mutual_information_floor(teacher_logprobs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -92,6 +93,15 @@ def reference_floor(model, tokenizer, problems: list, rollout, divergence: str,
     return FLOORS[divergence](log_q, weights)                                     # (N, T)
 
 
+def distill_floor(teacher_model, tokenizer, batch, problems: list, cfg) -> float:
+    """The floor of a run's distill_loss on one collected batch: `reference_floor` of its
+    rollout under the run's teacher, aggregated as the loss is (cfg.loss_agg). The loop logs it
+    as distill_floor when cfg.distill_floor (task split)."""
+    floor = reference_floor(teacher_model, tokenizer, problems, batch.rollout, cfg.divergence,
+                            cfg.privileged_template, cfg.temperature)           # (N, T)
+    return aggregate(floor, batch.rollout.completion_mask, cfg.loss_agg, cfg.group_size).item()
+
+
 # --- leakage probes ------------------------------------------------------------------
 
 _STEP = re.compile(r"([0-9])[-+*]([0-9])[-+]([0-9])=([0-9])([0-9])")
@@ -141,8 +151,8 @@ def token_log_ratios(model, tokenizer, problems: list, rollout, context_kind: st
                      template: str = PRIVILEGED_TEMPLATE) -> torch.Tensor:
     """Delta_t = log q(y_t | c, x, y_<t) - log p(y_t | x, y_<t) of `model` on a rollout, (N, T)."""
     G = rollout.group_size
-    prompts = [teacher_prompt(p.prompt, p.context(context_kind), template) for p in problems]
-    teacher = teacher_logprobs(model, tokenizer, prompts, rollout)                # (N, T)
+    teacher = teacher_logprobs(model, tokenizer, privileged_prompts(problems, context_kind, template),
+                               rollout)                                           # (N, T)
     student = token_logprobs(model, rollout)[0]                                   # (N, T)
     assert teacher.shape == student.shape and len(problems) * G == teacher.shape[0]
     return (teacher - student) * rollout.completion_mask                          # (N, T)

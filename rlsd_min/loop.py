@@ -12,6 +12,7 @@ The folder (config, lock, provenance, metrics, checkpoint) is rlsd_min.run_folde
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import torch
 from tqdm.auto import tqdm
@@ -19,13 +20,13 @@ from tqdm.auto import tqdm
 from . import model as model_io
 from .config import TrainConfig, pick_device
 from .evaluation import evaluate
-from .leakage import leakage_probes
-from .registry import METHODS
+from .leakage import distill_floor, leakage_probes
+from .methods import METHODS
 from .run_folder import RunDir, RunFolderError
 from .sampling import check_fits
 from .step import NonFiniteLossError, batch_problems, make_teacher, rl_step
 from .tasks import load_splits, problems_of
-from .teacher import teacher_prompt
+from .teacher import privileged_prompts
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -47,7 +48,7 @@ def _check_lengths(model, tokenizer, problems: list, cfg: TrainConfig) -> None:
     longest = max(problems, key=lambda p: len(p.prompt) + len(p.solution))
     prompt = longest.prompt
     if METHODS[cfg.method].teacher is not None:
-        prompt = teacher_prompt(longest.prompt, longest.context(cfg.teacher_context), cfg.privileged_template)
+        prompt = privileged_prompts([longest], cfg.teacher_context, cfg.privileged_template)[0]
     check_fits(model, len(tokenizer(prompt).input_ids), cfg.max_new_tokens)
 
 
@@ -63,16 +64,19 @@ def train(cfg: TrainConfig, out_dir: str, device=None, progress: bool = True) ->
     if os.path.isdir(run.path):
         run.lock()  # before its checkpoint is read: a folder another process trains in is refused first
     try:
-        return _prepare_and_loop(cfg, run, device, progress)
+        return _train(cfg, run, device, progress)
+    except KeyboardInterrupt:
+        where = (f"the last checkpoint (step {run.saved_step}) is in {run.ckpt}" if run.saved_step
+                 else "no checkpoint was written yet")
+        raise RunInterrupted(f"interrupted: {where}; run the same command again to resume") from None
     finally:
         run.release()
 
 
-def _prepare_and_loop(cfg, run, device, progress):
-    """Load the policy (the checkpoint, else the base), check the task against the config, then
-    `_loop`. A new folder is created and locked by run.start(), once every check has passed."""
-    resuming = run.has_checkpoint()
-    if resuming:
+def _train(cfg: TrainConfig, run: RunDir, device, progress: bool) -> list[dict]:
+    # --- set-up: the policy (the checkpoint, else the warm start), the data, every check ---
+    state = None
+    if run.has_checkpoint():
         policy, tokenizer, state = run.load(device)
     else:
         policy, tokenizer = model_io.load(cfg.base_path(), device)
@@ -81,61 +85,46 @@ def _prepare_and_loop(cfg, run, device, progress):
     val_set = heldout[:cfg.eval_problems]
     check_problem_counts(cfg, len(train_set), len(heldout))
     _check_lengths(policy, tokenizer, train_set + val_set, cfg)
-    if resuming and state["history"][-1]["step"] > cfg.steps:
-        raise RunFolderError(f"{run.path} has already done {state['history'][-1]['step']} steps, more than "
-                             f"steps={cfg.steps}; ask for at least that many, or use a new run folder")
+    done = state["history"][-1]["step"] if state else 0
+    if done > cfg.steps:
+        raise RunFolderError(f"{run.path} has already done {done} steps, more than steps={cfg.steps}; "
+                             "ask for at least that many, or use a new run folder")
     ref_model = None
-    if cfg.kl_coef > 0:  # pi_ref: the frozen starting policy (the base, also when resuming)
+    if cfg.needs_reference():  # pi_ref: the frozen starting policy (the base, also when resuming)
         ref_model = model_io.load(cfg.base_path(), device)[0].eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
-    policy.train()
-    run.saved_step = state["history"][-1]["step"] if resuming else None
-    run.start(run.saved_step or 0)
-    try:
-        return _loop(cfg, run, policy, tokenizer, ref_model, optimizer, train_set, heldout, val_set,
-                     state if resuming else None, progress)
-    except KeyboardInterrupt:
-        where = (f"the last checkpoint (step {run.saved_step}) is in {run.ckpt}" if run.saved_step
-                 else "no checkpoint was written yet")
-        raise RunInterrupted(f"interrupted: {where}; run the same command again to resume") from None
-
-
-def _loop(cfg, run, policy, tokenizer, ref_model, optimizer, train_set, heldout, val_set, state, progress):
     teacher = make_teacher(policy, cfg)
-    probe_context = cfg.teacher_context or "answer"  # a method without a teacher: the minimal context
+    floor = partial(distill_floor, teacher.model, tokenizer, cfg=cfg) if cfg.distill_floor else None
+    policy.train()
+    run.saved_step = done or None
+    run.start(done)
 
     def evaluation() -> dict:
         row = {"eval_acc": evaluate(policy, tokenizer, val_set, seed=cfg.seed),
                "eval_acc_greedy": evaluate(policy, tokenizer, val_set, greedy=True)}
-        if cfg.probe_problems:
+        if cfg.probe_problems:  # a method without a teacher probes with the minimal context
             probes = leakage_probes(policy, tokenizer, train_set[:cfg.probe_problems], heldout[:cfg.probe_problems],
-                                    probe_context, cfg.privileged_template, cfg.seed)
+                                    cfg.teacher_context or "answer", cfg.privileged_template, cfg.seed)
             row.update({f"probe_{k}": v for k, v in probes.items()})
         return row
 
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        history = state["history"]
-        if teacher is not None:
-            teacher.load_state_dict(state["teacher"])
+        history = _restore(state, optimizer, teacher)
         run.write_metrics(history)  # drop lines written after the checkpoint
     else:
         torch.manual_seed(cfg.seed)
         history = [{"step": 0, **evaluation()}]
         run.write_metrics(history)  # a fresh start: rows of an attempt without a checkpoint go
-    start = history[-1]["step"]
-    if progress and start:
-        print(f"{run.path}: " + (f"finished ({start} of {cfg.steps} steps)" if start >= cfg.steps
-                                 else f"resuming from step {start} of {cfg.steps}"))
-    bar = tqdm(range(start, cfg.steps), desc=f"{cfg.method}", initial=start, total=cfg.steps,
-               disable=not progress)
+    if progress and done:
+        print(f"{run.path}: " + (f"finished ({done} of {cfg.steps} steps)" if done >= cfg.steps
+                                 else f"resuming from step {done} of {cfg.steps}"))
+
+    # --- the loop ---
+    bar = tqdm(range(done, cfg.steps), desc=cfg.method, initial=done, total=cfg.steps, disable=not progress)
     for step in bar:
+        problems = batch_problems(train_set, step, cfg)
         try:
-            row = rl_step(policy, tokenizer, ref_model, optimizer, batch_problems(train_set, step, cfg), cfg,
-                          step, teacher)
+            row = rl_step(policy, tokenizer, ref_model, optimizer, problems, cfg, step, teacher, floor)
         except NonFiniteLossError as e:
             saved = f"the last good checkpoint is intact in {run.ckpt}" if run.has_checkpoint() else "no checkpoint was written yet"
             raise NonFiniteLossError(f"{e}: training stopped before the update; {saved}") from None
@@ -149,6 +138,17 @@ def _loop(cfg, run, policy, tokenizer, ref_model, optimizer, train_set, heldout,
         else:
             run.append(row)
     return history
+
+
+def _restore(state: dict, optimizer, teacher) -> list[dict]:
+    """Put the checkpointed optimiser, RNG and teacher state back; the checkpointed history."""
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if teacher is not None:
+        teacher.load_state_dict(state["teacher"])
+    return state["history"]
 
 
 def last_eval(history: list[dict]) -> float:

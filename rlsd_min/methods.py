@@ -13,23 +13,23 @@ opsd.md, grpo_opsd.md, rlsd.md, sdpg.md; the template itself is rlsd_min.objecti
 
 alpha * K_t (reference KL, rlsd_min.reference_kl) is available to every method via
 kl_coef; SDPG uses it by default. Every method gets the same `StepBatch` and returns
-(loss, metrics). Their records (what each needs from the teacher, its defaults, the rules
-that resolve and check its settings) are `rlsd_min.registry.METHODS`.
+(loss, metrics).
+
+`METHODS` (at the end) holds one `Method` record per method: everything the rest of the
+package knows about it (its loss, label, defaults, rules, the settings it reads, whether the
+demo trains it, its TRL trainer). Every list of methods elsewhere is derived from it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 
-from .objective import clipped_surrogate, template_loss
+from .batch import StepBatch
+from .objective import clipped_surrogate, masked_mean, template_loss
 from .reverse_kl import divergence, sampled_token_advantage
-from .sampling import masked_mean
-
-if TYPE_CHECKING:
-    from .step import StepBatch
 
 
 # --- the equations ---------------------------------------------------------------------
@@ -67,18 +67,19 @@ def rlsd_lambda(step: int, lam0: float, decay_steps: int) -> float:
     return lam0 * max(0.0, 1.0 - step / decay_steps)
 
 
-def sdpg_beta(step: int, total_steps: int, beta_base: float, t_warm: int, t_decay: int) -> float:
+def sdpg_beta(step: int, total_steps: int, distill_coef: float, t_warm: int, t_decay: int) -> float:
     """SDPG's distillation weight (Liu et al. 2026, arXiv 2606.04036, Sec. 3; docs/sdpg.md):
 
-        beta(k) = beta_base * min(1, k / T_warm) * min(1, (T - k) / T_decay)
+        beta(k) = distill_coef * min(1, k / T_warm) * min(1, (T - k) / T_decay)
 
+    (distill_coef is the paper's beta_base.)
     Warm-up and decay windows may overlap (the paper's T=400, T_warm=50, T_decay=350 meet
     at k=50: a triangle with no plateau). A window of length 0 is no window; the value
     never goes below 0 past T.
     """
     warm = 1.0 if t_warm <= 0 else min(1.0, step / t_warm)
     decay = 1.0 if t_decay <= 0 else min(1.0, max(0.0, (total_steps - step) / t_decay))
-    return beta_base * warm * decay
+    return distill_coef * warm * decay
 
 
 def sdpg_windows(cfg) -> tuple[int, int]:
@@ -91,6 +92,7 @@ def sdpg_windows(cfg) -> tuple[int, int]:
 
 
 def _divergence(logits: torch.Tensor, batch: StepBatch, cfg) -> torch.Tensor:
+    """The distillation term D_t of cfg.divergence (rlsd_min.reverse_kl.divergence): (N, T)."""
     return divergence(cfg.divergence, logits, batch.teacher_logits, cfg.jsd_beta,
                       cfg.entry_clip or None, cfg.token_clip or None)
 
@@ -147,3 +149,154 @@ def sdpg(logp, logits, batch: StepBatch, cfg, step: int):
         beta = cfg.distill_coef
     return template_loss(logp, batch, cfg, ahat=ahat, distill=distill, gate=gate, beta=beta,
                          outcome=cfg.sdpg_outcome)
+
+
+# --- the records ------------------------------------------------------------------------
+
+METHOD_FIELDS = ("teacher_mode", "teacher_context", "divergence", "distill_coef", "kl_coef", "kl_estimator",
+                 "loss_agg")
+"""TrainConfig fields whose default depends on the method (None there = the method's value)."""
+COMMON = dict(kl_coef=0.0, kl_estimator="k3", loss_agg="token-mean")
+"""The method-dependent settings every method uses, at the value most methods take."""
+TEACHER_FIELDS = ("privileged_template", "sync_every", "ema_rate")
+"""TrainConfig fields every method with a teacher reads (beside teacher_mode, teacher_context)."""
+DIVERGENCE_FIELDS = ("jsd_beta", "entry_clip", "token_clip")
+"""TrainConfig fields every method with a full-vocabulary divergence reads."""
+
+
+def _floor_rule(cfg) -> str | None:
+    from .leakage import FLOORS  # the floor's own list of divergences
+
+    if cfg.distill_floor and (cfg.task != "split" or cfg.divergence not in FLOORS):
+        return (f"distill_floor=True needs task 'split' and a forward or reverse divergence, got task "
+                f"{cfg.task!r} and divergence {cfg.divergence!r}")
+    return None
+
+
+def _no_reference_kl(cfg) -> bool:
+    """A_i = 0 makes every term 0 when the only other term, the reference KL, is off."""
+    return cfg.kl_coef == 0
+
+
+def _sdpg_skips_zero_rows(cfg) -> bool:
+    """SDPG's outcome term is 0 at A_i = 0 and its gate 1[A_i > 0] zeroes D_t there."""
+    return cfg.kl_coef == 0 and cfg.sdpg_gate
+
+
+def _sdpg_total_steps(cfg) -> str | None:
+    if cfg.sdpg_schedule:
+        return "SDPG's beta(k) schedule is laid out over the total (sdpg_warm_frac, sdpg_decay_frac of steps)"
+    return None
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method: everything the package knows about it."""
+    name: str
+    """the name a config, a command line and a run folder use"""
+    label: str
+    """the name tables and plots show"""
+    loss: Callable
+    """(logp (N, T), logits (N, T, V), batch, cfg, step) -> (loss, metrics)"""
+    teacher: str | None = None
+    """None, 'logp' (sampled-token log-probs) or 'logits' (full vocabulary)"""
+    defaults: dict = field(default_factory=dict)
+    """its value of each METHOD_FIELDS setting it uses; a setting it does not use is absent"""
+    reads: tuple = ()
+    """the TrainConfig fields of this method alone that its loss reads (rlsd_lam, ...)"""
+    distill: tuple = ()
+    """the kinds of distillation term D_t it can use: 'full' (any full-vocabulary divergence of
+    rlsd_min.reverse_kl), 'sampled' (OPSD Eq. 9's sampled-token estimator); () = none"""
+    demo: bool = False
+    """whether `python -m rlsd_min demo` trains it"""
+    trl_trainer: str | None = None
+    """its trainer in rlsd_min.integrations.trl (None: TRL's GRPOTrainer is the method)"""
+    trl_config: str | None = None
+    """that trainer's config class"""
+    rules: tuple = (_floor_rule,)
+    """cfg -> a message when the resolved config breaks a rule of this method, else None"""
+    uses_total_steps: Callable = lambda cfg: None
+    """cfg -> why a run depends on its total number of steps, or None: a finished run whose
+    method returns None can simply go on for more steps"""
+    teacher_rows: Callable = lambda advantages, cfg: None
+    """(advantages (N,), cfg) -> (N,) bool of the rows whose loss the teacher can change, or None
+    for all: the teacher scores only those (the others' teacher term is multiplied by 0)"""
+    skips_zero_rows: Callable = lambda cfg: False
+    """cfg -> whether a row with A_i = 0 adds exactly nothing to this method's loss and gradient
+    (beyond the token counts of the normaliser): then the student's forward and backward skip it"""
+
+    @property
+    def divergences(self) -> tuple:
+        """The values of TrainConfig.divergence this method accepts."""
+        from .reverse_kl import FULL_VOCAB_DIVERGENCES
+
+        return (FULL_VOCAB_DIVERGENCES if "full" in self.distill else ()) + (
+            ("sampled",) if "sampled" in self.distill else ())
+
+    @property
+    def fields(self) -> tuple:
+        """Every TrainConfig field this method's loss and teacher read beyond the run's size and
+        the optimiser (what a TRL config of the method adds to GRPOConfig)."""
+        names = [n for n in METHOD_FIELDS if n in self.defaults]
+        if self.teacher is not None:
+            names += TEACHER_FIELDS
+        if self.distill:
+            names += DIVERGENCE_FIELDS
+        return tuple(names) + ("dual_clip",) + self.reads
+
+    def resolve(self, values: dict) -> dict:
+        """TrainConfig values with this method's settings filled where None, and checked:
+        an explicit value for a setting the method does not use is refused, not ignored."""
+        from .teacher import CONTEXT_KINDS, TEACHER_MODES  # the teacher's own lists
+
+        out = dict(values)
+        for name in METHOD_FIELDS:
+            if out[name] is None:
+                out[name] = self.defaults.get(name)
+            elif name not in self.defaults:
+                raise ValueError(f"method {self.name!r} does not use {name}; got {name}={out[name]!r} "
+                                 f"(leave it unset)")
+        choices = [("divergence", self.divergences)]
+        if self.teacher is not None:
+            choices += [("teacher_mode", TEACHER_MODES), ("teacher_context", CONTEXT_KINDS)]
+        for name, allowed in choices:
+            if out[name] is not None and out[name] not in allowed:
+                raise ValueError(f"method {self.name!r} cannot use {name}={out[name]!r}; choose from {allowed}")
+        return out
+
+    def check(self, cfg) -> None:
+        """Raise a ValueError naming the first of this method's rules that the resolved `cfg` breaks."""
+        for rule in self.rules:
+            message = rule(cfg)
+            if message:
+                raise ValueError(message)
+
+    def needs_logits(self, cfg) -> bool:
+        """Whether the teacher must return full-vocabulary logits (not only log q_t(y_t)) for `cfg`."""
+        return self.teacher == "logits" and cfg.divergence != "sampled"
+
+
+_TEACHER = dict(teacher_mode="frozen", teacher_context="solution")
+METHODS = {m.name: m for m in (
+    Method("grpo", "GRPO", grpo, defaults=COMMON, demo=True, skips_zero_rows=_no_reference_kl),
+    Method("opsd", "OPSD", opsd, "logits", dict(COMMON, **_TEACHER, divergence="reverse", distill_coef=1.0),
+           distill=("full", "sampled"), trl_trainer="OPSDTrainer", trl_config="OPSDConfig"),
+    Method("grpo_opsd", "GRPO+OPSD", grpo_opsd, "logits",
+           dict(COMMON, **_TEACHER, divergence="reverse", distill_coef=0.1), distill=("full",),
+           trl_trainer="OPSDTrainer", trl_config="OPSDConfig"),
+    # RLSD's token advantage is A_i times the teacher's factor: nothing to weight where A_i = 0
+    Method("rlsd", "RLSD", rlsd, "logp", dict(COMMON, teacher_mode="synced", teacher_context="answer"),
+           reads=("rlsd_lam", "rlsd_lam_steps", "rlsd_eps_w"), demo=True,
+           trl_trainer="RLSDTrainer", trl_config="RLSDConfig",
+           teacher_rows=lambda advantages, cfg: advantages != 0, skips_zero_rows=_no_reference_kl),
+    # SDPG's gate m_i = 1[A_i > 0] zeroes the distillation term of every other rollout
+    Method("sdpg", "SDPG", sdpg, "logits",
+           dict(COMMON, teacher_mode="live", teacher_context="solution", divergence="reverse", distill_coef=0.1,
+                kl_coef=0.01, kl_estimator="ufkl", loss_agg="group-token-mean"),
+           reads=("sdpg_outcome", "sdpg_gate", "sdpg_schedule", "sdpg_warm_frac", "sdpg_decay_frac"),
+           distill=("full",), demo=True, trl_trainer="SDPGTrainer", trl_config="SDPGConfig",
+           uses_total_steps=_sdpg_total_steps,
+           teacher_rows=lambda advantages, cfg: advantages > 0 if cfg.sdpg_gate else None,
+           skips_zero_rows=_sdpg_skips_zero_rows),
+)}
+"""GRPO, OPSD, GRPO+OPSD, RLSD, SDPG: the table at the top of this file."""

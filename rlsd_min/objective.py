@@ -12,15 +12,11 @@ clipped surrogate.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
+from .batch import StepBatch
 from .reference_kl import kl_penalty
 from .reverse_kl import sampled_token_advantage
-
-if TYPE_CHECKING:
-    from .step import StepBatch
 
 AGGREGATIONS = ("token-mean", "seq-mean", "group-token-mean")
 
@@ -112,3 +108,8 @@ def template_loss(logp: torch.Tensor, batch: StepBatch, cfg, ahat: torch.Tensor 
         # KL(p || q) on the sampled tokens of the rows the teacher scored (minus RLSD's mean Delta)
         metrics["teacher_kl"] = aggregate(-delta, scored, cfg.loss_agg, G).item()
     return loss, metrics
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x over positions where mask is 1."""
+    return (x * mask).sum() / mask.sum().clamp(min=1)

@@ -38,7 +38,7 @@ import torch
 
 from . import model as model_io
 from .config import TrainConfig, save_json, write_atomic
-from .registry import METHODS
+from .methods import METHODS
 from .tasks import TASKS
 
 

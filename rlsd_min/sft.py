@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from .config import ModelConfig, SFTConfig, pick_device, save_json
 from .evaluation import evaluate
 from .model import build_model, build_tokenizer, n_params, save
-from .sampling import completion_logits, encode_completions, encode_prompts, gather_logprobs, masked_mean
+from .objective import masked_mean
+from .sampling import completion_logits, encode_completions, encode_prompts, gather_logprobs
 from .tasks import TaskConfig, load_splits, problems_of, random_problem
 from .teacher import teacher_prompt
 

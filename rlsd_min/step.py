@@ -12,7 +12,8 @@
 `rl_step` is their composition plus the teacher's refresh and the step's metrics. The
 first update's own forward pass provides the old log-probs (the weights are still the
 sampling policy's then), so nothing is computed twice. With num_iterations = 1 the PPO
-ratio is exactly 1 and the clip never acts.
+ratio is exactly 1 and the clip never acts. Each part runs as a named phase
+(rlsd_min.phases: its time, and bfloat16 autocast for the forwards when cfg.bf16_autocast).
 
 Simplifications, as in nanochat's chat_rl: one optimiser step per iteration on the whole
 batch (no minibatches), a constant learning rate, and no value function.
@@ -21,62 +22,23 @@ batch (no minibatches), a constant learning rate, and no value function.
 from __future__ import annotations
 
 import random
-import time
-from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from .advantages import frac_zero_std, group_advantages
-from .leakage import reference_floor
-from .registry import METHODS
-from .objective import aggregate
-from .sampling import (Rollout, bf16_autocast, compiled_forward, encode_prompts, entropy, masked_mean, sample_group,
-                       token_logprobs)
-from .teacher import Teacher, score_completions, teacher_prompt
+from .batch import Rollout, StepBatch
+from .decoding import bf16_autocast, compiled_forward, split_head
+from .methods import METHODS
+from .objective import masked_mean
+from .phases import Phases
+from .sampling import (chunked_logprobs, completion_hidden, encode_prompts, output_logits, rollout_logprobs,
+                       sample_group)
+from .teacher import Teacher, privileged_prompts, score_completions
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or gradient became inf/nan; training stopped before the bad update."""
-
-
-@dataclass
-class StepBatch:
-    """Everything one RL step computes once and every update of that step reuses."""
-    rollout: Rollout
-    rewards: torch.Tensor                        # (N,) verifier rewards R_i
-    advantages: torch.Tensor                     # (N,) group-relative A_i
-    old_logp: torch.Tensor | None = None         # (N, T) log-probs of the sampling policy (detached),
-                                                 #        filled by the first update's own forward
-    ref_logp: torch.Tensor | None = None         # (N, T) log pi_ref, when kl_coef > 0
-    teacher_logp: torch.Tensor | None = None     # (N, T) log q_t(y_t), detached
-    teacher_logits: torch.Tensor | None = None   # (N, T, V), when the method needs the full vocabulary
-    teacher_rows: torch.Tensor | None = None     # (N,) bool: the rows the teacher scored (None = all);
-                                                 #        elsewhere its log-probs are 0, its logits 0 (uniform)
-    metrics: dict = field(default_factory=dict)  # measured while collecting (distill_floor)
-
-
-class PhaseClock:
-    """Wall time of a step's named phases: `lap(name)` adds the time since the last lap to
-    `name`. On CUDA it waits for queued GPU work first, so phases are timed, not launched.
-    Shared by the loop and rlsd_min.lab.bench."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.phases = torch.device(device), {}
-        self.start = self.last = self._now()
-
-    def _now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = self._now()
-        self.phases[name] = self.phases.get(name, 0.0) + now - self.last
-        self.last = now
-
-    def metrics(self) -> dict:
-        """step_time_s and time_<phase>_s of every phase that ran."""
-        return {"step_time_s": self.last - self.start, **{f"time_{k}_s": v for k, v in self.phases.items()}}
 
 
 def batch_problems(problems: list, step: int, cfg) -> list:
@@ -98,59 +60,45 @@ def make_teacher(policy, cfg) -> Teacher | None:
 
 
 def collect(policy, tokenizer, problems: list, cfg, ref_model=None, teacher: Teacher | None = None,
-            clock: PhaseClock | None = None) -> StepBatch:
+            phases: Phases | None = None) -> StepBatch:
     """Sample, verify, group advantages, reference and teacher scores: the StepBatch of one step.
 
-    cfg.bf16_autocast wraps each forward in bfloat16 autocast (the log-probs come out
-    float32); cfg.static_cache_compile is handed to sample_group, cfg.compile_scoring compiles
-    the reference's and the teacher's forwards (`scorer`). ref_model is scored
-    when given (the loop passes it when kl_coef > 0), the teacher when the method has one.
-    """
-    device = next(policy.parameters()).device
-    clock = clock or PhaseClock(device)
-    with bf16_autocast(device, cfg.bf16_autocast):
+    ref_model is scored when given (the loop passes it when cfg.needs_reference()), the teacher
+    when the method has one."""
+    phases = phases or Phases(next(policy.parameters()).device, cfg.bf16_autocast)
+    with phases("sample", autocast=True):
         rollout = sample_group(policy, tokenizer, [p.prompt for p in problems], cfg.group_size,
                                cfg.max_new_tokens, cfg.temperature, static_cache_compile=cfg.static_cache_compile)
-    return score_rollout(policy, tokenizer, problems, rollout, cfg, ref_model, teacher, clock)
+    return score_rollout(policy, tokenizer, problems, rollout, cfg, ref_model, teacher, phases)
 
 
 def score_rollout(policy, tokenizer, problems: list, rollout: Rollout, cfg, ref_model=None,
-                  teacher: Teacher | None = None, clock: PhaseClock | None = None) -> StepBatch:
+                  teacher: Teacher | None = None, phases: Phases | None = None) -> StepBatch:
     """`collect` after the sampling: the StepBatch of given completions (G per problem, group
     members adjacent, laid out as sample_group lays them out). collect calls it on the
     completions it sampled; a test can hand it completions it chose."""
     device = next(policy.parameters()).device
-    clock = clock or PhaseClock(device)
-    rows = [p for p in problems for _ in range(cfg.group_size)]
-    rewards = torch.tensor([p.reward(t) for p, t in zip(rows, rollout.texts)],
-                           device=rollout.completion_ids.device)                        # (N,)
-    advantages = group_advantages(rewards, cfg.group_size, cfg.adv_scale, cfg.adv_eps)  # (N,)
-    batch = StepBatch(rollout, rewards, advantages)
-    ended = (rollout.completion_ids == tokenizer.eos_token_id).any(dim=1)                # (N,) stopped by <eos>
-    batch.metrics.update(truncated_frac=1.0 - ended.float().mean().item(),   # cut by max_new_tokens
-                         tokens=int(rollout.prompt_mask.sum() + rollout.completion_mask.sum()))
-    clock.lap("sample")                                   # generate + verify + advantages
+    phases = phases or Phases(device, cfg.bf16_autocast)
+    with phases("sample"):                                # verify + advantages
+        rows = [p for p in problems for _ in range(cfg.group_size)]
+        rewards = torch.tensor([p.reward(t) for p, t in zip(rows, rollout.texts)],
+                               device=rollout.completion_ids.device)                        # (N,)
+        advantages = group_advantages(rewards, cfg.group_size, cfg.adv_scale, cfg.adv_eps)  # (N,)
+        batch = StepBatch(rollout, rewards, advantages)
+        ended = (rollout.completion_ids == tokenizer.eos_token_id).any(dim=1)                # (N,) stopped by <eos>
+        batch.metrics.update(truncated_frac=1.0 - ended.float().mean().item(),   # cut by max_new_tokens
+                             tokens=int(rollout.prompt_mask.sum() + rollout.completion_mask.sum()))
     if ref_model is not None:
-        with torch.inference_mode(), bf16_autocast(device, cfg.bf16_autocast):
-            batch.ref_logp = token_logprobs(scorer(ref_model, cfg), rollout, cfg.temperature)[0].clone()  # (N, T)
-        clock.lap("ref")
-    method = METHODS[cfg.method]
-    if method.teacher is not None:
+        with phases("ref", autocast=True), torch.inference_mode():
+            batch.ref_logp = rollout_logprobs(scorer(ref_model, cfg), rollout, cfg.temperature).clone()  # (N, T)
+    if METHODS[cfg.method].teacher is not None:
         if teacher is None:
             raise ValueError(f"method {cfg.method!r} needs its teacher: pass teacher=make_teacher(policy, cfg)")
-        prompts = [teacher_prompt(p.prompt, p.context(cfg.teacher_context), cfg.privileged_template)
-                   for p in problems]
-        ids, mask = encode_prompts(tokenizer, prompts, device)                   # (B, P')
-        with bf16_autocast(device, cfg.bf16_autocast):
+        with phases("teacher", autocast=True):
+            ids, mask = encode_prompts(tokenizer, privileged_prompts(problems, cfg.teacher_context, cfg.privileged_template),
+                                       device)   # (B, P')
             batch.teacher_logp, batch.teacher_logits, batch.teacher_rows = teacher_scores(
                 scorer(teacher.model, cfg), ids, mask, rollout, advantages, cfg)
-        clock.lap("teacher")
-        if cfg.distill_floor:  # the OPSD loss floor, on a task with several references (rlsd_min.leakage)
-            floor = reference_floor(teacher.model, tokenizer, problems, rollout, cfg.divergence,
-                                    cfg.privileged_template, cfg.temperature)    # (N, T)
-            batch.metrics["distill_floor"] = aggregate(floor, rollout.completion_mask, cfg.loss_agg,
-                                                       cfg.group_size).item()
-            clock.lap("floor")
     return batch
 
 
@@ -168,65 +116,106 @@ def teacher_scores(teacher_model, prompt_ids, prompt_mask, rollout: Rollout, adv
     if rows is None:
         out = score_completions(teacher_model, prompt_ids, prompt_mask, rollout, full_vocab, cfg.temperature)
         return (*out, rows) if full_vocab else (out, None, rows)
-    logp = torch.zeros(N, T, device=prompt_ids.device)                           # (N, T)
-    logits = torch.zeros(N, T, teacher_model.config.vocab_size, device=prompt_ids.device) if full_vocab else None
-    if rows.any():
-        out = score_completions(teacher_model, prompt_ids, prompt_mask, rollout, full_vocab, cfg.temperature,
-                                rows)                                            # (n, T) [, (n, T, V)]
-        logp[rows] = out[0] if full_vocab else out
-        if full_vocab:
-            logits[rows] = out[1]
+    if not rows.any():
+        logits = torch.zeros(N, T, teacher_model.config.vocab_size, device=prompt_ids.device) if full_vocab else None
+        return torch.zeros(N, T, device=prompt_ids.device), logits, rows
+    out = score_completions(teacher_model, prompt_ids, prompt_mask, rollout, full_vocab, cfg.temperature,
+                            rows)                                                # (n, T) [, (n, T, V)]
+    scored, scored_logits = out if full_vocab else (out, None)
+    logp = scored.new_zeros(N, T).index_put((rows,), scored)                     # (N, T)
+    logits = scored_logits.new_zeros(N, T, scored_logits.shape[-1]).index_put((rows,), scored_logits) \
+        if full_vocab else None                                                  # (N, T, V)
     return logp, logits, rows
 
 
-def method_loss(policy, batch: StepBatch, cfg, step: int) -> tuple[torch.Tensor, dict, torch.Tensor]:
+def method_loss(policy, batch: StepBatch, cfg, step: int) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
     """The student's forward and the loss of cfg.method on `batch` at RL step `step`:
-    (loss, its metrics, the student's logits (N, T, V)). Fills batch.old_logp on first use."""
-    device = next(policy.parameters()).device
-    with bf16_autocast(device, cfg.bf16_autocast):
-        logp, logits = token_logprobs(scorer(policy, cfg), batch.rollout, cfg.temperature)   # (N, T), (N, T, V) float32
+    (loss, its metrics, the student's logits (N, T, V) where the loss reads them, else None).
+    Fills batch.old_logp on first use.
+
+    Only the rows that can change the loss go through the student: where the method's record
+    says a row with A_i = 0 adds nothing (METHODS[...].skips_zero_rows: GRPO and RLSD without
+    the reference KL, SDPG's gated loss without it), those rows get log-probs 0 (and logits 0)
+    without a forward; their tokens still count in every normaliser, so the loss and its
+    gradient are the whole batch's. The log-probs come from the final hidden states a chunk of
+    rows at a time (rlsd_min.sampling.chunked_logprobs); the full logits are built only for a
+    loss that reads them (a full-vocabulary divergence). The entropy metric is the sampler's
+    (every completion token), or the scored rows' for completions given from elsewhere."""
+    method, rollout = METHODS[cfg.method], batch.rollout
+    N, T = rollout.completion_ids.shape
+    G = rollout.group_size
+    full = not method.skips_zero_rows(cfg)
+    picked = torch.arange(N, device=rollout.completion_ids.device) if full else batch.advantages.nonzero().squeeze(1)
+    logp = torch.zeros(N, T, device=rollout.completion_ids.device)                # (N, T)
+    logits, ent = None, torch.zeros(N, T, device=logp.device)                     # (N, T, V) when read; (N, T)
+    if len(picked):
+        body, head = split_head(scorer(policy, cfg))
+        used, groups = torch.unique(picked // G, return_inverse=True)            # prompts needed; (n,) into them
+        tokens = rollout.completion_ids[picked]                                  # (n, T)
+        with bf16_autocast(logp.device, cfg.bf16_autocast):                     # the forward only
+            hidden = completion_hidden(body, rollout.prompt_ids[::G][used], rollout.prompt_mask[::G][used],
+                                       tokens, rollout.completion_mask[picked], groups)           # (n, T, H)
+            scored, scored_ent = chunked_logprobs(hidden, head, tokens, cfg.temperature)        # (n, T), (n, T)
+            scored_logits = output_logits(head, hidden, cfg.temperature) if method.needs_logits(cfg) else None
+        logp = scored if full else logp.to(scored.dtype).index_put((picked,), scored)          # (N, T)
+        ent = scored_ent if full else ent.to(scored.dtype).index_put((picked,), scored_ent)
+        if scored_logits is not None:
+            logits = scored_logits if full else scored_logits.new_zeros(N, T, scored_logits.shape[-1]).index_put(
+                (picked,), scored_logits)                                        # (N, T, V)
     if batch.old_logp is None:  # the weights are still the sampling policy's
         batch.old_logp = logp.detach()
-    loss, metrics = METHODS[cfg.method].loss(logp, logits, batch, cfg, step)
+    loss, metrics = method.loss(logp, logits, batch, cfg, step)
+    if rollout.entropy is not None:
+        metrics["entropy"] = masked_mean(rollout.entropy, rollout.completion_mask).item()
+    else:
+        metrics["entropy"] = masked_mean(ent, rollout.completion_mask[picked] if full else
+                                         rollout.completion_mask * (batch.advantages != 0)[:, None]).item()
     return loss, metrics, logits
 
 
-def update(policy, optimizer, batch: StepBatch, cfg, step: int, clock: PhaseClock | None = None) -> dict:
+def update(policy, optimizer, batch: StepBatch, cfg, step: int, phases: Phases | None = None) -> dict:
     """`num_iterations` optimiser steps of cfg.method's loss on `batch`; the last iteration's
     metrics (loss, its parts, grad_norm, entropy). Refuses a non-finite loss or gradient
     before it reaches the weights."""
-    clock = clock or PhaseClock(next(policy.parameters()).device)
+    phases = phases or Phases(next(policy.parameters()).device, cfg.bf16_autocast)
     for _ in range(cfg.num_iterations):
-        loss, metrics, logits = method_loss(policy, batch, cfg, step)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-        if not torch.isfinite(grad_norm):
-            raise NonFiniteLossError(f"non-finite gradient norm at step {step}")
-        clock.lap("update")                               # student forward + backward
-        optimizer.step()
-        clock.lap("optim")
-    with torch.no_grad():
-        ent = masked_mean(entropy(logits), batch.rollout.completion_mask).item()
-    return {"loss": loss.item(), **metrics, "grad_norm": grad_norm.item(), "entropy": ent}
+        with phases("update"):                            # student forward + backward
+            loss, metrics, _ = method_loss(policy, batch, cfg, step)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            if loss.requires_grad:
+                loss.backward()
+            else:  # no row can change the loss: its gradient is 0, and the optimiser steps on that
+                for p in policy.parameters():
+                    p.grad = torch.zeros_like(p)
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                raise NonFiniteLossError(f"non-finite gradient norm at step {step}")
+        with phases("optim"):
+            optimizer.step()
+    return {"loss": loss.item(), **metrics, "grad_norm": grad_norm.item()}
 
 
 def rl_step(policy, tokenizer, ref_model, optimizer, problems: list, cfg, step: int,
-            teacher: Teacher | None = None) -> dict:
+            teacher: Teacher | None = None, floor: Callable | None = None) -> dict:
     """One RL step on `problems` (collect, then update, then the teacher's refresh); returns
-    the step's metrics, the time of each phase that ran included."""
-    clock = PhaseClock(next(policy.parameters()).device)
-    batch = collect(policy, tokenizer, problems, cfg, ref_model, teacher, clock)
-    row = update(policy, optimizer, batch, cfg, step, clock)
+    the step's metrics, the time of each phase that ran included. floor(batch, problems), when
+    given (the loop's, with cfg.distill_floor), is the leakage floor of the collected batch
+    before the update (rlsd_min.leakage.distill_floor), logged as distill_floor."""
+    phases = Phases(next(policy.parameters()).device, cfg.bf16_autocast)
+    batch = collect(policy, tokenizer, problems, cfg, ref_model, teacher, phases)
+    if floor is not None:
+        with phases("floor"):
+            batch.metrics["distill_floor"] = floor(batch, problems)
+    row = update(policy, optimizer, batch, cfg, step, phases)
     if teacher is not None:
-        teacher.update(policy, step + 1)
-        clock.lap("update")                               # a synced or ema teacher's refresh
+        with phases("update"):                            # a synced or ema teacher's refresh
+            teacher.update(policy, step + 1)
     mask = batch.rollout.completion_mask
     return {"step": step + 1, **row, **batch.metrics,
             "reward_mean": batch.rewards.mean().item(),
             "reward_std": batch.rewards.std().item(),             # over the whole batch, as TRL's
             "frac_zero_std": frac_zero_std(batch.rewards, cfg.group_size),
             "completion_len": mask.sum(1).float().mean().item(),
-            **clock.metrics()}
+            **phases.metrics()}

@@ -17,7 +17,9 @@ import copy
 
 import torch
 
-from .sampling import check_fits, completion_logits, encode_prompts, gather_logprobs
+from .decoding import split_head
+from .sampling import (check_fits, chunked_logprobs, completion_hidden, completion_logits, encode_prompts,
+                       gather_logprobs)
 
 PRIVILEGED_TEMPLATE = "{context}|{prompt}"
 """Teacher prompt: privileged context c, a '|' separator, then the student prompt x."""
@@ -43,6 +45,13 @@ def teacher_prompt(prompt: str, context: str, template: str = PRIVILEGED_TEMPLAT
         if field not in fields:
             raise ValueError(f"privileged template {template!r} lacks the {{{field}}} placeholder")
     return template.format(context=context, prompt=prompt)
+
+
+def privileged_prompts(problems: list, context_kind: str, template: str = PRIVILEGED_TEMPLATE) -> list[str]:
+    """The teacher's prompt of each problem: `teacher_prompt` of its prompt and its context of
+    kind `context_kind` (a run's teacher_context). The loop's length check, the step and the
+    leakage probes build the teacher's prompts here."""
+    return [teacher_prompt(p.prompt, p.context(context_kind), template) for p in problems]
 
 
 def teacher_logprobs(model, tokenizer, teacher_prompts: list[str], rollout, return_logits: bool = False,
@@ -80,9 +89,15 @@ def score_completions(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
     used, groups = torch.unique(picked // G, return_inverse=True)           # prompts needed; (n,) into them
     completion = rollout.completion_ids[picked]                                              # (n, T)
     with torch.inference_mode():
-        logits = completion_logits(model, prompt_ids[used], prompt_mask[used], completion,
-                                   rollout.completion_mask[picked], temperature, groups)      # (n, T, V)
-        logp = gather_logprobs(logits, completion)                                           # (n, T)
+        if return_logits:
+            logits = completion_logits(model, prompt_ids[used], prompt_mask[used], completion,
+                                       rollout.completion_mask[picked], temperature, groups)  # (n, T, V)
+            logp = gather_logprobs(logits, completion)                                       # (n, T)
+        else:  # the log-probs alone: without holding the (n, T, V) logits
+            body, head = split_head(model)
+            hidden = completion_hidden(body, prompt_ids[used], prompt_mask[used], completion,
+                                       rollout.completion_mask[picked], groups)             # (n, T, H)
+            logp = chunked_logprobs(hidden, head, completion, temperature)[0]               # (n, T)
     # clone: inference tensors become ordinary (still gradient-free) tensors for the loss
     return (logp.clone(), logits.clone()) if return_logits else logp.clone()
 

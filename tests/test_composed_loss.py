@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from rlsd_min.config import TrainConfig
-from rlsd_min.registry import METHODS
+from rlsd_min.methods import METHODS
 from rlsd_min.sampling import Rollout
-from rlsd_min.step import StepBatch
+from rlsd_min.batch import StepBatch
 
 G, B, T, V = 4, 3, 6, 7
 N = G * B

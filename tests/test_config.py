@@ -9,7 +9,7 @@ import torch
 import rlsd_min
 from rlsd_min import model as model_io
 from rlsd_min.config import PROFILES, TrainConfig, train_config
-from rlsd_min.registry import METHOD_FIELDS, METHODS
+from rlsd_min.methods import METHOD_FIELDS, METHODS
 from rlsd_min.tasks import TASKS
 
 

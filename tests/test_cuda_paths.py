@@ -10,7 +10,7 @@ import torch
 
 from rlsd_min.lab.bench import peak_memory_mb
 from rlsd_min.config import default_profile, pick_device
-from rlsd_min.step import PhaseClock
+from rlsd_min.phases import Phases
 
 MIB = 2**20
 
@@ -30,12 +30,14 @@ def test_cuda_picks_the_device_and_the_gpu_profile(monkeypatch):
 def test_phase_clock_waits_for_queued_gpu_work(monkeypatch):
     synced = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
-    PhaseClock(torch.device("cpu")).lap("sample")
+    with Phases(torch.device("cpu"))("sample"):
+        pass
     assert synced == []
     gpu = torch.device("cuda")
-    clock = PhaseClock(gpu)
-    clock.lap("sample")
-    assert synced == [gpu, gpu] and set(clock.metrics()) == {"step_time_s", "time_sample_s"}
+    phases = Phases(gpu)
+    with phases("sample"):
+        pass
+    assert synced == [gpu, gpu] and set(phases.metrics()) == {"step_time_s", "time_sample_s"}
 
 
 def test_cuda_peak_memory_is_the_allocator_peak_above_the_start(monkeypatch):

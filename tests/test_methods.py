@@ -9,9 +9,9 @@ import rlsd_min
 from rlsd_min import rlsd_advantages, sdpg_beta, teacher_logprobs, token_logprobs
 from rlsd_min.config import train_config
 from rlsd_min.methods import sdpg
-from rlsd_min.registry import METHODS
+from rlsd_min.methods import METHODS
 from rlsd_min.objective import template_loss
-from rlsd_min.step import StepBatch
+from rlsd_min.batch import StepBatch
 from rlsd_min.model import load
 from rlsd_min.sampling import sample_group
 from rlsd_min.tasks import Problem

@@ -246,9 +246,11 @@ def _is_type_checking(test: ast.expr) -> bool:
 
 
 def _imports(tree: ast.Module, module: str, is_package: bool, modules: set) -> list:
-    """[(imported rlsd_min module, line, module_level)] of one module's import statements.
-    module_level: run when the module is imported (not inside a def or lambda, not under
-    `if TYPE_CHECKING:`); class bodies and `if`/`try` blocks at module level are module level."""
+    """[(imported rlsd_min module, line, module_level)] of one module's imports: every import
+    statement, those under `if TYPE_CHECKING:` and inside functions included, and every
+    `importlib.import_module` of a constant name. module_level: run when the module is imported
+    (not inside a def or lambda, not under `if TYPE_CHECKING:`); class bodies and `if`/`try`
+    blocks at module level are module level."""
     found = []
     package = module if is_package else module.rpartition(".")[0]
 
@@ -263,7 +265,21 @@ def _imports(tree: ast.Module, module: str, is_package: bool, modules: set) -> l
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
                 visit(child, False)
             elif isinstance(child, ast.If) and _is_type_checking(child.test):
-                visit(ast.Module(body=child.orelse, type_ignores=[]), module_level)  # the body never runs
+                visit(ast.Module(body=child.body, type_ignores=[]), False)  # for type checkers only
+                visit(ast.Module(body=child.orelse, type_ignores=[]), module_level)
+            elif (isinstance(child, ast.Call) and isinstance(child.func, ast.Attribute)
+                  and child.func.attr == "import_module" and child.args
+                  and isinstance(child.args[0], ast.Constant) and isinstance(child.args[0].value, str)):
+                name = child.args[0].value  # importlib.import_module(".methods", __package__)
+                if name.startswith("."):
+                    level = len(name) - len(name.lstrip("."))
+                    base = package
+                    for _ in range(level - 1):
+                        base = base.rpartition(".")[0]
+                    name = f"{base}.{name.lstrip('.')}" if name.lstrip(".") else base
+                if target(name):
+                    found.append((target(name), child.lineno, module_level))
+                visit(child, module_level)
             elif isinstance(child, ast.Import):
                 for alias in child.names:
                     if target(alias.name):
@@ -325,7 +341,11 @@ def test_import_graph_walker_sees_the_known_imports():
     assert ("rlsd_min.lab.cli", "rlsd_min.config", True) in edges      # from ..config import ...
     assert ("rlsd_min.lab.cli", "rlsd_min.lab.experiment", False) in edges   # inside cmd_verify
     assert ("rlsd_min.__main__", "rlsd_min.lab.cli", True) in edges
-    assert not [e for e in edges if e[:2] == ("rlsd_min.methods", "rlsd_min.step")]  # under TYPE_CHECKING only
+    assert not [e for e in edges if e[1] == "rlsd_min.step" and e[0] in ("rlsd_min.methods", "rlsd_min.objective")]
+    toy = ast.parse("from typing import TYPE_CHECKING\nimport importlib\nif TYPE_CHECKING:\n    from .b import X\n"
+                    "def f():\n    return importlib.import_module('.c', __package__)\n")
+    got = _imports(toy, "p.a", False, {"p", "p.a", "p.b", "p.c"})
+    assert got == [("p.b", 4, False), ("p.c", 6, False)]              # type-only and importlib both count
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
 
@@ -458,3 +478,44 @@ def test_a_submodule_is_an_attribute_of_the_package_after_a_bare_import():
             "if hasattr(rlsd_min.lab, 'experiment') else rlsd_min.lab.__name__, rlsd_min.verify.__module__]))")
     proc = _run([sys.executable, "-c", code], env=env, cwd=REPO, timeout=120)
     assert json.loads(proc.stdout.splitlines()[-1]) == ["rlsd_min.config", "rlsd_min.lab", "rlsd_min.tasks"]
+
+
+# --- one record per method -----------------------------------------------------------------------
+
+def _method_name_lists() -> list:
+    """(file, line, names) of every tuple, list, set or dict literal outside rlsd_min/methods.py
+    that spells two or more method names: a second list of methods."""
+    from rlsd_min.methods import METHODS
+
+    found = []
+    for path in sorted(PKG.rglob("*.py")):
+        if path.name == "methods.py" and path.parent == PKG:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            items = node.keys if isinstance(node, ast.Dict) else getattr(node, "elts", None) \
+                if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else None
+            names = [i.value for i in items or () if isinstance(i, ast.Constant) and i.value in METHODS]
+            if len(set(names)) >= 2:
+                found.append((str(path.relative_to(REPO)), node.lineno, names))
+    return found
+
+
+def test_no_second_list_of_methods_in_the_package():
+    assert _method_name_lists() == []
+
+
+def test_the_records_drive_labels_the_demo_and_the_trl_names(monkeypatch, tmp_path):
+    import dataclasses
+
+    from rlsd_min.lab import cli, report
+    from rlsd_min.methods import METHODS
+
+    assert report.LABELS == {name: m.label for name, m in METHODS.items()}
+    trained = []
+    monkeypatch.setattr("rlsd_min.loop.train", lambda cfg, out: trained.append(cfg.method) or [{"step": 0, "eval_acc": 0.0}])
+    monkeypatch.setattr("rlsd_min.tasks.ensure_data", lambda *a: None)
+    monkeypatch.setattr(cli.os.path, "exists", lambda p: True)
+    monkeypatch.setitem(METHODS, "grpo_opsd", dataclasses.replace(METHODS["grpo_opsd"], demo=True))
+    monkeypatch.setitem(METHODS, "rlsd", dataclasses.replace(METHODS["rlsd"], demo=False))
+    cli.cmd_demo(cli.argparse.Namespace(profile="ci", out=str(tmp_path)))
+    assert trained == [m.name for m in METHODS.values() if m.demo] == ["grpo", "grpo_opsd", "sdpg"]

@@ -8,7 +8,8 @@ import torch
 
 from rlsd_min import model as model_io
 from rlsd_min import sample_group, token_logprobs
-from rlsd_min.sampling import bf16_autocast, completion_mask, encode_prompts
+from rlsd_min.decoding import bf16_autocast
+from rlsd_min.sampling import completion_mask, encode_prompts
 
 EOS = 2
 
@@ -232,7 +233,8 @@ def test_static_cache_compile_gives_the_same_greedy_completions(base, splits):
 
 
 class _CacheModel(torch.nn.Module):
-    """Stands for a transformers model of either side of the `past_key_values` -> `cache` rename."""
+    """Stands for a transformers model body (its decoder) of either side of the
+    `past_key_values` -> `cache` rename."""
 
     def __init__(self, inner, new: bool):
         super().__init__()
@@ -247,22 +249,23 @@ class _CacheModel(torch.nn.Module):
     def forward_old(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None):
         out = self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          use_cache=use_cache, **({"cache": past_key_values} if past_key_values is not None else {}))
-        return type("Out", (), {"logits": out.logits, "past_key_values": out.cache})()
+        return type("Out", (), {"last_hidden_state": out.last_hidden_state, "past_key_values": out.cache})()
 
 
 @pytest.mark.parametrize("new", [True, False])
 def test_completion_logits_works_on_both_sides_of_the_cache_rename(tiny_model, tokenizer, new):
     """transformers 5.x renames the forward's `past_key_values` to `cache` (removal in 5.40): the
-    two-pass forward finds the name the model takes and gives the one-pass forward's logits."""
-    from rlsd_min.sampling import cache_argument, completion_logits, encode_completions, encode_prompts
+    two-pass forward finds the name the model's body takes and gives the one-pass forward's logits."""
+    from rlsd_min.decoding import cache_argument
+    from rlsd_min.sampling import completion_hidden, encode_completions, encode_prompts
 
     model = tiny_model()
-    wrapped = _CacheModel(model, new)
+    wrapped = _CacheModel(model.get_decoder(), new)
     assert cache_argument(wrapped) == ("cache" if new else "past_key_values")
     ids, mask = encode_prompts(tokenizer, ["12+34=", "1+2="], "cpu")                   # (B, P)
     cids, cmask = encode_completions(tokenizer, ["46", "3", "99", "4"], "cpu")         # (N, T), G = 2
     with torch.no_grad():
-        two_pass = completion_logits(wrapped, ids, mask, cids, cmask)                  # (N, T, V)
+        two_pass = model.lm_head(completion_hidden(wrapped, ids, mask, cids, cmask))   # (N, T, V)
         full = model(input_ids=torch.cat([ids.repeat_interleave(2, 0), cids], 1),
                      attention_mask=torch.cat([mask.repeat_interleave(2, 0), cmask], 1)).logits
     P = ids.shape[1]
@@ -296,7 +299,8 @@ def test_decoding_stops_when_every_row_has_ended(base, splits):
 def test_completion_logits_with_gradient_checkpointing_is_one_pass_with_the_same_numbers(tiny_model, tokenizer):
     """transformers drops the KV cache inside checkpointed layers, so a checkpointed model is
     scored in one pass over [prompt | completion]: the two-pass logits and gradients."""
-    from rlsd_min.sampling import checkpointed, completion_logits, encode_completions, encode_prompts
+    from rlsd_min.decoding import checkpointed
+    from rlsd_min.sampling import completion_logits, encode_completions, encode_prompts
 
     ids, mask = encode_prompts(tokenizer, ["12+34=", "1+2="], "cpu")                   # (B, P)
     cids, cmask = encode_completions(tokenizer, ["46", "3", "99", "4"], "cpu")         # (N, T), G = 2
@@ -316,7 +320,7 @@ def test_completion_logits_with_gradient_checkpointing_is_one_pass_with_the_same
 
 def test_cache_argument_and_checkpointing_look_through_a_distributed_wrapper(tiny_model):
     """DDP, FSDP and DeepSpeed keep the model as `.module` and pass the forward's arguments on."""
-    from rlsd_min.sampling import cache_argument, checkpointed, unwrap
+    from rlsd_min.decoding import cache_argument, checkpointed, unwrap
 
     model = tiny_model()
 
@@ -339,14 +343,14 @@ def test_filled_prefix_cache_decodes_as_the_uncached_forward(base, splits):
     """The decoding loop's cache (allocated once, attention over the filled positions, the mask
     handed over ready-made) against recomputing every step without a cache: the same greedy
     tokens, left-padded rows included, and the same next-token logits at each step."""
-    from rlsd_min.sampling import FilledPrefixCache, cache_argument, decode
+    from rlsd_min.decoding import FilledPrefixCache, cache_argument, decode
 
     model, tok = base
     name = cache_argument(model)
     prompts = [p.prompt for p in splits["validation"][:6]] + ["1+2=", "12+3="]   # left-padded rows
     ids, mask = encode_prompts(tok, prompts, "cpu")                                # (N, P)
     with torch.no_grad():
-        tokens = decode(model, ids, mask, 30, greedy=True, eos_id=EOS, pad_id=tok.pad_token_id)   # (N, T)
+        tokens, _ = decode(model, ids, mask, 30, greedy=True, eos_id=EOS, pad_id=tok.pad_token_id)   # (N, T)
         seq, attn, want = ids, mask, []
         for t in range(tokens.shape[1]):                   # the uncached loop: a full forward per token
             pos = (attn.cumsum(1) - 1).clamp(min=0)

@@ -15,7 +15,7 @@ import torch
 
 from rlsd_min import model as model_io
 from rlsd_min import train, train_config
-from rlsd_min.registry import METHODS
+from rlsd_min.methods import METHODS
 from rlsd_min.step import NonFiniteLossError
 from rlsd_min.tasks import TASKS
 
@@ -40,7 +40,7 @@ def patch_grpo(monkeypatch, on_call):
         loss, metrics = original(*args, **kwargs)
         return on_call(calls["n"], loss), metrics
 
-    monkeypatch.setitem(METHODS, "grpo", dataclasses.replace(entry, loss_fn=wrapped))
+    monkeypatch.setitem(METHODS, "grpo", dataclasses.replace(entry, loss=wrapped))
     return calls
 
 

@@ -7,8 +7,12 @@
 - equivalence: one update of each trainer gives rlsd_min's own loss and gradients (update on
   score_rollout's batch) on the same model, prompts and injected completions, in float64;
 - logging under rlsd_min's names through TRL's `log`; the frozen teacher really is frozen;
-- two processes under torchrun (gloo, CPU): identical weights on both ranks, metrics averaged
+- two processes under torchrun (gloo, CPU): identical weights on both ranks, metrics weighted
   across ranks, and the same weights as one process on the whole batch;
+- the realistic matrix (tests/hf_fixtures.py: a Qwen2-shape model, a BPE tokenizer with ChatML,
+  prompts and completions of varying length): at theta = theta_ref the ratio is 1 and kl_ref 0 in
+  bf16 and fp32 with accumulation 4; the method metrics equal the tiny loop's for accumulation 1
+  and 4; a chat dataset's teacher template; LoRA teachers (the base, or a second adapter);
 - the example script runs two steps.
 
 The tiny model: a byte-level BPE tokenizer trained here with a chat template, and a random
@@ -24,6 +28,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import typing
 
 import pytest
 import torch
@@ -31,30 +36,30 @@ import torch
 if not os.environ.get("CI"):  # CI installs the trl extra: there a missing trl fails, not skips
     pytest.importorskip("trl")
 
+import trl  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # noqa: E402
 
+import hf_fixtures as hf  # noqa: E402
 from rlsd_min.config import TrainConfig, field_docs  # noqa: E402
 from rlsd_min.integrations import trl as rt  # noqa: E402
+from rlsd_min.integrations import trl_teacher  # noqa: E402
 from rlsd_min.integrations.tiny import arith_reward, arith_rows, build_tiny_chat_model  # noqa: E402
 from rlsd_min.methods import rlsd_lambda, sdpg_beta, sdpg_windows  # noqa: E402
-from rlsd_min.registry import METHODS  # noqa: E402
-from rlsd_min.sampling import Rollout, decode_completions, encode_prompts, token_logprobs  # noqa: E402
+from rlsd_min.methods import METHODS  # noqa: E402
+from rlsd_min.sampling import Rollout, decode_completions, encode_prompts  # noqa: E402
 from rlsd_min.step import make_teacher, score_rollout, update  # noqa: E402
 from rlsd_min.tasks import TASKS, load_splits, problems_of  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 G, T = 4, 24
 CONFIGS = {"rlsd": rt.RLSDConfig, "sdpg": rt.SDPGConfig, "opsd": rt.OPSDConfig, "grpo_opsd": rt.OPSDConfig}
-TOL = dict(rtol=1e-9, atol=1e-11)
-"""float64 on both sides: the loss and every gradient agree to rounding"""
-TOL_REF = 1e-6
-"""with a reference model (kl_coef > 0) or num_iterations > 1, TRL scores pi_ref and pi_old with
-its fused LM head, which works in float32; with gradient checkpointing the student runs in one
-pass, whose float64 gradients differ from the two-pass ones by about 1e-7: then every gradient
-entry is within TOL_REF x the largest entry of its parameter's gradient (measured: <= 4e-7)"""
-LOSS_REL = 1e-6
-"""the logged loss: the Trainer sums it over accumulated micro-batches in float32"""
+TOL_FUSED = 1e-4
+"""TRL's fused LM head (the one scoring path: the student's, the teacher's, pi_old's and pi_ref's
+log-probs) computes log-probs in float32, so a float64 model's update agrees with rlsd_min's
+float64 update to float32 rounding: every gradient entry within TOL_FUSED x the largest entry of
+its parameter's gradient (measured: <= 3e-6, and 8e-5 for opsd 'sampled', whose token
+advantage is a difference of two log-probs), the loss and the metrics to TOL_FUSED relative"""
 
 
 @pytest.fixture(scope="session")
@@ -136,7 +141,7 @@ def rlsd_min_side(method, path, problems, cfg: TrainConfig):
     cmask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])           # (N, T)
     rollout = Rollout(ids.repeat_interleave(G, 0), mask.repeat_interleave(G, 0), cids, cmask,
                       decode_completions(tok, cids, cmask), G)
-    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64) if cfg.kl_coef > 0 else None
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64) if cfg.needs_reference() else None
     batch = score_rollout(policy, tok, problems, rollout, cfg, ref, make_teacher(policy, cfg))
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)  # TRL's AdamW
     row = update(policy, optimizer, batch, cfg, step=0)
@@ -151,20 +156,51 @@ def rlsd_min_config(method, **fields) -> TrainConfig:
 
 # --- the configs ---------------------------------------------------------------------------
 
+@pytest.mark.parametrize("cls", [rt.RLSDConfig, rt.SDPGConfig, rt.OPSDConfig])
+def test_config_fields_are_trainconfigs_method_fields_types_defaults_and_help(cls):
+    """The dataclasses written out in trl_configs: their own fields are the union of their methods'
+    fields (the records' `reads`), each with TrainConfig's type, default and docstring."""
+    types, theirs, docs = typing.get_type_hints(cls), typing.get_type_hints(TrainConfig), field_docs(TrainConfig)
+    base = {f.name for f in dataclasses.fields(trl.GRPOConfig)}
+    own = {f.name: f for f in dataclasses.fields(cls) if f.name not in base and f.name != "with_reward"}
+    assert set(own) == {n for m in cls.methods() for n in rt.method_fields(m)}
+    for name, f in own.items():
+        assert types[name] == theirs[name], name
+        assert f.default == docs[name][0], name
+        assert f.metadata["help"] == docs[name][1], name
+
+
 @pytest.mark.parametrize("method", ["rlsd", "sdpg", "opsd", "grpo_opsd"])
-def test_config_method_fields_are_trainconfigs_names_docs_defaults_and_resolution(method, tmp_path):
-    cls, docs = CONFIGS[method], field_docs(TrainConfig)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    names = rt.method_fields(method)
-    assert {"kl_coef", "kl_estimator", "loss_agg", "teacher_mode", "privileged_template", "dual_clip"} <= set(names)
-    for name in names:
-        assert fields[name].default == docs[name][0], name                # TrainConfig's default (None: the method's)
-        assert fields[name].metadata["help"] == docs[name][1], name
+def test_config_resolves_method_fields_as_trainconfig(method, tmp_path):
     args = config(method, tmp_path)
     resolved = TrainConfig(method=method).validate()                      # TrainConfig's resolution of the method
-    for name in names:
-        assert getattr(args, name) == getattr(resolved, name), name
+    for name in rt.method_fields(method):
+        if name != "privileged_template":  # None until the trainer sees the dataset (text or chat)
+            assert getattr(args, name) == getattr(resolved, name), name
+    assert args.privileged_template is None and args.rlsd_config.privileged_template == resolved.privileged_template
     assert args.beta == resolved.kl_coef and args.rlsd_config.method == method
+
+
+def test_trainer_and_config_names_come_from_the_method_records():
+    from rlsd_min.lab.bench_trl import TRAINER_METHODS, trainer_name
+
+    named = {n for n, m in METHODS.items() if m.trl_trainer}
+    assert set(rt.TRAINERS) == set(rt.CONFIGS) == set(TRAINER_METHODS) == named == {"rlsd", "sdpg", "opsd", "grpo_opsd"}
+    for n in named:
+        m = METHODS[n]
+        assert rt.TRAINERS[n].__name__ == m.trl_trainer and trainer_name(n).startswith(m.trl_trainer)
+        args = rt.CONFIGS[n](output_dir="unused", use_cpu=True, report_to="none")
+        assert type(args).__name__ == m.trl_config and args.method == n
+
+
+@pytest.mark.parametrize("method, loss_type, loss_agg", [("sdpg", "dapo", "token-mean"), ("rlsd", "dapo", "token-mean"),
+                                                       ("sdpg", "grpo", "seq-mean"), ("opsd", None, "token-mean"),
+                                                       ("sdpg", None, "group-token-mean")])
+def test_loss_type_is_read_as_the_same_loss_agg(method, loss_type, loss_agg, tmp_path):
+    """dapo (the sum over the batch's tokens / their count) is token-mean, given or not equal to
+    TRL's default; grpo is seq-mean; not given, the method's loss_agg."""
+    args = config(method, tmp_path, loss_type=loss_type)
+    assert args.loss_agg == args.rlsd_config.loss_agg == loss_agg
 
 
 def test_config_fields_per_method():
@@ -193,7 +229,9 @@ def test_config_translates_trl_names_to_trainconfig(tmp_path):
     ("opsd", dict(divergence="hellinger"), "cannot use divergence='hellinger'"),
     ("grpo_opsd", dict(divergence="sampled"), "cannot use divergence='sampled'"),
     ("sdpg", dict(beta=0.04), "reference-KL weight is kl_coef"),
-    ("rlsd", dict(loss_type="grpo"), "loss_agg"),
+    ("rlsd", dict(loss_type="bnpo"), "set loss_agg"),
+    ("sdpg", dict(loss_type="dr_grpo"), "set loss_agg"),
+    ("rlsd", dict(loss_type="dapo", loss_agg="seq-mean"), "set one of them"),
     ("rlsd", dict(per_device_train_batch_size=2, gradient_accumulation_steps=2), "whole groups"),
     ("rlsd", dict(steps_per_generation=2), "one optimiser step per sampled batch"),
     ("rlsd", dict(rlsd_eps_w=1.5), "rlsd_eps_w must be in"),
@@ -255,10 +293,12 @@ def test_teacher_prompt_equal_to_the_student_prompt_gives_exactly_the_students_l
     trainer.model.eval()
     batch_in = trainer._generate_and_score_completions(rows)
     assert torch.equal(batch_in["teacher_prompt_ids"], batch_in["prompt_ids"])
-    batch = trainer._step_batch(batch_in, trainer._rlsd_config())
-    student, _ = token_logprobs(trainer.model, batch.rollout)
+    cfg = trainer._rlsd_config()
+    batch = trainer._step_batch(trainer.model, batch_in, cfg)
+    with torch.no_grad():
+        student = trainer.student_scores(trainer.model, batch, cfg)[0]
     mask = batch.rollout.completion_mask.bool()
-    assert torch.equal(batch.teacher_logp[mask], student.detach()[mask])
+    assert torch.equal(batch.teacher_logp[mask], student[mask])
 
 
 @pytest.mark.parametrize("conversational", [False, True])
@@ -273,8 +313,8 @@ def test_teacher_column_t_scores_completion_token_t(conversational, tiny_path, p
              "privileged_context": p.context("answer"), "answer": p.answer} for p in problems for _ in range(G)]
     trainer.model.eval()
     batch_in = trainer._generate_and_score_completions(rows)
-    batch = trainer._step_batch(batch_in, trainer._rlsd_config())
-    model = trainer._teacher.model                                           # RLSD's synced copy
+    batch = trainer._step_batch(trainer.model, batch_in, trainer._rlsd_config())
+    model = trainer._teacher.teacher.model                                   # RLSD's synced copy
     for i in range(len(rows)):
         tp = batch_in["teacher_prompt_ids"][i][batch_in["teacher_prompt_mask"][i].bool()].tolist()
         text = tok.decode(tp)
@@ -312,22 +352,15 @@ def test_one_update_equals_rlsd_mins_update_in_float64(method, fields, trl_only,
     cfg = rlsd_min_config(method, **fields)
     iterations = cfg.num_iterations
     row, ours, batch = rlsd_min_side(method, tiny_path, problems, cfg)
-    # TRL scores pi_ref, and with num_iterations > 1 pi_old, with its float32 fused LM head
-    tol = TOL_REF if cfg.kl_coef > 0 or iterations > 1 or trl_only.get("activation_checkpointing") else TOL
     assert batch.advantages.abs().sum() > 0 and len(grads) == iterations
     last = logged[iterations - 1]                                   # the last iteration's, as update returns
-    assert math.isclose(last["loss"], row["loss"], rel_tol=LOSS_REL, abs_tol=1e-12), (last["loss"], row["loss"])
+    assert math.isclose(last["loss"], row["loss"], rel_tol=TOL_FUSED, abs_tol=1e-9), (last["loss"], row["loss"])
     assert any(g.abs().sum() > 0 for g in ours.values())
-    for name, g in ours.items():
-        if tol is TOL:
-            torch.testing.assert_close(grads[-1][name], g, **TOL, msg=name)
-        else:
-            assert (grads[-1][name] - g).abs().max() <= TOL_REF * g.abs().max() + 1e-15, name
-    accumulated = trl_only.get("gradient_accumulation_steps", 1) > 1  # then metrics are micro-batch means
+    worst = max(float((grads[-1][n] - g).abs().max() / g.abs().max().clamp(min=1e-30)) for n, g in ours.items())
+    assert worst <= TOL_FUSED, worst
     for name in ("lam", "w_clip_frac", "distill_loss", "beta", "gate_frac", "teacher_kl", "kl_ref"):
-        if name in row and not accumulated:
-            rel = 1e-7 if tol is TOL else 1e-4  # teacher_kl reads pi_old: TRL's float32 scores
-            assert math.isclose(last[name], row[name], rel_tol=rel, abs_tol=1e-9), name
+        if name in row:  # the step's value, weighted over the micro-batches
+            assert math.isclose(last[name], row[name], rel_tol=TOL_FUSED, abs_tol=1e-9), name
 
 
 # --- logging, schedules and the teacher's weights ---------------------------------------------
@@ -374,17 +407,17 @@ def test_the_frozen_teacher_keeps_the_initial_weights_and_is_saved_with_checkpoi
     initial = AutoModelForCausalLM.from_pretrained(tiny_path)
     x = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
-        t, s, i = (m(input_ids=x).logits for m in (trainer._teacher.model, trainer.model, initial))
+        t, s, i = (m(input_ids=x).logits for m in (trainer._teacher.teacher.model, trainer.model, initial))
     assert torch.equal(t, i) and not torch.allclose(s, i)
     checkpoint = tmp_path / "out" / "checkpoint-2"
-    saved = torch.load(checkpoint / rt._SelfDistillationTrainer.TEACHER_FILE)
+    saved = torch.load(checkpoint / rt._SelfDistillationTrainer.TEACHER_FILE, weights_only=True)
     assert all(torch.equal(saved[k], v) for k, v in initial.state_dict().items())
     # resumed from the checkpoint, the teacher is theta_0 again, not the checkpoint's student
     again, _, _ = trl_side("opsd", tiny_path, problems, tmp_path, dtype=torch.float32, train=False, max_steps=3,
                            learning_rate=0.05, cast_lm_head_to_fp32=cast_lm_head_to_fp32)
     again.train(resume_from_checkpoint=str(checkpoint))
     with torch.no_grad():
-        assert torch.equal(again._teacher.model(input_ids=x).logits, i)
+        assert torch.equal(again._teacher.teacher.model(input_ids=x).logits, i)
 
 
 def test_shard_weight_makes_the_mean_over_shards_the_whole_batch_aggregate():
@@ -424,13 +457,14 @@ def test_two_processes_under_torchrun_agree_with_each_other_and_with_one_process
         # the same weights as one process on the whole batch (the same prompts and completions)
         torch.testing.assert_close(torch.tensor(r0["weights"]), torch.tensor(one[method]["weights"]),
                                    rtol=1e-5, atol=1e-6)
-        assert r0["logged"] == r1["logged"]                                              # both ranks log the mean
+        assert r0["logged"] == r1["logged"]                                              # both ranks log the weighted mean
         for step, logged in enumerate(r0["logged"]):
             for name, value in logged.items():
                 if name == "loss":  # the Trainer's own mean of the returned loss, checked against one process
                     continue
-                local = [r["local"][step][name] for r in (r0, r1)]
-                assert value == pytest.approx(sum(local) / 2, rel=1e-6, abs=1e-9), (method, step, name)
+                local = [r["local"][step][name] for r in (r0, r1)]            # (value, weight) per rank
+                mean = sum(v * w for v, w in local) / sum(w for _, w in local)   # weighted over the ranks
+                assert value == pytest.approx(mean, rel=1e-6, abs=1e-9), (method, step, name)
             assert logged["loss"] == pytest.approx(one[method]["logged"][step]["loss"], rel=1e-4, abs=1e-7)
         assert len(r0["local"]) == 2 and r0["local"][0] != r1["local"][0]              # the ranks saw different rows
 
@@ -459,6 +493,7 @@ def test_trainer_comparison_table_ratio_is_the_median_of_per_round_ratios():
     text = format_trainer_comparison({"grpo": [1.0, 2.0, 4.0], "rlsd": [1.2, 2.0, 8.0]})
     assert "| RLSDTrainer | 2.000 | 1.200-8.000 | 1.20 |" in text        # not 1.00, the ratio of the medians
     assert "rlsd / GRPOTrainer per round: 1.20 1.00 2.00" in text
+    assert format_trainer_comparison({"grpo": [1.0], "grpo_opsd": [2.0]}).count("OPSDTrainer(with_reward=True)") == 1
 
 
 def test_trainer_comparison_interleaves_the_trainers_on_the_ci_profile():
@@ -466,3 +501,135 @@ def test_trainer_comparison_interleaves_the_trainers_on_the_ci_profile():
 
     times = trainer_comparison("ci", rounds=1, warmup=1, methods=("rlsd",))
     assert set(times) == {"grpo", "rlsd"} and all(len(v) == 1 and v[0] > 0 for v in times.values())
+
+
+# --- the realistic matrix: a Qwen2-shape model, a BPE tokenizer with ChatML (tests/hf_fixtures.py) --
+
+@pytest.fixture(scope="session")
+def qwen_path(tmp_path_factory):
+    return hf.build_qwen2_chat_model(str(tmp_path_factory.mktemp("qwen2") / "model"))
+
+
+def qwen_run(method, path, tmp_path, conversational=False, n=4, reward=hf.reward, callbacks=(), train=True,
+             peft_config=None, **overrides):
+    """A trainer on `n` prompts of varying length (4 per step), injected completions of varying length."""
+    data = hf.rows(n, conversational)
+    kw = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=G, num_generations=G,
+              gradient_accumulation_steps=4, max_completion_length=12, max_steps=1, learning_rate=1e-12,
+              report_to="none", use_cpu=True, bf16=True, logging_steps=1, save_strategy="no",
+              disable_tqdm=True, shuffle_dataset=False, seed=0)
+    kw.update(overrides)
+    if method == "grpo_opsd":
+        kw["with_reward"] = True
+    trainer = rt.TRAINERS[method](model=path, reward_funcs=reward, args=CONFIGS[method](**kw),
+                                  train_dataset=Dataset.from_list(data), callbacks=list(callbacks),
+                                  peft_config=peft_config)
+    hf.inject(trainer, data)
+    if train:
+        trainer.train()
+    return trainer, [h for h in trainer.state.log_history if "loss" in h]
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+@pytest.mark.parametrize("method", ["rlsd", "sdpg", "opsd", "grpo_opsd"])
+def test_at_theta_ref_the_ratio_is_one_and_the_reference_kl_zero(method, bf16, qwen_path, tmp_path):
+    """theta = theta_old = theta_ref (lr 1e-12 moves no weight): with accumulation 4, prompts of
+    1-3 lead-ins and num_iterations 2 (TRL then scores pi_old itself), the student's log-probs
+    are TRL's old and reference log-probs, bit for bit (on 5fe4387 bf16 gave kl_ref 2.9e-8)."""
+    _, logs = qwen_run(method, qwen_path, tmp_path, conversational=method in ("sdpg", "opsd"), bf16=bf16,
+                       kl_coef=0.01, num_iterations=2, max_steps=2)
+    assert len(logs) == 2
+    for row in logs:
+        assert 0 <= row["kl_ref"] <= 1e-10, row["kl_ref"]
+        assert row.get("clip_frac", 0.0) == 0.0
+
+
+def _unanimous_reward(prompts, completions, answer, **kwargs):
+    """hf.reward, but 0 for every completion of the prompts that start "Answer with": groups
+    whose advantages are all 0, which neither RLSD's nor SDPG's teacher scores."""
+    text = lambda p: p[-1]["content"] if isinstance(p, list) else p
+    return [0.0 if "Answer with" in text(p) else r for p, r in zip(prompts, hf.reward(completions, answer))]
+
+
+@pytest.mark.parametrize("method, fields", [("rlsd", dict(rlsd_eps_w=0.01)), ("sdpg", dict(sdpg_schedule=False))])
+def test_method_metrics_equal_the_tiny_loops_on_the_batch_for_accumulation_1_and_4(method, fields, qwen_path,
+                                                                                  tmp_path):
+    """8 prompts: one step of 32 rows, 8 groups, 2 of them with equal rewards (no teacher rows).
+    The logged teacher_kl, w_clip_frac, gate_frac, distill_loss ... are rlsd_min's loss metrics on
+    the whole batch at once, for 1 and 4 accumulated micro-batches (on 5fe4387 a micro-batch with
+    no scored rows counted 0.0 and the logged value was their plain mean)."""
+    logged = {}
+    for accumulation in (1, 4):
+        captured = []
+        trainer, logs = qwen_run(method, qwen_path, tmp_path / str(accumulation), n=8, reward=_unanimous_reward,
+                                 bf16=False, per_device_train_batch_size=32 // accumulation,
+                                 gradient_accumulation_steps=accumulation, train=False, **fields)
+        generate = trainer._generate_and_score_completions
+        trainer._generate_and_score_completions = lambda inputs: captured.append(generate(inputs)) or captured[-1]
+        trainer.train()
+        logged[accumulation] = [h for h in trainer.state.log_history if "loss" in h][0]
+        whole, cfg = captured[0], trainer._rlsd_config()
+        whole["num_items_in_batch"] = whole["completion_mask"].sum()
+        batch = trainer._step_batch(trainer.model, whole, cfg)
+        assert batch.teacher_rows is not None and not batch.teacher_rows.all()    # some rows unscored
+        with torch.no_grad():
+            logp, _, logits = trainer.student_scores(trainer.model, batch, cfg)
+            batch.old_logp = logp
+            _, tiny = METHODS[method].loss(logp, logits, batch, cfg, 0)            # the tiny loop's metrics
+        names = {"rlsd": ("teacher_kl", "w_clip_frac", "lam", "loss_pg"),
+                 "sdpg": ("teacher_kl", "gate_frac", "distill_loss", "beta", "loss_pg")}[method]
+        print(accumulation, {n: (logged[accumulation][n], tiny[n]) for n in names})
+        for name in names:
+            assert logged[accumulation][name] == pytest.approx(tiny[name], rel=1e-5, abs=1e-8), name
+    assert logged[1]["teacher_kl"] > 0 and (method != "rlsd" or logged[1]["w_clip_frac"] > 0)
+
+
+def test_a_chat_dataset_gets_the_plain_language_teacher_template(qwen_path, tmp_path):
+    trainer, _ = qwen_run("rlsd", qwen_path, tmp_path, conversational=True, train=False)
+    data = [r for r in hf.rows(1, conversational=True) for _ in range(G)]
+    out = trainer._generate_and_score_completions(data)
+    ids = out["teacher_prompt_ids"][0][out["teacher_prompt_mask"][0].bool()]
+    text = trainer.processing_class.decode(ids)
+    print(text)
+    question = data[0]["prompt"][0]["content"]
+    assert text == (f"<|im_start|>user\nThe reference answer is: {data[0]['answer']}\n\n{question}<|im_end|>\n"
+                    f"<|im_start|>assistant\n")
+    assert rt.CHAT_TEMPLATE == "The reference answer is: {context}\n\n{prompt}"
+    plain, _ = qwen_run("rlsd", qwen_path, tmp_path / "text", train=False)   # text keeps the tiny task's
+    assert plain.privileged_template("What is 1 + 2?") == "{context}|{prompt}"
+
+
+peft = pytest.importorskip("peft") if not os.environ.get("CI") else __import__("peft")
+
+
+@pytest.mark.parametrize("method, mode", [("opsd", "frozen"), ("rlsd", "synced"), ("rlsd", "ema")])
+def test_a_lora_teacher_is_the_base_or_a_second_adapter_and_checkpoints_adapter_weights_only(
+        method, mode, qwen_path, tmp_path):
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer, logs = qwen_run(method, qwen_path, tmp_path, peft_config=lora, teacher_mode=mode, bf16=False,
+                             learning_rate=0.05, max_steps=2, save_strategy="steps", save_steps=2, sync_every=1)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    total = sum(p.numel() for p in model.parameters())
+    adapter = sum(p.numel() for n, p in model.named_parameters() if ".default." in n)
+    teacher = sum(p.numel() for n, p in model.named_parameters() if f".{trl_teacher.TEACHER_ADAPTER}." in n)
+    base = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(qwen_path).parameters())
+    print(mode, dict(base=base, adapter=adapter, teacher=teacher, total=total))
+    assert total == base + adapter + teacher and teacher == (0 if mode == "frozen" else adapter)
+    saved = tmp_path / "out" / "checkpoint-2" / rt._SelfDistillationTrainer.TEACHER_FILE
+    if mode == "frozen":                         # the base model: nothing of its own to save
+        assert not saved.exists()
+        x = torch.tensor([[5, 6, 7, 8]])
+        with torch.no_grad(), trainer._teacher.scoring(trainer.model) as m:
+            t = m(input_ids=x).logits
+        with torch.no_grad():
+            s = trainer.model(input_ids=x).logits
+        initial = AutoModelForCausalLM.from_pretrained(qwen_path)(input_ids=x).logits
+        assert torch.allclose(t, initial, atol=1e-6) and not torch.allclose(s, initial, atol=1e-4)
+    else:
+        state = torch.load(saved, weights_only=True)
+        assert state and all(f".{trl_teacher.TEACHER_ADAPTER}." in k for k in state)
+        assert sum(v.numel() for v in state.values()) == adapter
+        student = {k.replace(f".{trl_teacher.TEACHER_ADAPTER}.", ".default."): v for k, v in state.items()}
+        params = dict(model.named_parameters())
+        moved = [torch.equal(v, params[k]) for k, v in student.items()]
+        assert all(moved) == (mode == "synced")  # synced (sync_every 1) is the student's; ema lags it

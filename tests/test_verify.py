@@ -7,10 +7,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from rlsd_min.lab.experiment import experiment_config, parse_shard, run_experiment, shard_runs
 from rlsd_min.lab.report import claims, to_settle
-from rlsd_min.lab.results import clock_span, plan, run_summary
+from rlsd_min.lab.results import clock_span, extends, missing_probes, plan, run_summary
 from rlsd_min.run_folder import RunFolderError
 
 
@@ -51,8 +52,11 @@ def test_runs_resume_and_a_different_experiment_is_refused(tmp_path):
     assert run_experiment(out, "ci", 1, methods=("grpo", "opsd"), tasks=TWO, progress=False)["runs"] == 4
     assert os.path.getmtime(metrics) == before              # finished runs are not trained again
     with pytest.raises(ValueError, match="different experiment.*repeat the command.*another --out"):
-        run_experiment(out, "ci", 2, methods=("grpo", "opsd"), tasks=TWO, progress=False)
+        run_experiment(out, "ci", 1, methods=("grpo", "opsd"), tasks=TWO, sets={"lr": 2e-4}, progress=False)
     assert json.load(open(os.path.join(out, "experiment.json")))["seeds"] == [0]   # left as it was
+    more = run_experiment(out, "ci", 1, methods=("grpo", "opsd"), tasks=TWO, label_seeds={"grpo": 2}, progress=False)
+    assert more["runs"] == 6 and os.path.getmtime(metrics) == before         # an extension: its runs kept
+    assert json.load(open(os.path.join(out, "experiment.json")))["label_seeds"] == {"grpo": [0, 1]}
 
 
 def test_run_summary_of_a_hand_written_history():
@@ -60,13 +64,28 @@ def test_run_summary_of_a_hand_written_history():
     history += [{"step": s, "entropy": 1.0, "reward_mean": 0.5} for s in range(1, 31)]
     history[10]["eval_acc"], history[20]["eval_acc"], history[30]["eval_acc"] = 0.9, 0.6, 0.6
     history[30]["probe_gap"] = 0.2
+    history[25]["eval_acc"] = 0.85
     s = run_summary(history, threshold=0.8)
-    assert (s["final_acc"], s["best_acc"], s["steps_to_threshold"]) == (0.6, 0.9, 10)
-    assert s["probe_gap"] == 0.2 and s["tail_entropy"] == 1.0 and not s["collapsed"]  # two evals after the best
+    # the last quarter of 30 steps is (22.5, 30]: the evaluations at steps 25 and 30
+    assert (s["final_acc"], s["last_acc"], s["best_acc"], s["steps_to_threshold"]) == (0.725, 0.6, 0.9, 10)
+    assert s["late_acc"] == s["final_acc"] and s["early_acc"] is None             # no evaluation in (0, 7.5]
+    assert s["probe_gap"] == 0.2 and s["tail_entropy"] == 1.0 and not s["collapsed"]  # 0.85 within 0.1 of the best
+
+
+def test_a_probe_with_nothing_to_count_is_missing_not_zero():
+    probes = {"probe_acc_train": 0.0, "probe_acc_heldout": 0.5, "probe_ref_match_train": 0.0,
+              "probe_ref_match_heldout": 0.3, "probe_disagree_train": 0.0, "probe_disagree_heldout": 0.0,
+              "probe_logratio_format": 0.1}
+    out = missing_probes(probes)
+    assert out["probe_ref_match_train"] is None and out["probe_ref_match_heldout"] == 0.3   # no correct answer
+    assert out["probe_disagree_train"] is None and out["probe_disagree_heldout"] is None   # no answer token
+    parsed = missing_probes({**probes, "probe_logratio_answer": -0.2})
+    assert parsed["probe_disagree_train"] == 0.0 and parsed["probe_disagree_heldout"] == 0.0
 
 
 def _cell(values):
-    return {"mean": sum(values) / len(values), "std": 0.0, "n": len(values), "values": list(values)}
+    return {"mean": sum(values) / len(values), "std": 0.0, "n": len(values), "values": list(values),
+            "seeds": list(range(len(values)))}
 
 
 def test_claim_verdicts_follow_the_stated_rule():
@@ -77,15 +96,21 @@ def test_claim_verdicts_follow_the_stated_rule():
          "opsd": {"final_acc": _cell([x + 0.15 for x in base]),                     # GRPO far below it
                   "start_acc": _cell([0.50] * 5), "early_acc": _cell([0.70, 0.72, 0.71, 0.69, 0.73]),
                   "late_acc": _cell([0.71, 0.73, 0.72, 0.70, 0.74])}}               # rose, then rose a bit more
-    verdicts = {c.text: c for c in claims({"table": {"arith": t}})}
-    assert verdicts["RLSD ends above GRPO (arith)"].verdict == "reproduced"
+    t["grpo"]["early_acc"] = _cell([0.60, 0.63, 0.61, 0.58, 0.64])                 # OPSD above it early
+    settings = {"arith/opsd": {"method": "opsd", "teacher_mode": "frozen", "steps": 30}}
+    judged = claims({"table": {"arith": t}, "settings": settings})
+    verdicts = {c.text: c for c in judged}
+    assert verdicts["RLSD ends above GRPO (= RLSD's teacher term helps: RLSD with λ = 0 is GRPO) (arith)"].verdict == "reproduced"
     assert verdicts["SDPG ends above GRPO (arith)"].verdict == "inconclusive"
     assert verdicts["GRPO ends above OPSD (arith)"].verdict == "contradicted"
-    rise_fall = verdicts["OPSD rises early, then declines (arith)"]
-    assert [c.verdict for _, c in rise_fall.parts] == ["reproduced", "contradicted"]
-    assert rise_fall.verdict == "contradicted"
+    assert verdicts["OPSD rises early: above GRPO over the first quarter, at the same steps (arith)"].verdict == "reproduced"
+    decline = verdicts["OPSD declines late (OPSD: teacher frozen, 30 steps): first quarter above the last (arith)"]
+    assert decline.verdict == "contradicted"                                     # early 0.71 below final 0.80-0.83
+    assert all(len(c.parts) == 1 for c in judged)                                 # each claim one comparison
+    k = sum(c.parts[0][1] is not None for c in judged)
+    assert {c.parts[0][1].level for c in judged} == {0.05 / k}                      # one family per task
     sdpg = verdicts["SDPG ends above GRPO (arith)"].parts[0][1]
-    assert sdpg.ci_low < 0 < sdpg.ci_high and "seeds per method would detect" in to_settle(sdpg)
+    assert sdpg.ci_low < 0 < sdpg.ci_high and "paired seeds (unpaired:" in to_settle(sdpg)
 
 
 def test_a_claim_with_one_seed_is_inconclusive_and_says_what_it_needs():
@@ -224,9 +249,10 @@ def test_a_variant_runs_beside_its_method_and_the_report_compares_them(tmp_path)
                                                                             "sets": {"rlsd_eps_w": 0.9}}}
     assert json.load(open(os.path.join(out, "runs", "mul7", "rlsd_epsw0.9", "seed2", "config.json")))["rlsd_eps_w"] == 0.9
     report = open(os.path.join(out, "REPORT.md")).read()
-    assert "--tasks mul7 --variants rlsd_epsw0.9 --variant-seeds 3" in report
+    recorded = json.load(open(os.path.join(out, "runs", "mul7", "grpo", "seed0", "provenance.json")))["starts"][0]
+    assert f"Generated by `{' '.join(recorded['command'])}` (the command line the runs' provenance.json" in report
     assert "## Sensitivity of each method's knobs" in report and "| rlsd_epsw0.9 (rlsd_eps_w=0.9) vs RLSD |" in report
-    assert "| RLSD ends above GRPO (mul7) |" in report and "## Sample efficiency against GRPO" in report
+    assert "| RLSD ends above GRPO (= RLSD's teacher term helps" in report and "## Sample efficiency against GRPO" in report
     assert os.path.exists(os.path.join(out, "sensitivity_mul7.png"))
     cells = summary["table"]["mul7"]["grpo"]["final_acc"]
     assert len(cells["values"]) == 2 and cells["n"] == 2                   # per-seed values, for the statistics
@@ -251,3 +277,59 @@ def test_clock_span_reads_the_elapsed_time_and_the_runs_at_once_from_the_folders
     assert clock_span([a, resumed]) is None and clock_span([]) is None
     os.makedirs(tmp_path / "e")
     assert clock_span([a, str(tmp_path / "e")]) is None                     # a folder without provenance.json
+
+
+def test_rlsd_with_lambda_zero_is_grpo_step_for_step(tmp_path):
+    """RLSD's token advantage A_i ((1 - lam) + lam clip(w_t)) is A_i at lam = 0: the same updates as GRPO."""
+    from rlsd_min.config import train_config
+    from rlsd_min.loop import train
+    from rlsd_min.model import load
+    from rlsd_min.tasks import TASKS
+
+    runs = {m: train(train_config("ci", method=m, seed=3, **sets), str(tmp_path / m), progress=False)
+            for m, sets in (("grpo", {}), ("rlsd", {"rlsd_lam": 0.0}))}
+    shared = ("loss", "loss_pg", "clip_frac", "grad_norm", "entropy", "reward_mean", "completion_len", "eval_acc")
+    for g, r in zip(runs["grpo"], runs["rlsd"], strict=True):
+        assert {k: g[k] for k in shared if k in g} == {k: r[k] for k in shared if k in g}
+    assert sum("loss_pg" in r for r in runs["rlsd"]) == 4 and "teacher_kl" in runs["rlsd"][-1]   # the teacher ran
+    weights = {m: load(str(tmp_path / m / "checkpoint"))[0].state_dict() for m in runs}
+    base = load(str(TASKS["arith"].base_checkpoint))[0].state_dict()
+    assert all(torch.equal(weights["grpo"][k], weights["rlsd"][k]) for k in weights["grpo"])
+    assert not all(torch.equal(weights["grpo"][k], base[k]) for k in base)          # and they did move
+
+
+def test_an_experiment_that_extends_the_recorded_one_keeps_its_runs_and_another_is_refused():
+    old = experiment_config("ci", 2, methods=("grpo", "rlsd"), tasks=("mul7",), variants=("rlsd_epsw0.9",),
+                            variant_seeds=1)
+    new = experiment_config("ci", 2, methods=("grpo", "rlsd"), tasks=("mul7",),
+                            variants=("rlsd_epsw0.9", "sdpg_nodistill"), label_seeds={"grpo": 4, "rlsd_epsw0.9": 3})
+    assert new["label_seeds"] == {"grpo": [0, 1, 2, 3], "rlsd_epsw0.9": [0, 1, 2]}
+    assert len(plan(new)) == 4 + 2 + 3 + 2 and extends(new, old) and not extends(old, new)
+    changed = experiment_config("ci", 2, methods=("grpo", "rlsd"), tasks=("mul7",), sets={"lr": 2e-4},
+                                variants=("rlsd_epsw0.9",), label_seeds={"grpo": 4})
+    assert not extends(changed, old)                                            # another config: another experiment
+    assert new["configs"]["mul7/sdpg_nodistill"]["distill_coef"] == 0.0
+    with pytest.raises(ValueError, match="label_seeds names \\['opsd'\\]"):
+        experiment_config("ci", 2, methods=("grpo",), tasks=("mul7",), label_seeds={"opsd": 5})
+    with pytest.raises(ValueError, match="label_seeds\\['grpo'\\] must be an integer >= 1, got 0"):
+        experiment_config("ci", 2, methods=("grpo",), tasks=("mul7",), label_seeds={"grpo": 0})
+
+
+def test_the_final_plan_lists_its_runs_counts_and_time_and_leaves_out_the_contexts_not_accepted(tmp_path, capsys):
+    from rlsd_min.lab.cli import main
+    from rlsd_min.lab.design import FINAL, VARIANTS, final_plan
+    from rlsd_min.teacher import CONTEXT_KINDS
+
+    _, _, seeds, waiting = final_plan()
+    assert set(waiting) == {n for n, (_, sets) in VARIANTS.items()
+                            if n in FINAL and sets.get("teacher_context", "answer") not in CONTEXT_KINDS}
+    assert set(seeds) | set(waiting) == set(FINAL) and min(FINAL[m] for m in ("grpo", "rlsd", "sdpg", "grpo_opsd",
+                                                                                "sdpg_nodistill")) >= 20
+    assert min(FINAL.values()) >= 5
+    main(["verify", "--profile", "ci", "--final", "--list", "--out", str(tmp_path / "r")])
+    lines = capsys.readouterr().out.splitlines()
+    total = sum(seeds.values())
+    assert f"total: {total} runs, 0 finished, {total} to do: 0.0 h of training (not counting" in lines[-1 - len(waiting)]
+    assert "mul7/grpo: 20 seeds, 0 finished, 20 to do; no finished run to time it by" in lines
+    assert [line.split(":")[1].strip() for line in lines if line.startswith("left out")] == list(waiting)
+    assert not (tmp_path / "r").exists()                                        # a listing writes nothing

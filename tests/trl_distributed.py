@@ -1,6 +1,7 @@
 """Run by tests/test_trl.py under torchrun (any number of processes, gloo on CPU): two steps of
 RLSDTrainer and SDPGTrainer on injected completions, then each rank writes rank<R>.json with
-its final weights, the metrics it logged and the metrics it computed locally.
+its final weights, the metrics it logged and the metrics it computed locally, each with its
+weight (rlsd_min.integrations.trl_metrics.weights).
 
     python -m torch.distributed.run --nproc_per_node 2 tests/trl_distributed.py MODEL OUT
 
@@ -52,7 +53,8 @@ def main(path: str, out: str) -> None:
         trainer._generate_single_turn = lambda prompt_ids, images, mm, n, **kw: (
             [table[tuple(ids)][i % n] for i, ids in enumerate(prompt_ids)], None)
         local, log = [], trainer._log_rlsd_metrics
-        trainer._log_rlsd_metrics = lambda metrics, mode: (local.append(dict(metrics)), log(metrics, mode))
+        trainer._log_rlsd_metrics = lambda metrics, w, mode: (local.append({n: (v, w[n]) for n, v in metrics.items()}),
+                                                              log(metrics, w, mode))
         start = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
         trainer.train()
         weights = torch.cat([p.detach().flatten() for p in trainer.accelerator.unwrap_model(trainer.model).parameters()])

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import pick_device, train_config
-from ..registry import METHODS
+from ..methods import METHODS
 from ..model import load
 from ..step import batch_problems, make_teacher, rl_step
 from ..tasks import load_splits, problems_of
@@ -142,14 +142,14 @@ def measure(cases: dict, tokenizer, problems: list, rounds: int, warmup: int, de
 
 def one_step(model, start: dict, tokenizer, ref, problems: list, cfg) -> dict:
     """rl_step's metrics for one step of cfg.method from the weights `start`, with a fresh
-    optimiser and teacher and sampling seed 0 (ref is used only when cfg.kl_coef > 0), plus
+    optimiser and teacher and sampling seed 0 (ref is used only when cfg.needs_reference()), plus
     `sample_tok_s`: completion tokens sampled per second of the sampling phase (generate,
     verify and advantages; <eos> counted, padding not)."""
     model.load_state_dict(start)
     teacher = make_teacher(model, cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     torch.manual_seed(0)
-    row = rl_step(model, tokenizer, ref if cfg.kl_coef > 0 else None, opt, problems, cfg, 0, teacher)
+    row = rl_step(model, tokenizer, ref if cfg.needs_reference() else None, opt, problems, cfg, 0, teacher)
     tokens = row["completion_len"] * len(problems) * cfg.group_size  # completion_len is the mean over N rows
     row["sample_tok_s"] = tokens / row["time_sample_s"]
     return row

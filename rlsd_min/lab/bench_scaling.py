@@ -35,7 +35,7 @@ import copy
 import statistics
 
 from ..config import ModelConfig, pick_device, train_config
-from ..registry import METHODS
+from ..methods import METHODS
 from ..model import build_model, load, n_params
 from ..step import batch_problems
 from ..tasks import load_splits, problems_of
@@ -76,7 +76,12 @@ def _case(axis: str, value) -> tuple[str, dict]:
     return "base", ({} if value == "off" else {value: True})
 
 
-def scaling_times(axes=("group", "length", "model"), methods=("grpo", "rlsd"), profile: str = "cpu",
+SCALING_METHODS = tuple(m.name for m in METHODS.values() if m.teacher in (None, "logp"))
+"""the methods --scaling times by default: one with no teacher, one with a sampled-token teacher
+(GRPO and RLSD)"""
+
+
+def scaling_times(axes=("group", "length", "model"), methods=SCALING_METHODS, profile: str = "cpu",
                   rounds: int = 5, warmup: int = 1, values: dict | None = None, device=None,
                   progress: bool = True) -> dict:
     """{axis: {(method, value): {"rounds": [one_step's metrics, one dict per timed round],
@@ -98,7 +103,7 @@ def scaling_times(axes=("group", "length", "model"), methods=("grpo", "rlsd"), p
     for size in values["model"] if "model" in axes else ():
         models[size] = build_model(MODEL_SIZES[size], tokenizer, seed=0).to(device)
     starts = {k: copy.deepcopy(m.state_dict()) for k, m in models.items()}
-    needs_ref = any(train_config(profile, method=m).kl_coef > 0 for m in methods)
+    needs_ref = any(train_config(profile, method=m).needs_reference() for m in methods)
     refs = {k: copy.deepcopy(m).eval().requires_grad_(False) if needs_ref else None for k, m in models.items()}
     times = {}
     for axis, cases in plan.items():

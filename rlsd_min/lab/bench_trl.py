@@ -22,6 +22,7 @@ import time
 import torch
 
 from ..config import train_config
+from ..methods import METHODS
 from ..model import load
 from ..step import batch_problems, rl_step
 from ..tasks import load_splits, problems_of, verify
@@ -99,7 +100,8 @@ def format_comparison(times: dict) -> str:
 
 # --- each rlsd_min TRL trainer against GRPOTrainer -------------------------------------------
 
-TRAINER_METHODS = ("rlsd", "sdpg", "opsd", "grpo_opsd")
+TRAINER_METHODS = tuple(n for n, m in METHODS.items() if m.trl_trainer)
+"""the methods with a TRL trainer (their records' trl_trainer)"""
 
 
 def trainer_comparison(profile: str = "cpu", rounds: int = 5, warmup: int = 1,
@@ -126,7 +128,6 @@ def trainer_comparison(profile: str = "cpu", rounds: int = 5, warmup: int = 1,
     from transformers import TrainerCallback
 
     from ..integrations import trl as rt
-    from ..registry import METHODS
 
     cfg = train_config(profile, method="grpo")
     _, tokenizer = load(cfg.base_path())
@@ -214,7 +215,7 @@ def format_trainer_comparison(times: dict) -> str:
     notes = []
     for name, ts in times.items():
         ratios = [t / b for t, b in zip(ts, base)]
-        label = "TRL GRPOTrainer" if name == "grpo" else f"{TRAINER_NAMES[name]}"
+        label = "TRL GRPOTrainer" if name == "grpo" else trainer_name(name)
         lines.append(f"| {label} | {statistics.median(ts):.3f} | {min(ts):.3f}-{max(ts):.3f} | "
                      f"{statistics.median(ratios):.2f} |")
         if name != "grpo":
@@ -222,5 +223,12 @@ def format_trainer_comparison(times: dict) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(notes)
 
 
-TRAINER_NAMES = {"rlsd": "RLSDTrainer", "sdpg": "SDPGTrainer", "opsd": "OPSDTrainer",
-                 "grpo_opsd": "OPSDTrainer(with_reward=True)"}
+def trainer_name(method: str) -> str:
+    """The trainer that runs `method`, as the comparison's table names it: the record's
+    trl_trainer, with the config settings that select the method (OPSDConfig's with_reward)."""
+    from ..integrations import trl_configs
+
+    m = METHODS[method]
+    flags = getattr(trl_configs, m.trl_config).flags_for(method)
+    settings = ", ".join(f"{k}={v}" for k, v in flags.items() if v)
+    return f"{m.trl_trainer}({settings})" if settings else m.trl_trainer

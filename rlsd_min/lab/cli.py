@@ -21,28 +21,22 @@ import os
 import sys
 import time
 
-# Only torch-free modules at the top: --help and every check of a name or a --set answer in
-# well under a second; the heavy libraries load inside the commands that need them.
-from ..config import PROFILES, ModelConfig, SFTConfig, TrainConfig, field_docs, pick_device, train_config
-from ..registry import METHODS
+# Nothing heavier than torch at the top (the method records hold their losses): --help and every
+# check of a name or a --set answer in about a second; transformers, datasets and matplotlib load
+# inside the commands that need them.
+from ..config import (BOOLS, PROFILES, ModelConfig, SFTConfig, TrainConfig, field_docs, field_types, parse_field,
+                      pick_device, train_config)
+from ..methods import METHODS
 from ..tasks import TASKS
 from .design import COMMITTED_VARIANTS, VARIANT_TASKS, VARIANTS, VERIFY_METHODS, VERIFY_SEEDS, VERIFY_TASKS
 
-DEMO_METHODS = ("grpo", "rlsd", "sdpg")
-BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 FLAG_FIELDS = {"method": "--method", "task": "--task", "profile": "--profile"}
 """TrainConfig fields that have their own flag: not settable through --set too"""
 
 
-def _bool(value: str) -> bool:
-    if value.lower() not in BOOLS:
-        raise ValueError(value)
-    return BOOLS[value.lower()]
-
-
 def _parse_sets(pairs: list[str]) -> dict:
     """--set key=value pairs, typed like the TrainConfig field they name."""
-    types = {f.name: str(f.type).split(" | ")[0] for f in dataclasses.fields(TrainConfig)}
+    types = field_types(TrainConfig)
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -56,14 +50,10 @@ def _parse_sets(pairs: list[str]) -> dict:
             raise ValueError(f"unknown TrainConfig field {key!r} in --set {pair!r}{hint}")
         if key in out:
             raise ValueError(f"--set {key} is given twice ({out[key]!r} and {value!r})")
-        kind = {"int": int, "float": float, "str": str, "bool": _bool}[types[key]]
         try:
-            if types[key] in ("int", "float") and not value.isascii():  # int("٣") is 3: refused
-                raise ValueError(value)
-            out[key] = kind(value)
-        except ValueError:
-            spelled = f"one of {'/'.join(BOOLS)}" if types[key] == "bool" else f"a valid {types[key]}"
-            raise ValueError(f"--set {pair!r}: {value!r} is not {spelled}") from None
+            out[key] = parse_field(TrainConfig, key, value)
+        except ValueError as e:
+            raise ValueError(f"--set {pair!r}: {e}") from None
     return out
 
 
@@ -158,14 +148,15 @@ def cmd_demo(args) -> None:
     if not os.path.exists(os.path.join(TASKS["arith"].base_checkpoint, "config.json")):
         cmd_warmstart(argparse.Namespace(task="arith", out=None, data=None, target_acc=0.45, seed=0, force=False))
     histories = {}
-    for method in DEMO_METHODS:
+    demo = [m.name for m in METHODS.values() if m.demo]
+    for method in demo:
         cfg = train_config(args.profile, method=method)
         histories[method] = train(cfg, os.path.join(args.out, method))
     ax = plot_eval_curves(histories, title=f"{args.profile} profile, from the same warm start")
     path = os.path.join(args.out, "demo.png")
     ax.figure.savefig(path, bbox_inches="tight")
     plt.close(ax.figure)
-    print(f"\nwarm start validation accuracy (sampled): {histories[DEMO_METHODS[0]][0]['eval_acc']:.3f}")
+    print(f"\nwarm start validation accuracy (sampled): {histories[demo[0]][0]['eval_acc']:.3f}")
     for method, history in histories.items():
         print(f"after {history[-1]['step']} steps of {method:5s}: {last_eval(history):.3f}")
     print(f"plot: {path}   ({time.time() - t0:.0f} s)")
@@ -207,15 +198,16 @@ def cmd_bench(args) -> None:
         print(format_comparison(times))
         return
     if args.scaling:
-        from .bench_scaling import format_scaling, scaling_times, summarize_scaling
+        from .bench_scaling import SCALING_METHODS, format_scaling, scaling_times, summarize_scaling
 
-        times = scaling_times(tuple(args.axes.split(",")), tuple((args.methods or "grpo,rlsd").split(",")),
+        methods = tuple(args.methods.split(",")) if args.methods else SCALING_METHODS
+        times = scaling_times(tuple(args.axes.split(",")), methods,
                               args.profile, args.rounds, args.warmup)
         print(f"\n{args.profile} profile, {args.rounds} rounds after {args.warmup} warm-up, interleaved per axis, "
               f"{header}; {MEMORY_NOTE}")
         print(format_scaling(summarize_scaling(times)))
         return
-    methods = tuple((args.methods or "grpo,opsd,grpo_opsd,rlsd,sdpg").split(","))
+    methods = tuple(args.methods.split(",")) if args.methods else tuple(METHODS)
     times = step_times(methods, args.profile, args.rounds, args.warmup, fields=fields)
     print(f"\n{args.profile} profile, {args.rounds} rounds after {args.warmup} warm-up, {header}; "
           f"phases in seconds; {MEMORY_NOTE}")
@@ -229,18 +221,27 @@ def cmd_verify(args) -> None:
     from .experiment import experiment_config, run_experiment
     from .results import plan, run_dir, run_status
 
+    from .design import final_plan
+    from .results import plan_budget
+
     methods = tuple(m for m in args.methods.split(",") if m)
     variants = tuple(v for v in (args.variants or "").split(",") if v)
+    label_seeds, waiting = None, {}
+    if args.final:  # design.FINAL in place of --seeds, --methods, --variants, --variant-seeds
+        methods, variants, label_seeds, waiting = final_plan()
     if args.list:  # the plan, one run a line: what a scheduler fans out with --shard
         exp = experiment_config(args.profile, args.seeds, methods, tuple(args.tasks.split(",")),
-                                _parse_sets(args.set), variants, args.variant_seeds)
+                                _parse_sets(args.set), variants, args.variant_seeds, label_seeds)
         runs = plan(exp)
         for i, (t, label, s) in enumerate(runs):
-            print(f"{i}\t{t}/{label}/seed{s}\t{run_status(run_dir(args.out, t, label, s), exp['configs'][f'{t}/{label}']['steps'])}")
+            status = run_status(run_dir(args.out, t, label, s), exp["configs"][f"{t}/{label}"]["steps"])
+            print(f"{i}\t{t}/{label}/seed{s}\t{status}")
+        print("\n".join(plan_budget(args.out, exp) + [f"left out: {k}: {why}" for k, why in waiting.items()]))
         return
     t0 = time.time()
     summary = run_experiment(args.out, args.profile, args.seeds, methods, tuple(args.tasks.split(",")),
-                             _parse_sets(args.set), variants, args.jobs, args.shard, args.variant_seeds)
+                             _parse_sets(args.set), variants, args.jobs, args.shard, args.variant_seeds,
+                             label_seeds=label_seeds)
     if summary is None:
         print(f"shard {args.shard} done in {(time.time() - t0) / 60:.1f} min; once every shard is done, the same "
               f"command without --shard reports -> {os.path.join(args.out, 'REPORT.md')}")
@@ -310,7 +311,7 @@ def main(argv=None) -> None:
     p = command("bench", "median seconds per RL step of each method on the same batch, with the "
                 "cost split, sampling throughput and peak memory")
     p.add_argument("--profile", default="cpu", choices=tuple(PROFILES), help=profile_help)
-    p.add_argument("--methods", default=None, help="comma-separated (default: all five; grpo,rlsd with --scaling)")
+    p.add_argument("--methods", default=None, help="comma-separated (default: all five; with --scaling: grpo,rlsd)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     p.add_argument("--trl", action="store_true", help="rlsd_min GRPO against TRL's GRPOTrainer (needs .[bench])")
@@ -338,7 +339,11 @@ def main(argv=None) -> None:
                    "(1: in this process, torch's threads as they are)")
     p.add_argument("--shard", default=None, metavar="I/N", help="train only the runs at positions I, I+N, ... of "
                    "the plan (0 <= I < N) and write no report; the same command without --shard reports")
-    p.add_argument("--list", action="store_true", help="print the plan (position, run, finished or not) and exit")
+    p.add_argument("--final", action="store_true", help="the final experiment (rlsd_min.lab.design.FINAL: "
+                   "20 paired seeds of the main labels, 5 or 10 of the others), in place of --seeds, --methods, "
+                   "--variants and --variant-seeds; the committed results/ are its first shard")
+    p.add_argument("--list", action="store_true", help="print the plan (position, run, finished or not), the "
+                   "seeds, finished runs and projected time of each label, and exit")
     p.set_defaults(func=cmd_verify)
 
     args = parser.parse_args(argv)

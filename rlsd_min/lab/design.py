@@ -6,14 +6,20 @@ the committed results/ add four variants with 3 seeds each, one per knob:
 
     python -m rlsd_min verify --profile cpu --variants rlsd_epsw0.9,rlsd_lamconst,sdpg_beta1.0,opsd_live \\
         --variant-seeds 3 --jobs 2
+
+The final experiment (`FINAL`, `verify --final`) holds those runs as its first shard and adds
+seeds, the baselines that isolate the teacher and the positive controls:
+
+    python -m rlsd_min verify --profile cpu --final --list            # the plan, run counts, projected time
+    python -m rlsd_min verify --profile cpu --final --jobs 2 --shard 0/4   # a quarter of it, resumable
 """
 
 from __future__ import annotations
 
-from ..registry import METHODS
+from ..methods import METHODS
 
 VERIFY_METHODS = tuple(METHODS)
-"""every method of the registry: grpo, opsd, grpo_opsd, rlsd, sdpg"""
+"""every method of rlsd_min.methods.METHODS: grpo, opsd, grpo_opsd, rlsd, sdpg"""
 VERIFY_TASKS = ("mul7",)
 """the task of the committed results/: on arith and split GRPO ends near 0.9 within 200 steps,
 where the methods' differences (0.001-0.013 in the first round's 3-seed runs) sit inside the seed
@@ -42,11 +48,48 @@ VARIANTS = {
     "opsd_live": ("opsd", dict(teacher_mode="live")),
     "opsd_synced": ("opsd", dict(teacher_mode="synced")),
     "opsd_ema": ("opsd", dict(teacher_mode="ema")),
+    "opsd_steps400": ("opsd", dict(steps=400)),
+    "sdpg_nodistill": ("sdpg", dict(distill_coef=0.0)),
+    "rlsd_solution": ("rlsd", dict(teacher_context="solution")),
+    "rlsd_solution_lamconst": ("rlsd", dict(teacher_context="solution", rlsd_lam_steps=10**12)),
+    "sdpg_answer": ("sdpg", dict(teacher_context="answer")),
+    "grpo_opsd_sibling": ("grpo_opsd", dict(teacher_context="sibling")),
+    "grpo_opsd_other": ("grpo_opsd", dict(teacher_context="other")),
+    "rlsd_sibling": ("rlsd", dict(teacher_context="sibling")),
+    "rlsd_other": ("rlsd", dict(teacher_context="other")),
 }
-"""The sensitivity runs of each method's knobs, each against its method at the defaults (RLSD
-eps_w 0.2 with lam 0.5 decaying over 50 steps; SDPG beta_base 0.1; OPSD's frozen teacher).
-`rlsd_lamconst` keeps lam at 0.5 for the whole run: lam decays over 10^12 steps, so it moves by
-less than 1e-9 within any run here (below float32 resolution) and no new setting is needed."""
+"""Runs of a method with some settings changed, each against its method at the defaults (RLSD
+eps_w 0.2 with lam 0.5 decaying over 50 steps, the answer as context; SDPG beta_base 0.1, the
+solution as context; OPSD's frozen teacher, 200 steps on mul7):
+
+- sensitivity of each knob: `rlsd_eps*`, `rlsd_lamconst*`, `sdpg_beta*`, `opsd_<mode>`;
+  `rlsd_lamconst` keeps lam at 0.5 for the whole run: lam decays over 10^12 steps, so it moves
+  by less than 1e-9 within any run here (below float32 resolution) and no new setting is needed;
+  `opsd_steps400` runs OPSD twice as long, for its late decline;
+- the teacher's term off, all else equal: `sdpg_nodistill` is SDPG with beta_base 0 (REINFORCE,
+  group-token-mean and the reference KL as in SDPG, the distillation term times 0); RLSD with
+  lam = 0 is GRPO step for step (tests/test_verify.py trains both), so GRPO serves as RLSD's and
+  GRPO+OPSD's;
+- positive controls, a teacher that sees the full worked solution: `rlsd_solution` (with lam
+  decaying as RLSD's) and `rlsd_solution_lamconst` (lam held at 0.5); SDPG's default teacher
+  already sees the solution, so `sdpg_answer` is its answer-only counterpart;
+- the contexts of the 'privilege or context' question: `*_sibling` (a successful rollout of the
+  row's own group) and `*_other` (another problem's worked example). Their teacher_context values
+  are CONTEXT_ARMS: until rlsd_min.teacher.CONTEXT_KINDS accepts them, `pending` names them and
+  the final plan and `--variants all` leave them out."""
+CONTEXT_ARMS = ("sibling", "other")
+"""teacher_context values of variants that wait for the teacher to accept them (`pending`)"""
+
+
+def pending() -> dict:
+    """{variant: why it cannot run yet} for the variants whose teacher_context the teacher does
+    not accept (rlsd_min.teacher.CONTEXT_KINDS; imported here, not at the top: it loads torch)."""
+    from ..teacher import CONTEXT_KINDS
+
+    return {name: f"teacher_context={sets['teacher_context']!r} is not among {CONTEXT_KINDS} yet"
+            for name, (_, sets) in VARIANTS.items() if sets.get("teacher_context") not in (None, *CONTEXT_KINDS)}
+
+
 VARIANT_TASKS = ("mul7",)
 """the tasks the variants run on (those of the experiment's tasks that are listed here)"""
 COMMITTED_VARIANTS = ("rlsd_epsw0.9", "rlsd_lamconst", "sdpg_beta1.0", "opsd_live")
@@ -56,3 +99,26 @@ default, so that a knob that does nothing at this scale shows as nothing; the ot
 longer budget (`--variants all`)"""
 COMMITTED_VARIANT_SEEDS = 3
 """seeds of each variant in the committed results/ (`--variant-seeds 3`)"""
+
+FINAL = {
+    **{m: 20 for m in VERIFY_METHODS}, "opsd": 5, "sdpg_nodistill": 20,
+    **{v: 5 for v in ("opsd_live", "opsd_steps400", "rlsd_epsw0.9", "rlsd_lamconst", "sdpg_beta1.0",
+                      "rlsd_solution", "rlsd_solution_lamconst", "sdpg_answer")},
+    **{v: 10 for v, (_, sets) in VARIANTS.items() if sets.get("teacher_context") in CONTEXT_ARMS},
+}
+"""The final experiment on mul7: {run label: seeds 0..n-1}. Every label shares seed indices with
+its method and with GRPO, so each comparison is paired over the seeds both have. 20 seeds for the
+claims about GRPO, RLSD, SDPG, SDPG without distillation and GRPO+OPSD (paired MDE about 1.0 sd
+of the per-seed difference at the family's strictest Holm level); 5 for OPSD, the sensitivity
+variants and the positive controls; 10 for each context arm. Every run of the committed results/
+(5 seeds of each method, 3 of each committed variant) is a run of this plan with the same config,
+so that folder is its first shard (rlsd_min.lab.results.extends)."""
+
+
+def final_plan() -> tuple[tuple, tuple, dict, dict]:
+    """(methods, variants, {label: seeds}, {pending label: why}) of FINAL: the variants the
+    teacher does not accept yet (`pending`) left out and named."""
+    waiting = {label: why for label, why in pending().items() if label in FINAL}
+    labels = {label: n for label, n in FINAL.items() if label not in waiting}
+    methods = tuple(m for m in VERIFY_METHODS if m in labels)
+    return methods, tuple(v for v in labels if v not in methods), labels, waiting

@@ -48,18 +48,20 @@ from ..leakage import FLOORS
 from ..loop import check_problem_counts, train
 from ..run_folder import RunFolderBusyError, RunFolderDamagedError, writing
 from ..tasks import TASKS, ensure_data, load_splits
-from .design import PLANS, VARIANT_TASKS, VARIANTS, VERIFY_METHODS, VERIFY_TASKS
+from .design import PLANS, VARIANT_TASKS, VARIANTS, VERIFY_METHODS, VERIFY_TASKS, pending
 from .report import write_report
-from .results import plan, read_experiment, run_dir, run_status, summarize, threshold_of, wall_s
+from .results import extends, plan, read_experiment, run_dir, run_status, summarize, threshold_of, wall_s
 from .stability import COLLAPSE_MARGIN, COLLAPSE_PATIENCE
 
 # --- what the experiment runs -----------------------------------------------------------
 
 def pick_variants(names) -> dict:
-    """{name: (method, settings)} for a list of VARIANTS names, or all of them for ['all']."""
+    """{name: (method, settings)} for a list of VARIANTS names, or all of them for ['all'] (but
+    the ones the teacher does not accept yet, design.pending)."""
     names = list(names or ())
     if names == ["all"]:
-        return dict(VARIANTS)
+        waiting = pending()
+        return {n: v for n, v in VARIANTS.items() if n not in waiting}
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; choose from {tuple(VARIANTS)} or 'all'")
@@ -74,11 +76,14 @@ def _config(profile: str, task: str, method: str, settings: dict) -> dict:
 
 
 def experiment_config(profile: str, seeds: int, methods=VERIFY_METHODS, tasks=VERIFY_TASKS, sets=None,
-                      variants=(), variant_seeds: int | None = None) -> dict:
+                      variants=(), variant_seeds: int | None = None, label_seeds: dict | None = None) -> dict:
     """What the experiment will run: validated, before any long work starts. `variants` names
     entries of VARIANTS (or is ['all']); they run on the tasks that are also in VARIANT_TASKS,
-    with seeds 0..variant_seeds-1 (None: the same seeds as the methods)."""
-    for name, n in (("seeds", seeds), ("variant_seeds", seeds if variant_seeds is None else variant_seeds)):
+    with seeds 0..variant_seeds-1 (None: the same seeds as the methods). `label_seeds`
+    {label: n} gives a method or variant its own seeds 0..n-1 (rlsd_min.lab.design.FINAL)."""
+    label_seeds = dict(label_seeds or {})
+    for name, n in (("seeds", seeds), ("variant_seeds", seeds if variant_seeds is None else variant_seeds),
+                    *((f"label_seeds[{k!r}]", v) for k, v in label_seeds.items())):
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
     if profile not in PLANS:
@@ -103,6 +108,12 @@ def experiment_config(profile: str, seeds: int, methods=VERIFY_METHODS, tasks=VE
         exp["variants"] = {name: settings for name, (m, settings) in chosen.items()}
         if variant_seeds is not None and variant_seeds != seeds:
             exp["variant_seeds"] = list(range(variant_seeds))
+    unknown = sorted(set(label_seeds) - set(methods) - set(chosen))
+    if unknown:
+        raise ValueError(f"label_seeds names {unknown}, which are neither methods {tuple(methods)} nor variants "
+                         f"{tuple(chosen)} of this experiment")
+    if label_seeds:  # absent when not given: a folder of an experiment without it reads as before
+        exp["label_seeds"] = {k: list(range(n)) for k, n in label_seeds.items()}
     return exp
 
 
@@ -118,13 +129,16 @@ def _check_problems(exp: dict) -> None:
 
 def _open_folder(out: str, exp: dict) -> None:
     """Record `exp` in a new folder, or check that the folder records the same experiment (then
-    its experiment.json is left as it is)."""
+    its experiment.json is left as it is) or one whose runs `exp` extends (results.extends: then
+    `exp` is recorded in its place, the finished runs kept)."""
     path = os.path.join(out, "experiment.json")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"{out} is a file, not a results folder; pass another --out")
     if os.path.exists(path):
         old = read_experiment(out)
-        if old != exp:
+        if old != exp and extends(exp, old):  # its runs are a first shard of exp: go on as exp
+            save_json(exp, path)
+        elif old != exp:
             diff = sorted(k for k in set(old) | set(exp) if old.get(k) != exp.get(k))
             raise ValueError(
                 f"{out} holds runs of a different experiment ({diff} differ); to resume it, repeat the command "
@@ -214,14 +228,14 @@ def _train_all(out: str, exp: dict, todo: list, jobs: int, progress: bool) -> li
 
 def run_experiment(out: str, profile: str, seeds: int, methods=VERIFY_METHODS, tasks=VERIFY_TASKS,
                    sets=None, variants=(), jobs: int = 1, shard: str | None = None, variant_seeds: int | None = None,
-                   progress: bool = True) -> dict | None:
+                   progress: bool = True, label_seeds: dict | None = None) -> dict | None:
     """Train every (task, label, seed) of the experiment (of its shard) not yet finished in `out`;
     then, without a shard, summarise and write the report and return the summary (None with a
     shard)."""
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     shard = parse_shard(shard)
-    exp = experiment_config(profile, seeds, methods, tasks, sets, variants, variant_seeds)
+    exp = experiment_config(profile, seeds, methods, tasks, sets, variants, variant_seeds, label_seeds)
     _check_problems(exp)
     _open_folder(out, exp)
     status = {(t, label, s): run_status(run_dir(out, t, label, s), exp["configs"][f"{t}/{label}"]["steps"])
