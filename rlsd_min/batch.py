@@ -35,5 +35,6 @@ class StepBatch:
     teacher_logp: torch.Tensor | None = None     # (N, T) log q_t(y_t), detached
     teacher_logits: torch.Tensor | None = None   # (N, T, V), when the method needs the full vocabulary
     teacher_rows: torch.Tensor | None = None     # (N,) bool: the rows the teacher scored (None = all);
-                                                 #        elsewhere its log-probs are 0, its logits 0 (uniform)
-    metrics: dict = field(default_factory=dict)  # measured while collecting (distill_floor)
+                                                 #        elsewhere its log-probs are 0, its logits 0 (uniform),
+                                                 #        and the loss has no teacher term
+    metrics: dict = field(default_factory=dict)  # measured while collecting (teacher_frac, distill_floor)

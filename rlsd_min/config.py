@@ -134,7 +134,9 @@ class TrainConfig:
     """live, frozen, synced or ema; None = the method's (opsd, grpo_opsd frozen; rlsd synced;
     sdpg live); stays None for a method without a teacher"""
     teacher_context: str | None = None
-    """privileged context: answer or solution; None = the method's (rlsd answer, else solution)"""
+    """the teacher's context (rlsd_min.teacher.CONTEXT_KINDS): answer or solution (the problem's own
+    reference), sibling (a success of its group), other_answer or other_solution (another
+    problem's worked example); None = the method's (rlsd answer, else solution)"""
     privileged_template: str | None = None
     """teacher prompt template with {context} and {prompt} placeholders; None = the package's,
     rlsd_min.teacher.PRIVILEGED_TEMPLATE ("{context}|{prompt}")"""

@@ -20,7 +20,8 @@ import torch
 from .sampling import sample_group, token_logprobs
 from .tasks import SplitProblem, parse_answer
 from .objective import aggregate
-from .teacher import PRIVILEGED_TEMPLATE, privileged_prompts, teacher_logprobs, teacher_prompt
+from .teacher import (OTHER_KINDS, PRIVILEGED_TEMPLATE, other_problems, privileged_prompts, sibling_completions,
+                      teacher_logprobs, teacher_prompt)
 
 
 def mutual_information_floor(teacher_logprobs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -148,13 +149,19 @@ def token_kinds(tokens: list[str], split: bool) -> list[str]:
 
 @torch.no_grad()
 def token_log_ratios(model, tokenizer, problems: list, rollout, context_kind: str,
-                     template: str = PRIVILEGED_TEMPLATE) -> torch.Tensor:
-    """Delta_t = log q(y_t | c, x, y_<t) - log p(y_t | x, y_<t) of `model` on a rollout, (N, T)."""
+                     template: str = PRIVILEGED_TEMPLATE, others: dict | None = None,
+                     siblings: list | None = None) -> torch.Tensor:
+    """Delta_t = log q(y_t | c, x, y_<t) - log p(y_t | x, y_<t) of `model` on a rollout, (N, T);
+    others, siblings as teacher.privileged_prompts takes them; 0 on a row without a teacher."""
     G = rollout.group_size
-    teacher = teacher_logprobs(model, tokenizer, privileged_prompts(problems, context_kind, template),
-                               rollout)                                           # (N, T)
+    prompts = privileged_prompts(problems, context_kind, template, others=others, siblings=siblings)
     student = token_logprobs(model, rollout)[0]                                   # (N, T)
-    assert teacher.shape == student.shape and len(problems) * G == teacher.shape[0]
+    assert len(problems) * G == student.shape[0]
+    rows = torch.tensor([p is not None for p in prompts] if siblings is not None else [True] * len(student),
+                        device=student.device)                                    # (N,)
+    teacher = student.clone()                                                     # (N, T) Delta 0 without a teacher
+    if rows.any():
+        teacher[rows] = teacher_logprobs(model, tokenizer, prompts, rollout, rows=rows)   # (n, T)
     return (teacher - student) * rollout.completion_mask                          # (N, T)
 
 
@@ -168,7 +175,10 @@ def leakage_probes(model, tokenizer, train_problems: list, heldout_problems: lis
     question-to-reference shortcuts); on the arith task disagree_* = the fraction of
     completions whose final answer differs from the answer their own scratchpad implies;
     logratio_<kind> = the mean teacher-student log-ratio Delta_t (the current model shown
-    the reference vs not) over tokens of each kind, both sets pooled.
+    its context of kind `context_kind` vs not) over tokens of each kind, both sets pooled. An
+    other_* context is drawn within each set (teacher.other_problems, seeded by `seed`); a
+    sibling context needs another success of the same prompt, which one sample per prompt never
+    has, so a sibling run logs no logratio_<kind>.
     """
     was_training = model.training
     model.eval()
@@ -189,8 +199,14 @@ def leakage_probes(model, tokenizer, train_problems: list, heldout_problems: lis
                 pairs = [(parse_answer(t), scratchpad_answer(t)) for t in rollout.texts]
                 pairs = [(a, s) for a, s in pairs if a is not None and s is not None]
                 out[f"disagree_{name}"] = sum(a != s for a, s in pairs) / max(len(pairs), 1)
-            delta = token_log_ratios(model, tokenizer, problems, rollout, context_kind, template)  # (N, T)
-            for row, ids, n in zip(delta.tolist(), rollout.completion_ids.tolist(), rollout.completion_mask.sum(1).tolist()):
+            others = other_problems(problems, seed) if context_kind in OTHER_KINDS else None
+            siblings = sibling_completions(rollout.texts, correct, 1) if context_kind == "sibling" else None
+            delta = token_log_ratios(model, tokenizer, problems, rollout, context_kind, template,
+                                     others, siblings)                            # (N, T)
+            lengths = rollout.completion_mask.sum(1).tolist()
+            if siblings is not None:  # rows without a teacher have no log-ratio
+                lengths = [n if s is not None else 0 for n, s in zip(lengths, siblings)]
+            for row, ids, n in zip(delta.tolist(), rollout.completion_ids.tolist(), lengths):
                 for d, kind in zip(row[:n], token_kinds(tokenizer.convert_ids_to_tokens(ids[:n]), split)):
                     sums[kind][0] += d
                     sums[kind][1] += 1

@@ -26,7 +26,7 @@ from .run_folder import RunDir, RunFolderError
 from .sampling import check_fits
 from .step import NonFiniteLossError, batch_problems, make_teacher, rl_step
 from .tasks import load_splits, problems_of
-from .teacher import privileged_prompts
+from .teacher import longest_privileged_prompt
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -46,10 +46,11 @@ def check_problem_counts(cfg: TrainConfig, n_train: int, n_validation: int) -> N
 def _check_lengths(model, tokenizer, problems: list, cfg: TrainConfig) -> None:
     """Fail before any work if the longest (teacher) prompt + completion exceeds the context."""
     longest = max(problems, key=lambda p: len(p.prompt) + len(p.solution))
-    prompt = longest.prompt
+    length = len(tokenizer(longest.prompt).input_ids)
     if METHODS[cfg.method].teacher is not None:
-        prompt = privileged_prompts([longest], cfg.teacher_context, cfg.privileged_template)[0]
-    check_fits(model, len(tokenizer(prompt).input_ids), cfg.max_new_tokens)
+        length = longest_privileged_prompt(tokenizer, problems, cfg.teacher_context, cfg.privileged_template,
+                                           cfg.max_new_tokens)
+    check_fits(model, length, cfg.max_new_tokens)
 
 
 def train(cfg: TrainConfig, out_dir: str, device=None, progress: bool = True) -> list[dict]:
@@ -93,7 +94,7 @@ def _train(cfg: TrainConfig, run: RunDir, device, progress: bool) -> list[dict]:
     if cfg.needs_reference():  # pi_ref: the frozen starting policy (the base, also when resuming)
         ref_model = model_io.load(cfg.base_path(), device)[0].eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
-    teacher = make_teacher(policy, cfg)
+    teacher = make_teacher(policy, cfg, train_set)
     floor = partial(distill_floor, teacher.model, tokenizer, cfg=cfg) if cfg.distill_floor else None
     policy.train()
     run.saved_step = done or None

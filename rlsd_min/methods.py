@@ -91,21 +91,38 @@ def sdpg_windows(cfg) -> tuple[int, int]:
     return window(cfg.sdpg_warm_frac), window(cfg.sdpg_decay_frac)
 
 
-def _divergence(logits: torch.Tensor, batch: StepBatch, cfg) -> torch.Tensor:
-    """The distillation term D_t of cfg.divergence (rlsd_min.reverse_kl.divergence): (N, T)."""
-    return divergence(cfg.divergence, logits, batch.teacher_logits, cfg.jsd_beta,
+def distillation(cfg, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """The distillation term D_t of cfg.divergence (rlsd_min.reverse_kl.divergence, with the run's
+    jsd_beta, entry_clip, token_clip): (..., V) x 2 -> (...). rlsd_min.step calls it on a chunk of
+    rows at a time, the TRL trainers on their micro-batch; the losses keep it on the rows with a
+    teacher (`_with_teacher`)."""
+    return divergence(cfg.divergence, student_logits, teacher_logits, cfg.jsd_beta,
                       cfg.entry_clip or None, cfg.token_clip or None)
+
+
+def _with_teacher(term: torch.Tensor, batch: StepBatch) -> torch.Tensor:
+    """A teacher term (N, T) on the rows the teacher scored, 0 on the others (batch.teacher_rows):
+    a row without a teacher adds nothing to the loss, nor to its gradient."""
+    return term if batch.teacher_rows is None else term * batch.teacher_rows[:, None]   # (N, T)
+
+
+def _teacher_logp(logp: torch.Tensor, batch: StepBatch) -> torch.Tensor:
+    """log q_t(y_t) (N, T) where the teacher scored the row, sg[log p_t(y_t)] elsewhere: a row
+    without a teacher gets Delta_t = 0 (RLSD's w_t = 1, GRPO's token advantage)."""
+    if batch.teacher_rows is None:
+        return batch.teacher_logp
+    return torch.where(batch.teacher_rows[:, None], batch.teacher_logp, logp.detach())  # (N, T)
 
 
 # --- the methods ------------------------------------------------------------------------
 
-def grpo(logp, logits, batch: StepBatch, cfg, step: int):
+def grpo(logp, distill, batch: StepBatch, cfg, step: int):
     """GRPO (Shao et al. 2024): every token of completion i gets the group advantage A_i."""
     ahat = batch.advantages[:, None].expand_as(logp)                                # (N, T)
     return template_loss(logp, batch, cfg, ahat=ahat)
 
 
-def opsd(logp, logits, batch: StepBatch, cfg, step: int):
+def opsd(logp, distill, batch: StepBatch, cfg, step: int):
     """OPSD (Zhao et al. 2026, arXiv 2601.18734): minimise distill_coef * D(q_t, p_t) on the
     student's own rollouts, no reward. divergence='sampled' takes as D_t the clipped
     surrogate of OPSD Eq. 9's estimator sg[log q - log p] used as a token advantage (its
@@ -114,40 +131,37 @@ def opsd(logp, logits, batch: StepBatch, cfg, step: int):
     if cfg.divergence == "sampled":
         delta = sampled_token_advantage(logp, batch.teacher_logp)     # (N, T) sg[log q - log p], p current
         distill = clipped_surrogate(logp, batch.old_logp, delta, cfg.eps_low, cfg.eps_high)[0]  # (N, T)
-    else:
-        distill = _divergence(logits, batch, cfg)                                      # (N, T)
-    return template_loss(logp, batch, cfg, distill=distill, beta=cfg.distill_coef)
+    return template_loss(logp, batch, cfg, distill=_with_teacher(distill, batch), beta=cfg.distill_coef)
 
 
-def grpo_opsd(logp, logits, batch: StepBatch, cfg, step: int):
+def grpo_opsd(logp, distill, batch: StepBatch, cfg, step: int):
     """GRPO + beta * OPSD divergence on all tokens (the additive baseline of RLSD's table)."""
     ahat = batch.advantages[:, None].expand_as(logp)                                # (N, T)
-    return template_loss(logp, batch, cfg, ahat=ahat, distill=_divergence(logits, batch, cfg),
-                         beta=cfg.distill_coef)
+    return template_loss(logp, batch, cfg, ahat=ahat, distill=_with_teacher(distill, batch), beta=cfg.distill_coef)
 
 
-def rlsd(logp, logits, batch: StepBatch, cfg, step: int):
+def rlsd(logp, distill, batch: StepBatch, cfg, step: int):
     """RLSD: the verifier's A_i sets the direction, the teacher's Delta_t the per-token magnitude."""
     lam = rlsd_lambda(step, cfg.rlsd_lam, cfg.rlsd_lam_steps)
-    ahat = rlsd_advantages(batch.advantages, batch.teacher_logp, logp, lam, cfg.rlsd_eps_w)  # Delta of the current p
+    teacher_logp = _teacher_logp(logp, batch)                                      # (N, T)
+    ahat = rlsd_advantages(batch.advantages, teacher_logp, logp, lam, cfg.rlsd_eps_w)  # Delta of the current p
     loss, metrics = template_loss(logp, batch, cfg, ahat=ahat)
-    w = rlsd_weights(batch.advantages, batch.teacher_logp, logp)                    # (N, T)
+    w = rlsd_weights(batch.advantages, teacher_logp, logp)                          # (N, T)
     outside = ((w < 1 - cfg.rlsd_eps_w) | (w > 1 + cfg.rlsd_eps_w)).to(logp.dtype)  # (N, T)
     signed = batch.rollout.completion_mask * (batch.advantages != 0)[:, None]     # (N, T) tokens with A_i != 0
     metrics.update(lam=lam, w_clip_frac=masked_mean(outside, signed).item())      # (w = 1 where A_i = 0)
     return loss, metrics
 
 
-def sdpg(logp, logits, batch: StepBatch, cfg, step: int):
+def sdpg(logp, distill, batch: StepBatch, cfg, step: int):
     """SDPG: REINFORCE outcome term + beta(k) * gated full-vocabulary KL(p || sg q) + alpha * K."""
     ahat = batch.advantages[:, None].expand_as(logp)                                # (N, T)
-    distill = _divergence(logits, batch, cfg)                                       # (N, T)
     gate = (batch.advantages > 0).to(logp.dtype) if cfg.sdpg_gate else None         # (N,)
     if cfg.sdpg_schedule:
         beta = sdpg_beta(step, cfg.steps, cfg.distill_coef, *sdpg_windows(cfg))
     else:
         beta = cfg.distill_coef
-    return template_loss(logp, batch, cfg, ahat=ahat, distill=distill, gate=gate, beta=beta,
+    return template_loss(logp, batch, cfg, ahat=ahat, distill=_with_teacher(distill, batch), gate=gate, beta=beta,
                          outcome=cfg.sdpg_outcome)
 
 
@@ -166,10 +180,14 @@ DIVERGENCE_FIELDS = ("jsd_beta", "entry_clip", "token_clip")
 
 def _floor_rule(cfg) -> str | None:
     from .leakage import FLOORS  # the floor's own list of divergences
+    from .teacher import REFERENCE_KINDS  # the floor averages over the problem's own references
 
     if cfg.distill_floor and (cfg.task != "split" or cfg.divergence not in FLOORS):
         return (f"distill_floor=True needs task 'split' and a forward or reverse divergence, got task "
                 f"{cfg.task!r} and divergence {cfg.divergence!r}")
+    if cfg.distill_floor and cfg.teacher_context not in REFERENCE_KINDS:
+        return (f"distill_floor=True needs a teacher shown the problem's own reference {REFERENCE_KINDS}, "
+                f"got teacher_context={cfg.teacher_context!r}")
     return None
 
 
@@ -197,7 +215,9 @@ class Method:
     label: str
     """the name tables and plots show"""
     loss: Callable
-    """(logp (N, T), logits (N, T, V), batch, cfg, step) -> (loss, metrics)"""
+    """(logp (N, T), distill (N, T) or None, batch, cfg, step) -> (loss, metrics): logp the
+    student's log-probs with gradient, distill its full-vocabulary D_t (`distillation`) when
+    needs_logits(cfg), else None"""
     teacher: str | None = None
     """None, 'logp' (sampled-token log-probs) or 'logits' (full vocabulary)"""
     defaults: dict = field(default_factory=dict)
@@ -270,6 +290,12 @@ class Method:
             message = rule(cfg)
             if message:
                 raise ValueError(message)
+
+    def loss_of_logits(self, logp, logits, batch, cfg, step: int):
+        """`loss` given the student's whole logits (N, T, V) (the TRL trainers' micro-batch, a
+        test's batch): D_t from them when the method reads it (logits None otherwise)."""
+        distill = distillation(cfg, logits, batch.teacher_logits) if self.needs_logits(cfg) else None
+        return self.loss(logp, distill, batch, cfg, step)
 
     def needs_logits(self, cfg) -> bool:
         """Whether the teacher must return full-vocabulary logits (not only log q_t(y_t)) for `cfg`."""

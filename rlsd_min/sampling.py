@@ -163,28 +163,42 @@ LOGITS_CHUNK_BYTES = 2 ** 26
 151,936-token vocabulary; the whole batch of the character vocabulary)"""
 
 
-def chunked_logprobs(hidden: torch.Tensor, head: torch.nn.Module, tokens: torch.Tensor, temperature: float = 1.0,
-                     chunk_bytes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log pi(y_t), the entropy H_t of pi(. | x, y_<t)), both (N, T), from the final hidden states
-    (N, T, H) and the output layer, without holding the (N, T, V) logits: rows go through the
-    output layer a chunk at a time (at most `chunk_bytes` of logits, default LOGITS_CHUNK_BYTES), and the backward
-    recomputes each chunk's logits (torch.utils.checkpoint) instead of keeping them. The
-    log-probs carry the gradient (to the hidden states and the output layer); the entropy is
-    detached. One chunk (the whole batch fits) runs without the recomputation."""
+def over_row_chunks(fn, hidden: torch.Tensor, head: torch.nn.Module, temperature: float, *per_row,
+                    chunk_bytes: int | None = None) -> tuple:
+    """fn(logits (n, T, V), *chunks of per_row) -> a tuple of (n, T) tensors, computed for the
+    final hidden states (N, T, H) a chunk of rows at a time (at most `chunk_bytes` of float32
+    logits, default LOGITS_CHUNK_BYTES), so the (N, T, V) logits are never held: the backward
+    recomputes each chunk's logits (torch.utils.checkpoint) instead of keeping them. One chunk
+    (the whole batch fits) runs without the recomputation. Returns the (N, T) results."""
     N, T, _ = hidden.shape
     rows = max(1, (chunk_bytes or LOGITS_CHUNK_BYTES) // max(1, T * head.out_features * 4))
 
-    def one_chunk(h, y):
-        logp = torch.log_softmax(output_logits(head, h, temperature), dim=-1)        # (n, T, V)
-        ent = -(logp.exp() * logp).sum(-1).detach()                                  # (n, T)
-        return logp.gather(-1, y.unsqueeze(-1)).squeeze(-1), ent                     # (n, T), (n, T)
+    def one_chunk(h, *xs):
+        return fn(output_logits(head, h, temperature), *xs)
 
     if rows >= N:
-        return one_chunk(hidden, tokens)
-    parts = [torch.utils.checkpoint.checkpoint(one_chunk, hidden[s:s + rows], tokens[s:s + rows], use_reentrant=False)
-             if torch.is_grad_enabled() else one_chunk(hidden[s:s + rows], tokens[s:s + rows])
+        return one_chunk(hidden, *per_row)
+    parts = [torch.utils.checkpoint.checkpoint(one_chunk, hidden[s:s + rows], *(x[s:s + rows] for x in per_row),
+                                               use_reentrant=False)
+             if torch.is_grad_enabled() else one_chunk(hidden[s:s + rows], *(x[s:s + rows] for x in per_row))
              for s in range(0, N, rows)]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])         # (N, T), (N, T)
+    return tuple(torch.cat([p[k] for p in parts]) for k in range(len(parts[0])))     # (N, T) each
+
+
+def token_scores(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log softmax(logits)[token], the entropy of softmax(logits), detached): (n, T, V), (n, T) -> (n, T) x 2."""
+    logp = torch.log_softmax(logits, dim=-1)                                          # (n, T, V)
+    ent = -(logp.exp() * logp).sum(-1).detach()                                       # (n, T)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), ent                     # (n, T), (n, T)
+
+
+def chunked_logprobs(hidden: torch.Tensor, head: torch.nn.Module, tokens: torch.Tensor, temperature: float = 1.0,
+                     chunk_bytes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log pi(y_t), the entropy H_t of pi(. | x, y_<t)), both (N, T), from the final hidden states
+    (N, T, H) and the output layer, without holding the (N, T, V) logits (`over_row_chunks`). The
+    log-probs carry the gradient (to the hidden states and the output layer); the entropy is
+    detached."""
+    return over_row_chunks(token_scores, hidden, head, temperature, tokens, chunk_bytes=chunk_bytes)
 
 
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

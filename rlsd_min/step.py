@@ -29,12 +29,13 @@ import torch
 from .advantages import frac_zero_std, group_advantages
 from .batch import Rollout, StepBatch
 from .decoding import bf16_autocast, compiled_forward, split_head
-from .methods import METHODS
+from .methods import METHODS, distillation
 from .objective import masked_mean
 from .phases import Phases
-from .sampling import (chunked_logprobs, completion_hidden, encode_prompts, output_logits, rollout_logprobs,
-                       sample_group)
-from .teacher import Teacher, privileged_prompts, score_completions
+from .sampling import (chunked_logprobs, completion_hidden, over_row_chunks, rollout_logprobs, sample_group,
+                       token_scores)
+from .teacher import (OTHER_KINDS, Teacher, encode_teacher_prompts, other_problems, privileged_prompts,
+                      score_completions, sibling_completions)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -52,11 +53,19 @@ def scorer(model, cfg):
     return compiled_forward(model, dynamic=True) if cfg.compile_scoring else model
 
 
-def make_teacher(policy, cfg) -> Teacher | None:
-    """The teacher of cfg.method (None for a method without one)."""
+def make_teacher(policy, cfg, pool: list | None = None) -> Teacher | None:
+    """The teacher of cfg.method (None for a method without one). An other_* teacher_context
+    needs `pool`, the training split, whose derangement (seeded by cfg.seed) picks the
+    problem each question's teacher is shown (teacher.other_problems)."""
     if METHODS[cfg.method].teacher is None:
         return None
-    return Teacher(policy, cfg.teacher_mode, cfg.sync_every, cfg.ema_rate)
+    others = None
+    if cfg.teacher_context in OTHER_KINDS:
+        if pool is None:
+            raise ValueError(f"teacher_context={cfg.teacher_context!r} needs the training split: "
+                             f"pass pool=<its problems> to make_teacher")
+        others = other_problems(pool, cfg.seed)
+    return Teacher(policy, cfg.teacher_mode, cfg.sync_every, cfg.ema_rate, others)
 
 
 def collect(policy, tokenizer, problems: list, cfg, ref_model=None, teacher: Teacher | None = None,
@@ -95,32 +104,43 @@ def score_rollout(policy, tokenizer, problems: list, rollout: Rollout, cfg, ref_
         if teacher is None:
             raise ValueError(f"method {cfg.method!r} needs its teacher: pass teacher=make_teacher(policy, cfg)")
         with phases("teacher", autocast=True):
-            ids, mask = encode_prompts(tokenizer, privileged_prompts(problems, cfg.teacher_context, cfg.privileged_template),
-                                       device)   # (B, P')
+            siblings = (sibling_completions(rollout.texts, rewards.tolist(), cfg.group_size)
+                        if cfg.teacher_context == "sibling" else None)
+            prompts = privileged_prompts(problems, cfg.teacher_context, cfg.privileged_template,
+                                         others=teacher.others, siblings=siblings)      # B, or N with None
+            ids, mask, prompt_index, context_rows = encode_teacher_prompts(tokenizer, prompts, rollout, device)
             batch.teacher_logp, batch.teacher_logits, batch.teacher_rows = teacher_scores(
-                scorer(teacher.model, cfg), ids, mask, rollout, advantages, cfg)
+                scorer(teacher.model, cfg), ids, mask, rollout, advantages, cfg, prompt_index, context_rows)
+            batch.metrics["teacher_frac"] = 1.0 if context_rows is None else context_rows.float().mean().item()
     return batch
 
 
-def teacher_scores(teacher_model, prompt_ids, prompt_mask, rollout: Rollout, advantages, cfg):
+def teacher_scores(teacher_model, prompt_ids, prompt_mask, rollout: Rollout, advantages, cfg,
+                   prompt_index=None, context_rows=None):
     """(log q_t(y_t) (N, T), full-vocabulary logits (N, T, V) or None, rows) of the teacher on
-    the rollout, after its prompts (B, P'), one per group.
+    the rollout, after its prompts (U, P'): one per group, or row n's is prompt_index[n]
+    (teacher.encode_teacher_prompts).
 
-    Only the rows whose loss the teacher can change are scored (METHODS[cfg.method].teacher_rows:
-    A_i > 0 under SDPG's gate, A_i != 0 for RLSD; None = all); the others get 0 log-probs and 0
-    logits (a uniform teacher), which their loss multiplies by 0."""
+    Only the rows whose loss the teacher can change are scored: those that have a teacher
+    (context_rows (N,) bool; None = all: a `sibling` row whose group has no other success has
+    none) and that the method's term reaches (METHODS[cfg.method].teacher_rows: A_i > 0 under
+    SDPG's gate, A_i != 0 for RLSD; None = all). The others get 0 log-probs and 0 logits (a
+    uniform teacher) and no teacher term in the loss (rows, StepBatch.teacher_rows)."""
     method = METHODS[cfg.method]
     full_vocab = method.needs_logits(cfg)
     rows = method.teacher_rows(advantages, cfg)                                  # (N,) bool or None
+    if context_rows is not None:
+        rows = context_rows if rows is None else rows & context_rows              # (N,)
     N, T = rollout.completion_ids.shape
     if rows is None:
-        out = score_completions(teacher_model, prompt_ids, prompt_mask, rollout, full_vocab, cfg.temperature)
+        out = score_completions(teacher_model, prompt_ids, prompt_mask, rollout, full_vocab, cfg.temperature,
+                                prompt_index=prompt_index)
         return (*out, rows) if full_vocab else (out, None, rows)
     if not rows.any():
         logits = torch.zeros(N, T, teacher_model.config.vocab_size, device=prompt_ids.device) if full_vocab else None
         return torch.zeros(N, T, device=prompt_ids.device), logits, rows
     out = score_completions(teacher_model, prompt_ids, prompt_mask, rollout, full_vocab, cfg.temperature,
-                            rows)                                                # (n, T) [, (n, T, V)]
+                            rows, prompt_index)                                  # (n, T) [, (n, T, V)]
     scored, scored_logits = out if full_vocab else (out, None)
     logp = scored.new_zeros(N, T).index_put((rows,), scored)                     # (N, T)
     logits = scored_logits.new_zeros(N, T, scored_logits.shape[-1]).index_put((rows,), scored_logits) \
@@ -128,18 +148,17 @@ def teacher_scores(teacher_model, prompt_ids, prompt_mask, rollout: Rollout, adv
     return logp, logits, rows
 
 
-def method_loss(policy, batch: StepBatch, cfg, step: int) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+def method_loss(policy, batch: StepBatch, cfg, step: int) -> tuple[torch.Tensor, dict]:
     """The student's forward and the loss of cfg.method on `batch` at RL step `step`:
-    (loss, its metrics, the student's logits (N, T, V) where the loss reads them, else None).
-    Fills batch.old_logp on first use.
+    (loss, its metrics). Fills batch.old_logp on first use.
 
     Only the rows that can change the loss go through the student: where the method's record
     says a row with A_i = 0 adds nothing (METHODS[...].skips_zero_rows: GRPO and RLSD without
     the reference KL, SDPG's gated loss without it), those rows get log-probs 0 (and logits 0)
     without a forward; their tokens still count in every normaliser, so the loss and its
-    gradient are the whole batch's. The log-probs come from the final hidden states a chunk of
-    rows at a time (rlsd_min.sampling.chunked_logprobs); the full logits are built only for a
-    loss that reads them (a full-vocabulary divergence). The entropy metric is the sampler's
+    gradient are the whole batch's. The log-probs, and a full-vocabulary divergence D_t, come
+    from the final hidden states a chunk of rows at a time (rlsd_min.sampling.over_row_chunks):
+    the student's (N, T, V) logits are never held. The entropy metric is the sampler's
     (every completion token), or the scored rows' for completions given from elsewhere."""
     method, rollout = METHODS[cfg.method], batch.rollout
     N, T = rollout.completion_ids.shape
@@ -147,7 +166,7 @@ def method_loss(policy, batch: StepBatch, cfg, step: int) -> tuple[torch.Tensor,
     full = not method.skips_zero_rows(cfg)
     picked = torch.arange(N, device=rollout.completion_ids.device) if full else batch.advantages.nonzero().squeeze(1)
     logp = torch.zeros(N, T, device=rollout.completion_ids.device)                # (N, T)
-    logits, ent = None, torch.zeros(N, T, device=logp.device)                     # (N, T, V) when read; (N, T)
+    ent, distill = torch.zeros_like(logp), None                                   # (N, T), D_t when read
     if len(picked):
         body, head = split_head(scorer(policy, cfg))
         used, groups = torch.unique(picked // G, return_inverse=True)            # prompts needed; (n,) into them
@@ -155,22 +174,26 @@ def method_loss(policy, batch: StepBatch, cfg, step: int) -> tuple[torch.Tensor,
         with bf16_autocast(logp.device, cfg.bf16_autocast):                     # the forward only
             hidden = completion_hidden(body, rollout.prompt_ids[::G][used], rollout.prompt_mask[::G][used],
                                        tokens, rollout.completion_mask[picked], groups)           # (n, T, H)
-            scored, scored_ent = chunked_logprobs(hidden, head, tokens, cfg.temperature)        # (n, T), (n, T)
-            scored_logits = output_logits(head, hidden, cfg.temperature) if method.needs_logits(cfg) else None
+            if method.needs_logits(cfg):  # log-probs and the full-vocabulary D_t from each chunk's logits
+                scored, scored_ent, scored_distill = over_row_chunks(
+                    lambda lg, y, q: (*token_scores(lg, y), distillation(cfg, lg, q)), hidden, head,
+                    cfg.temperature, tokens, batch.teacher_logits[picked])      # (n, T) x 3
+                distill = scored_distill if full else logp.to(scored.dtype).index_put((picked,), scored_distill)
+            else:
+                scored, scored_ent = chunked_logprobs(hidden, head, tokens, cfg.temperature)    # (n, T), (n, T)
         logp = scored if full else logp.to(scored.dtype).index_put((picked,), scored)          # (N, T)
         ent = scored_ent if full else ent.to(scored.dtype).index_put((picked,), scored_ent)
-        if scored_logits is not None:
-            logits = scored_logits if full else scored_logits.new_zeros(N, T, scored_logits.shape[-1]).index_put(
-                (picked,), scored_logits)                                        # (N, T, V)
+    elif method.needs_logits(cfg):
+        distill = torch.zeros_like(logp)                                         # (N, T) no row to distil
     if batch.old_logp is None:  # the weights are still the sampling policy's
         batch.old_logp = logp.detach()
-    loss, metrics = method.loss(logp, logits, batch, cfg, step)
+    loss, metrics = method.loss(logp, distill, batch, cfg, step)
     if rollout.entropy is not None:
         metrics["entropy"] = masked_mean(rollout.entropy, rollout.completion_mask).item()
     else:
         metrics["entropy"] = masked_mean(ent, rollout.completion_mask[picked] if full else
                                          rollout.completion_mask * (batch.advantages != 0)[:, None]).item()
-    return loss, metrics, logits
+    return loss, metrics
 
 
 def update(policy, optimizer, batch: StepBatch, cfg, step: int, phases: Phases | None = None) -> dict:
@@ -180,7 +203,7 @@ def update(policy, optimizer, batch: StepBatch, cfg, step: int, phases: Phases |
     phases = phases or Phases(next(policy.parameters()).device, cfg.bf16_autocast)
     for _ in range(cfg.num_iterations):
         with phases("update"):                            # student forward + backward
-            loss, metrics, _ = method_loss(policy, batch, cfg, step)
+            loss, metrics = method_loss(policy, batch, cfg, step)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)

@@ -1,4 +1,4 @@
-"""Every method's whole loss, `METHODS[m].loss(logp, logits, batch, cfg, step)`, against an
+"""Every method's whole loss, `METHODS[m].loss_of_logits(logp, logits, batch, cfg, step)`, against an
 independent float64 computation written out below from the papers' equations (GRPO, Shao et
 al. 2024; OPSD, arXiv 2601.18734; RLSD, arXiv 2604.03128; SDPG, arXiv 2606.04036; the PPO
 clipped surrogate; Schulman's k1/k2/k3): the loss value, its parts (the metrics) and the
@@ -204,7 +204,7 @@ def _run(case, off_policy, seed=SEED):
     fields, step = CASES[case]
     cfg = _cfg(fields)
     logits, logp, batch = make_batch(seed, off_policy)
-    loss, metrics = METHODS[cfg.method].loss(logp, logits, batch, cfg, step)
+    loss, metrics = METHODS[cfg.method].loss_of_logits(logp, logits, batch, cfg, step)
     (grad,) = torch.autograd.grad(loss, logits)
     ref_loss, parts = reference(logits, batch, cfg, step)
     (ref_grad,) = torch.autograd.grad(ref_loss, logits)
@@ -284,7 +284,7 @@ def test_rlsd_w_clip_frac_counts_only_tokens_of_rows_with_nonzero_advantage(off_
     outside = (w < 1 - cfg.rlsd_eps_w) | (w > 1 + cfg.rlsd_eps_w)
     signed = mask & (A != 0)[:, None]
     expected = (outside & signed).sum().item() / signed.sum().item()
-    _, metrics = METHODS["rlsd"].loss(logp, logits, batch, cfg, 7)
+    _, metrics = METHODS["rlsd"].loss_of_logits(logp, logits, batch, cfg, 7)
     assert metrics["w_clip_frac"] == pytest.approx(expected, rel=1e-12)
     assert 0 < expected < 1
     # the two wrong denominators give other numbers: the test can tell them apart

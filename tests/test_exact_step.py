@@ -76,7 +76,7 @@ def _batch(model, tokenizer, problems, rollout, cfg, rewards=REWARDS):
 def _loss_and_grads(model, batch, cfg):
     model.zero_grad(set_to_none=True)
     batch = dataclasses.replace(batch, old_logp=None, metrics={})
-    loss, metrics, _ = step_mod.method_loss(model, batch, cfg, step=3)
+    loss, metrics = step_mod.method_loss(model, batch, cfg, step=3)
     if loss.requires_grad:
         loss.backward()
     grads = {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in model.named_parameters()}
@@ -157,5 +157,5 @@ def test_the_entropy_metric_is_the_samplers_over_every_token(setup, tokenizer):
     with torch.no_grad():
         logits = sampling.token_logprobs(model, rollout)[1]                                  # (N, T, V)
     whole = masked_mean(sampling.entropy(logits), rollout.completion_mask).item()
-    _, metrics, _ = step_mod.method_loss(model, dataclasses.replace(batch, metrics={}), cfg, step=0)
+    _, metrics = step_mod.method_loss(model, dataclasses.replace(batch, metrics={}), cfg, step=0)
     assert metrics["entropy"] == pytest.approx(whole, rel=1e-5)   # all rows, skipped ones included (sampler: float32)

@@ -409,7 +409,7 @@ def test_the_teacher_scores_only_rows_whose_loss_it_can_change(method, splits, m
         torch.manual_seed(0)
         batch = collect(policy, tok, problems, cfg, None, make_teacher(policy, cfg))
         policy.zero_grad()
-        loss, metrics, _ = method_loss(policy, batch, cfg, step=1)
+        loss, metrics = method_loss(policy, batch, cfg, step=1)
         loss.backward()
         results[rows] = (batch, loss.item(), [p.grad.clone() for p in policy.parameters()])
     subset, every = results["subset"][0], results["all"][0]

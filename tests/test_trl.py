@@ -354,13 +354,13 @@ def test_one_update_equals_rlsd_mins_update_in_float64(method, fields, trl_only,
     row, ours, batch = rlsd_min_side(method, tiny_path, problems, cfg)
     assert batch.advantages.abs().sum() > 0 and len(grads) == iterations
     last = logged[iterations - 1]                                   # the last iteration's, as update returns
-    assert math.isclose(last["loss"], row["loss"], rel_tol=TOL_FUSED, abs_tol=1e-9), (last["loss"], row["loss"])
+    assert math.isclose(last["loss"], row["loss"], rel_tol=TOL_FUSED, abs_tol=1e-7), (last["loss"], row["loss"])
     assert any(g.abs().sum() > 0 for g in ours.values())
     worst = max(float((grads[-1][n] - g).abs().max() / g.abs().max().clamp(min=1e-30)) for n, g in ours.items())
     assert worst <= TOL_FUSED, worst
     for name in ("lam", "w_clip_frac", "distill_loss", "beta", "gate_frac", "teacher_kl", "kl_ref"):
         if name in row:  # the step's value, weighted over the micro-batches
-            assert math.isclose(last[name], row[name], rel_tol=TOL_FUSED, abs_tol=1e-9), name
+            assert math.isclose(last[name], row[name], rel_tol=TOL_FUSED, abs_tol=1e-7), name   # a KL near 0 from float32 logits
 
 
 # --- logging, schedules and the teacher's weights ---------------------------------------------
@@ -575,7 +575,7 @@ def test_method_metrics_equal_the_tiny_loops_on_the_batch_for_accumulation_1_and
         with torch.no_grad():
             logp, _, logits = trainer.student_scores(trainer.model, batch, cfg)
             batch.old_logp = logp
-            _, tiny = METHODS[method].loss(logp, logits, batch, cfg, 0)            # the tiny loop's metrics
+            _, tiny = METHODS[method].loss_of_logits(logp, logits, batch, cfg, 0)            # the tiny loop's metrics
         names = {"rlsd": ("teacher_kl", "w_clip_frac", "lam", "loss_pg"),
                  "sdpg": ("teacher_kl", "gate_frac", "distill_loss", "beta", "loss_pg")}[method]
         print(accumulation, {n: (logged[accumulation][n], tiny[n]) for n in names})

@@ -19,6 +19,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ..tasks import TASKS, load_splits, problems_of, verify
+from ..teacher import OTHER_KINDS, REFERENCE_KINDS, other_problems, worked_example
 
 SPECIAL = {"pad": "<|pad|>", "eos": "<|end|>", "bos": "<|bos|>"}
 ROLES = ("system", "user", "assistant")
@@ -71,13 +72,22 @@ def build_tiny_chat_model(path: str, hidden_size: int = 32, num_layers: int = 1,
 
 
 def arith_rows(split: str = "train", n: int | None = None, conversational: bool = False,
-               context: str = "answer", task: str = "arith") -> list[dict]:
+               context: str = "answer", task: str = "arith", seed: int = 0) -> list[dict]:
     """The task's problems as TRL dataset rows: prompt (text, or one user turn), the
-    privileged_context the teacher sees (Problem.context: 'answer' or 'solution'), and the
-    answer the reward checks."""
+    privileged_context the teacher sees, and the answer the reward checks. context: 'answer'
+    or 'solution' (Problem.context), or 'other_answer' / 'other_solution' (the worked example
+    of another problem of the rows, rlsd_min.teacher.other_problems seeded by `seed`)."""
     problems = problems_of(load_splits(str(TASKS[task].data_dir))[split])[:n]
+    if context in OTHER_KINDS:
+        others = other_problems(problems, seed)
+        contexts = [worked_example(others[p.prompt], OTHER_KINDS[context]) for p in problems]
+    elif context in REFERENCE_KINDS:
+        contexts = [p.context(context) for p in problems]
+    else:
+        raise ValueError(f"a dataset row cannot hold the context {context!r}; choose from "
+                         f"{REFERENCE_KINDS + tuple(OTHER_KINDS)}")
     return [{"prompt": [{"role": "user", "content": p.prompt}] if conversational else p.prompt,
-             "privileged_context": p.context(context), "answer": p.answer} for p in problems]
+             "privileged_context": c, "answer": p.answer} for p, c in zip(problems, contexts)]
 
 
 def arith_reward(completions, answer, **kwargs) -> list[float]:

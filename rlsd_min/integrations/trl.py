@@ -203,7 +203,7 @@ class _SelfDistillationTrainer(trl.GRPOTrainer):
         logp, entropies, logits = self.student_scores(model, batch, cfg)           # (N, T), (N, T), (N, T, V)
         if batch.old_logp is None:  # the weights are still the sampling policy's
             batch.old_logp = logp.detach()
-        loss, metrics = METHODS[cfg.method].loss(logp, logits, batch, cfg, self.rl_step())
+        loss, metrics = METHODS[cfg.method].loss_of_logits(logp, logits, batch, cfg, self.rl_step())
         mask = batch.rollout.completion_mask                                        # (N, T)
         metrics["entropy"] = ((entropies.detach() * mask).sum() / mask.sum().clamp(min=1)).item()
         training = self.model.training

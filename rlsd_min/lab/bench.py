@@ -146,7 +146,7 @@ def one_step(model, start: dict, tokenizer, ref, problems: list, cfg) -> dict:
     `sample_tok_s`: completion tokens sampled per second of the sampling phase (generate,
     verify and advantages; <eos> counted, padding not)."""
     model.load_state_dict(start)
-    teacher = make_teacher(model, cfg)
+    teacher = make_teacher(model, cfg, problems)   # other_*: the derangement of the benched problems
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     torch.manual_seed(0)
     row = rl_step(model, tokenizer, ref if cfg.needs_reference() else None, opt, problems, cfg, 0, teacher)
