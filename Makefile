@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
-# The install brings the `trl` and `peft` extras: the TRL trainers' tests (tests/test_trl.py, LoRA
-# included) run in `make test`.
+# The install brings the `trl` and `peft` extras (the TRL trainers' tests, tests/test_trl.py, LoRA included,
+# run in `make test`) and the `course` extra (jupyter, jupytext, pytest, nbval: the notebooks and the tests).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install --quiet -e '.[trl,peft]'
+	$(PY) -m pip install --quiet -e '.[trl,peft,course]'
 	touch $@
 
 demo: install

@@ -36,34 +36,44 @@
 # 4. probes for leakage over training, from the first verification experiment in `results/arith_split/`;
 # 5. looks at the teacher-student log-ratio token by token on the arithmetic task.
 #
+#
+# **What it trains:** one OPSD run on `split` with its exact floor logged (section 3, 100 steps on the `cpu` profile); it reads the committed `results/arith_split/` for the rest.
+#
+# <!-- generated: notebook-time -->
+# **Time.** Its stored run, on the `cpu` profile: 28 s (the cells' times recorded in this notebook; the longest cell 22 s). A notebook run again reads its finished run folders back and trains nothing.
+# <!-- end generated -->
 
 # %%
 # Set-up, the same first cell in every notebook: make rlsd_min importable, then pick the profile.
 import importlib, importlib.util, pathlib, subprocess, sys
 
-if importlib.util.find_spec("rlsd_min") is None:  # not installed: install the checkout this notebook is in
-    here = pathlib.Path.cwd()
-    ROOT = next((d for d in (here, *here.parents, *sorted(p for p in here.iterdir() if p.is_dir()))
-                 if (d / "pyproject.toml").is_file() and (d / "rlsd_min" / "__init__.py").is_file()), None)
-    if ROOT is None:
-        raise ModuleNotFoundError("rlsd_min is not installed, and no checkout of its repository is in or above "
-                                  f"{here}: clone the repository, then open this notebook from its notebooks/ folder")
+def package_spec():  # rlsd_min's spec, or None: a clone's folder named rlsd_min in the working
+    spec = importlib.util.find_spec("rlsd_min")  # directory imports as an empty namespace, no package
+    return spec if spec is not None and spec.origin is not None else None
+
+here, spec = pathlib.Path.cwd(), package_spec()
+installed = [pathlib.Path(spec.origin).resolve().parents[1]] if spec else []  # an editable install's checkout
+ROOT = next((d for d in (*installed, here, *here.parents, *sorted(p for p in here.iterdir() if p.is_dir()))
+             if (d / "pyproject.toml").is_file() and (d / "rlsd_min" / "__init__.py").is_file()), None)
+if ROOT is None:  # every path below is taken from the checkout's root, whatever the working directory
+    raise ModuleNotFoundError(f"no checkout of the rlsd_min repository is in, above or just below {here}: "
+                              "clone the repository, then open this notebook from its notebooks/ folder")
+if spec is None:  # not installed: install the checkout this notebook is in
     print(f"rlsd_min is not installed: pip install -e {ROOT}")
     if subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", str(ROOT)]).returncode:
         print("pip install failed (above): this kernel imports rlsd_min from the checkout, a new one will not")
     importlib.invalidate_caches()
-    if importlib.util.find_spec("rlsd_min") is None:  # the install takes effect in Python processes started
+    if package_spec() is None:                        # the install takes effect in Python processes started
         sys.path.insert(0, str(ROOT))                 # after it: this kernel imports the checkout directly
 
 from rlsd_min.config import default_profile
 
 PROFILE = default_profile()  # RLSD_PROFILE if set, else gpu when CUDA is present, else cpu
-RUNS = pathlib.Path.cwd().parent / "runs" / "course" / PROFILE  # the course's run folders, shared by its notebooks
+RUNS = ROOT / "runs" / "course" / PROFILE  # the course's run folders, shared by its notebooks
 print("profile:", PROFILE)
 
 # %%
 import json, math, os, warnings
-from pathlib import Path
 
 warnings.filterwarnings("ignore")
 
@@ -82,7 +92,7 @@ from rlsd_min.tasks import TASKS, SplitProblem, load_splits, problems_of
 
 datasets.disable_progress_bars()
 ARITH = TASKS["arith"]  # the task's data folder and warm start: ARITH.data_dir, ARITH.base_checkpoint
-RESULTS_DIR = Path.cwd().parent / "results" / "arith_split"  # the first verification (arith, split; notebooks run in notebooks/)
+RESULTS_DIR = ROOT / "results" / "arith_split"  # the first verification (arith, split)
 _ = torch.manual_seed(0)
 
 # %% [markdown]
@@ -320,8 +330,9 @@ print(f"split opsd accuracy in the verification runs ({json.load(open(RESULTS_DI
 # its held-out curve does not. At this scale it does not, clearly: OPSD's accuracy on `split` falls
 # from 0.54 to 0.10 over the verification's 300-step runs (the last line printed above, and notebook
 # 08; the 100-step run of section 3, on the `cpu` profile, had already fallen to 0.227), so late in training it has very few correct
-# answers to count and its curve is noise (`results/arith_split/REPORT.md` marks the claim *mixed*). The
-# methods with a verifier stay at or below chance on both sets. What OPSD does learn on `split` is
+# answers to count and its curve is noise. The methods with a verifier stay at or below chance on
+# both sets; `results/arith_split/REPORT.md` judges the shortcut claim inconclusive.
+# What OPSD does learn on `split` is
 # the floor's optimum: its loss meets the floor at the end of the run (`results/arith_split/floor_split.png`),
 # and that student, the geometric mean of ten teachers that each insist on a different answer,
 # does not write valid answers.

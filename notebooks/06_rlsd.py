@@ -39,29 +39,40 @@
 # Defaults ([RLSD's details](../docs/rlsd.md#implementation-details)): `ε_w = 0.2`; `λ` starts at 0.5 and decays linearly to 0 over 50 steps,
 # after which RLSD *is* GRPO; the teacher is a **synced** copy of the student (refreshed every 10
 # steps) shown only the **answer**.
+#
+# **What it trains:** one RLSD run (100 steps on the `cpu` profile) and reads notebook 02's GRPO run back (run 02 first, as for the stored outputs, or it trains that too).
+#
+# <!-- generated: notebook-time -->
+# **Time.** Its stored run, on the `cpu` profile: 38 s (the cells' times recorded in this notebook; the longest cell 33 s). A notebook run again reads its finished run folders back and trains nothing.
+# <!-- end generated -->
 
 # %%
 # Set-up, the same first cell in every notebook: make rlsd_min importable, then pick the profile.
 import importlib, importlib.util, pathlib, subprocess, sys
 
-if importlib.util.find_spec("rlsd_min") is None:  # not installed: install the checkout this notebook is in
-    here = pathlib.Path.cwd()
-    ROOT = next((d for d in (here, *here.parents, *sorted(p for p in here.iterdir() if p.is_dir()))
-                 if (d / "pyproject.toml").is_file() and (d / "rlsd_min" / "__init__.py").is_file()), None)
-    if ROOT is None:
-        raise ModuleNotFoundError("rlsd_min is not installed, and no checkout of its repository is in or above "
-                                  f"{here}: clone the repository, then open this notebook from its notebooks/ folder")
+def package_spec():  # rlsd_min's spec, or None: a clone's folder named rlsd_min in the working
+    spec = importlib.util.find_spec("rlsd_min")  # directory imports as an empty namespace, no package
+    return spec if spec is not None and spec.origin is not None else None
+
+here, spec = pathlib.Path.cwd(), package_spec()
+installed = [pathlib.Path(spec.origin).resolve().parents[1]] if spec else []  # an editable install's checkout
+ROOT = next((d for d in (*installed, here, *here.parents, *sorted(p for p in here.iterdir() if p.is_dir()))
+             if (d / "pyproject.toml").is_file() and (d / "rlsd_min" / "__init__.py").is_file()), None)
+if ROOT is None:  # every path below is taken from the checkout's root, whatever the working directory
+    raise ModuleNotFoundError(f"no checkout of the rlsd_min repository is in, above or just below {here}: "
+                              "clone the repository, then open this notebook from its notebooks/ folder")
+if spec is None:  # not installed: install the checkout this notebook is in
     print(f"rlsd_min is not installed: pip install -e {ROOT}")
     if subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", str(ROOT)]).returncode:
         print("pip install failed (above): this kernel imports rlsd_min from the checkout, a new one will not")
     importlib.invalidate_caches()
-    if importlib.util.find_spec("rlsd_min") is None:  # the install takes effect in Python processes started
+    if package_spec() is None:                        # the install takes effect in Python processes started
         sys.path.insert(0, str(ROOT))                 # after it: this kernel imports the checkout directly
 
 from rlsd_min.config import default_profile
 
 PROFILE = default_profile()  # RLSD_PROFILE if set, else gpu when CUDA is present, else cpu
-RUNS = pathlib.Path.cwd().parent / "runs" / "course" / PROFILE  # the course's run folders, shared by its notebooks
+RUNS = ROOT / "runs" / "course" / PROFILE  # the course's run folders, shared by its notebooks
 print("profile:", PROFILE)
 
 # %%
@@ -136,8 +147,9 @@ assert torch.allclose(pkg, torch.tensor(hand), atol=1e-6)
 # **Exercise 6: RLSD's token advantages.** Write `my_rlsd_advantages(A, teacher_logp, student_logp, lam, eps_w)`
 # for a whole batch: `A (N,)`, log-probs `(N, T)` to `Â (N, T)` by the formulas at the top of this
 # notebook. The sign of `A_i` picks which ratio `w_t` is, and `A_i = 0` must give `Â = 0`; the teacher
-# signal `Δ_t` carries no gradient. The next cell compares with `rlsd_min.rlsd_advantages` on fresh
-# random advantages (some zero), log-probs, `λ` and `ε_w`.
+# signal `Δ_t` carries no gradient (`.detach()` it). The next cell compares with `rlsd_min.rlsd_advantages`
+# on fresh random advantages (some zero), log-probs, `λ` and `ε_w`: the values, and the gradients of
+# their sum with respect to both log-probs (zero: an answer without the detach is rejected there).
 
 # %% tags=["exercise"]
 import os
@@ -159,7 +171,7 @@ if os.environ.get("RLSD_SOLUTIONS") == "1":  # CI runs the course with the solut
 import torch
 
 import rlsd_min
-from rlsd_min.lab.exercises import compare, fresh_generator
+from rlsd_min.lab.exercises import compare, fresh_generator, gradient_of
 
 
 def check_exercise_6():  # a function: the check's variables stay out of the notebook's
@@ -170,9 +182,13 @@ def check_exercise_6():  # a function: the check's variables stay out of the not
         student_logp = -3 * torch.rand(N, T, generator=gen)
         teacher_logp = student_logp + torch.randn(N, T, generator=gen)              # Delta ~ N(0, 1): clips often
         lam, eps_w = float(torch.rand((), generator=gen)), 0.05 + 0.9 * float(torch.rand((), generator=gen))
-        compare("my_rlsd_advantages", my_rlsd_advantages, rlsd_min.rlsd_advantages, A, teacher_logp, student_logp,
-                lam, eps_w)
-    print("exercise 6 solved: my_rlsd_advantages == rlsd_min.rlsd_advantages on 30 random batches")
+        args = (A, teacher_logp, student_logp, lam, eps_w)
+        compare("my_rlsd_advantages", my_rlsd_advantages, rlsd_min.rlsd_advantages, *args)
+        for wrt, name in ((1, "teacher_logp"), (2, "student_logp")):  # Delta_t = sg[...]: no gradient through it
+            compare(f"the gradient of my_rlsd_advantages(...).sum() with respect to {name}",
+                    gradient_of(my_rlsd_advantages, wrt), gradient_of(rlsd_min.rlsd_advantages, wrt), *args)
+    print("exercise 6 solved: my_rlsd_advantages == rlsd_min.rlsd_advantages, values and gradients (none through "
+          "Delta_t), on 30 random batches")
 
 
 check_exercise_6()
@@ -266,7 +282,7 @@ val = problems_of(load_splits(str(ARITH.data_dir))["validation"])[:4]
 torch.manual_seed(0)
 batch = rlsd_min.collect(model, tok, val, DEMO, teacher=teacher)      # sample, verify, A_i, teacher scores
 rollout, rewards, adv, teacher_logp = batch.rollout, batch.rewards, batch.advantages, batch.teacher_logp
-loss, metrics, _ = method_loss(model, batch, DEMO, step=0)            # the loss at step 0; fills batch.old_logp
+loss, metrics = method_loss(model, batch, DEMO, step=0)               # the loss at step 0; fills batch.old_logp
 student_logp = batch.old_logp                                         # (N, T) log p_t(y_t), detached
 lam0 = rlsd_lambda(0, DEMO.rlsd_lam, DEMO.rlsd_lam_steps)
 ahat = rlsd_min.rlsd_advantages(adv, teacher_logp, student_logp, lam0, DEMO.rlsd_eps_w)  # (N, T)
@@ -370,7 +386,7 @@ assert ((factor[sel] - 1).abs() <= bound + 1e-6).all()
 
 # %%
 k_end = DEMO.rlsd_lam_steps                                               # lam(k_end) = 0
-loss_end, metrics_end, _ = method_loss(model, batch, DEMO, step=k_end)
+loss_end, metrics_end = method_loss(model, batch, DEMO, step=k_end)
 grpo = rlsd_min.train_config(PROFILE, method="grpo", prompts_per_step=4, group_size=8)
 loss_grpo = method_loss(model, batch, grpo, step=k_end)[0]
 print(f"step {k_end}: lam {metrics_end['lam']}, RLSD loss {loss_end.item():+.6f}, GRPO loss {loss_grpo.item():+.6f}")
@@ -402,7 +418,9 @@ assert same()
 # paper reports 3–6 %) and `teacher_kl` (the mean of `log p − log q` on the sampled tokens: how far
 # the synced teacher is from the student). `λ` decays over the paper's 50 steps on the `cpu` and
 # `gpu` profiles, and over 2 of the `ci` profile's 4 steps, so that every profile checks that it
-# reaches 0.
+# reaches 0. In the table below, row `k` is the `k`-th update and logs the `λ` that update used,
+# `λ(k − 1)`, computed from the `k − 1` steps done before it: row 10 shows 0.5 · (1 − 9/50) = 0.410,
+# and row 50 the last non-zero value, 0.010.
 #
 # **Expectation.** The RLSD paper reports RLSD ending highest (validation reward about 0.62 vs
 # GRPO's 0.60 in its Fig. 1a). Here, with one seed, 256 validation problems (a standard error of

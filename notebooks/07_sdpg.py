@@ -39,29 +39,40 @@
 # Compared with RLSD (notebook 06): RLSD only rescales GRPO's per-token advantage by a clipped
 # ratio on the *sampled* token; SDPG adds a gradient toward the teacher's *whole* next-token
 # distribution, with its own weight β.
+#
+# **What it trains:** one SDPG run (100 steps on the `cpu` profile; the rest of the notebook computes on single batches); it reads notebook 06's RLSD run and notebook 02's GRPO run back.
+#
+# <!-- generated: notebook-time -->
+# **Time.** Its stored run, on the `cpu` profile: 43 s (the cells' times recorded in this notebook; the longest cell 38 s). A notebook run again reads its finished run folders back and trains nothing.
+# <!-- end generated -->
 
 # %%
 # Set-up, the same first cell in every notebook: make rlsd_min importable, then pick the profile.
 import importlib, importlib.util, pathlib, subprocess, sys
 
-if importlib.util.find_spec("rlsd_min") is None:  # not installed: install the checkout this notebook is in
-    here = pathlib.Path.cwd()
-    ROOT = next((d for d in (here, *here.parents, *sorted(p for p in here.iterdir() if p.is_dir()))
-                 if (d / "pyproject.toml").is_file() and (d / "rlsd_min" / "__init__.py").is_file()), None)
-    if ROOT is None:
-        raise ModuleNotFoundError("rlsd_min is not installed, and no checkout of its repository is in or above "
-                                  f"{here}: clone the repository, then open this notebook from its notebooks/ folder")
+def package_spec():  # rlsd_min's spec, or None: a clone's folder named rlsd_min in the working
+    spec = importlib.util.find_spec("rlsd_min")  # directory imports as an empty namespace, no package
+    return spec if spec is not None and spec.origin is not None else None
+
+here, spec = pathlib.Path.cwd(), package_spec()
+installed = [pathlib.Path(spec.origin).resolve().parents[1]] if spec else []  # an editable install's checkout
+ROOT = next((d for d in (*installed, here, *here.parents, *sorted(p for p in here.iterdir() if p.is_dir()))
+             if (d / "pyproject.toml").is_file() and (d / "rlsd_min" / "__init__.py").is_file()), None)
+if ROOT is None:  # every path below is taken from the checkout's root, whatever the working directory
+    raise ModuleNotFoundError(f"no checkout of the rlsd_min repository is in, above or just below {here}: "
+                              "clone the repository, then open this notebook from its notebooks/ folder")
+if spec is None:  # not installed: install the checkout this notebook is in
     print(f"rlsd_min is not installed: pip install -e {ROOT}")
     if subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", str(ROOT)]).returncode:
         print("pip install failed (above): this kernel imports rlsd_min from the checkout, a new one will not")
     importlib.invalidate_caches()
-    if importlib.util.find_spec("rlsd_min") is None:  # the install takes effect in Python processes started
+    if package_spec() is None:                        # the install takes effect in Python processes started
         sys.path.insert(0, str(ROOT))                 # after it: this kernel imports the checkout directly
 
 from rlsd_min.config import default_profile
 
 PROFILE = default_profile()  # RLSD_PROFILE if set, else gpu when CUDA is present, else cpu
-RUNS = pathlib.Path.cwd().parent / "runs" / "course" / PROFILE  # the course's run folders, shared by its notebooks
+RUNS = ROOT / "runs" / "course" / PROFILE  # the course's run folders, shared by its notebooks
 print("profile:", PROFILE)
 
 # %%
@@ -249,7 +260,8 @@ assert gate.mean() <= rewards.mean()  # m_i = 1 only on correct completions
 
 # %%
 k_peak = sdpg_windows(DEMO)[0]                                        # k = T_warm: beta(k) = beta_base
-loss, metrics, student_logits = method_loss(model, batch, DEMO, step=k_peak)  # loss, its parts, (N, T, V) logits
+loss, metrics = method_loss(model, batch, DEMO, step=k_peak)         # the loss and its parts
+student_logits = rlsd_min.token_logprobs(model, rollout)[1]          # (N, T, V), every row
 student_logp = batch.old_logp                                        # (N, T), filled just now
 t_prompts = [teacher_prompt(q.prompt, q.context(DEMO.teacher_context)) for q in val]
 t_logp, teacher_logits = teacher_logprobs(model, tok, t_prompts, rollout, return_logits=True)  # the live teacher, every row
@@ -350,10 +362,9 @@ import torch
 
 import rlsd_min
 from rlsd_min.lab.exercises import compare, fresh_generator
-from rlsd_min.methods import sdpg
+from rlsd_min.batch import Rollout, StepBatch
+from rlsd_min.methods import distillation, sdpg
 from rlsd_min.reverse_kl import full_reverse_kl
-from rlsd_min.sampling import Rollout
-from rlsd_min.step import StepBatch
 
 
 def check_exercise_8():  # a function: the check's variables stay out of the notebook's
@@ -371,8 +382,8 @@ def check_exercise_8():  # a function: the check's variables stay out of the not
         ids = torch.zeros(N, T, dtype=torch.long)
         batch = StepBatch(Rollout(ids[:, :1], mask[:, :1], ids, mask, [""] * N, G), rewards, A, teacher_logits=t_logits)
 
-        def sdpg_distill_loss(D, mask, A, G):  # what SDPG's loss logs on these logits (D is recomputed there)
-            return sdpg(torch.zeros(N, T), s_logits, batch, cfg, step=1)[1]["distill_loss"]
+        def sdpg_distill_loss(D, mask, A, G):  # what SDPG's loss logs on these logits (its own D_t of cfg.divergence)
+            return sdpg(torch.zeros(N, T), distillation(cfg, s_logits, t_logits), batch, cfg, step=1)[1]["distill_loss"]
 
         compare("my_gated_distill", my_gated_distill, sdpg_distill_loss, full_reverse_kl(s_logits, t_logits), mask, A, G,
                 atol=1e-5)
@@ -410,14 +421,14 @@ assert metrics["kl_ref"] == 0.0 and norms[f"alpha * L_K (alpha={DEMO.kl_coef})"]
 # `sdpg_gate = False` distils every rollout, gated out or not.
 
 # %%
-loss0, m0, _ = method_loss(model, batch, DEMO, step=0)                    # beta(0) = 0
+loss0, m0 = method_loss(model, batch, DEMO, step=0)                    # beta(0) = 0
 assert m0["beta"] == 0.0 and abs(loss0.item() - (m0["loss_pg"] + DEMO.kl_coef * m0["kl_ref"])) < 1e-6
 assert m0["distill_loss"] == metrics["distill_loss"]                       # still computed, weighted 0
-_, m_nd, _ = method_loss(model, batch, sdpg_with(distill_coef=0.0), step=k_peak)
+_, m_nd = method_loss(model, batch, sdpg_with(distill_coef=0.0), step=k_peak)
 assert m_nd["beta"] == 0.0 and abs(l_no_distill.item() - (m_nd["loss_pg"] + DEMO.kl_coef * m_nd["kl_ref"])) < 1e-6
 assert abs(l_out.item() - metrics["loss_pg"]) < 1e-6                        # beta_base = alpha = 0: L_out alone
 every_row = dataclasses.replace(batch, teacher_logp=t_logp, teacher_logits=teacher_logits, teacher_rows=None)
-_, m_all, _ = method_loss(model, every_row, sdpg_with(sdpg_gate=False), step=k_peak)  # as collected without the gate
+_, m_all = method_loss(model, every_row, sdpg_with(sdpg_gate=False), step=k_peak)  # as collected without the gate
 ungated = aggregate(d, mask, "group-token-mean", G).item()                 # every rollout distilled
 assert abs(m_all["distill_loss"] - ungated) < 1e-6 and "gate_frac" not in m_all
 print(f"step 0: beta {m0['beta']}, loss {loss0.item():+.5f} = loss_pg {m0['loss_pg']:+.5f} + alpha * kl_ref")

@@ -31,40 +31,55 @@
 # twice arith's; the warm start at 0.34; `rlsd_min/data/mul7/level.json`) from the same warm start, 5 seeds each, plus one variant per knob with 3 seeds:
 #
 #     python -m rlsd_min verify --profile cpu --variants rlsd_epsw0.9,rlsd_lamconst,sdpg_beta1.0,opsd_live \
-#         --variant-seeds 3 --jobs 2          # 37 runs of 200 steps: about 95 minutes on 2 CPU cores
+#         --variant-seeds 3 --jobs 2
+#
+# The committed run of that command:
+# <!-- generated: clock -->
+# 37 runs, **76.1 minutes on the clock** with at most 2 training at once (146.0 minutes of training summed over runs, 29.2 runs per hour; `clock` and `wall_s` in [`results/summary.json`](../results/summary.json)).
+# <!-- end generated -->
 #
 # It writes `results/`: one run folder per (task, run label, seed) with its `metrics.jsonl`,
 # `summary.json`, the figures, and `REPORT.md`. This notebook reads those committed files (it trains
 # nothing long), checks that the summary really is computed from the run folders, and goes through
 # the claims.
+#
+# **What it trains:** nothing long: it reads the committed `results/` and runs a tiny verification on the `ci` profile to show the mechanics.
+#
+# <!-- generated: notebook-time -->
+# **Time.** Its stored run, on the `cpu` profile: 13 s (the cells' times recorded in this notebook; the longest cell 3 s). A notebook run again reads its finished run folders back and trains nothing.
+# <!-- end generated -->
 
 # %%
 # Set-up, the same first cell in every notebook: make rlsd_min importable, then pick the profile.
 import importlib, importlib.util, pathlib, subprocess, sys
 
-if importlib.util.find_spec("rlsd_min") is None:  # not installed: install the checkout this notebook is in
-    here = pathlib.Path.cwd()
-    ROOT = next((d for d in (here, *here.parents, *sorted(p for p in here.iterdir() if p.is_dir()))
-                 if (d / "pyproject.toml").is_file() and (d / "rlsd_min" / "__init__.py").is_file()), None)
-    if ROOT is None:
-        raise ModuleNotFoundError("rlsd_min is not installed, and no checkout of its repository is in or above "
-                                  f"{here}: clone the repository, then open this notebook from its notebooks/ folder")
+def package_spec():  # rlsd_min's spec, or None: a clone's folder named rlsd_min in the working
+    spec = importlib.util.find_spec("rlsd_min")  # directory imports as an empty namespace, no package
+    return spec if spec is not None and spec.origin is not None else None
+
+here, spec = pathlib.Path.cwd(), package_spec()
+installed = [pathlib.Path(spec.origin).resolve().parents[1]] if spec else []  # an editable install's checkout
+ROOT = next((d for d in (*installed, here, *here.parents, *sorted(p for p in here.iterdir() if p.is_dir()))
+             if (d / "pyproject.toml").is_file() and (d / "rlsd_min" / "__init__.py").is_file()), None)
+if ROOT is None:  # every path below is taken from the checkout's root, whatever the working directory
+    raise ModuleNotFoundError(f"no checkout of the rlsd_min repository is in, above or just below {here}: "
+                              "clone the repository, then open this notebook from its notebooks/ folder")
+if spec is None:  # not installed: install the checkout this notebook is in
     print(f"rlsd_min is not installed: pip install -e {ROOT}")
     if subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", str(ROOT)]).returncode:
         print("pip install failed (above): this kernel imports rlsd_min from the checkout, a new one will not")
     importlib.invalidate_caches()
-    if importlib.util.find_spec("rlsd_min") is None:  # the install takes effect in Python processes started
+    if package_spec() is None:                        # the install takes effect in Python processes started
         sys.path.insert(0, str(ROOT))                 # after it: this kernel imports the checkout directly
 
 from rlsd_min.config import default_profile
 
 PROFILE = default_profile()  # RLSD_PROFILE if set, else gpu when CUDA is present, else cpu
-RUNS = pathlib.Path.cwd().parent / "runs" / "course" / PROFILE  # the course's run folders, shared by its notebooks
+RUNS = ROOT / "runs" / "course" / PROFILE  # the course's run folders, shared by its notebooks
 print("profile:", PROFILE)
 
 # %%
 import json, os, warnings
-from pathlib import Path
 
 warnings.filterwarnings("ignore")
 
@@ -78,7 +93,7 @@ from rlsd_min.lab.results import summarize
 from rlsd_min.lab.stability import collapsed
 
 datasets.disable_progress_bars()
-RESULTS_DIR = Path.cwd().parent / "results"  # the repository's results/ (notebooks run in notebooks/)
+RESULTS_DIR = ROOT / "results"  # the repository's results/
 experiment = json.load(open(RESULTS_DIR / "experiment.json"))
 summary = json.load(open(RESULTS_DIR / "summary.json"))
 print(f"results/: profile {experiment['profile']}, seeds {experiment['seeds']}, methods {experiment['methods']}, "

@@ -22,36 +22,48 @@
 # here, not quoted), how the step time grows with group size, completion length and model size,
 # and which switches make a GPU step faster. It ends with where the path continues for real LLMs.
 #
-# Setting up a GPU machine: `make TORCH_SPEC=torch install` (a CUDA build of torch), then
+# Setting up a GPU machine: `make install` (on Linux, PyPI's torch is a CUDA build), or
+# `make TORCH_INDEX=https://download.pytorch.org/whl/cu<version> install` for one CUDA version
+# ([docs/usage.md](../docs/usage.md#which-torch-you-get-and-how-to-choose)), then
 # `RLSD_PROFILE=gpu .venv/bin/jupyter lab notebooks/`.
+#
+# **What it trains:** nothing: it times single steps of every method on the current device.
+#
+# <!-- generated: notebook-time -->
+# **Time.** Its stored run, on the `cpu` profile: 20 s (the cells' times recorded in this notebook; the longest cell 11 s). A notebook run again reads its finished run folders back and trains nothing.
+# <!-- end generated -->
 
 # %%
 # Set-up, the same first cell in every notebook: make rlsd_min importable, then pick the profile.
 import importlib, importlib.util, pathlib, subprocess, sys
 
-if importlib.util.find_spec("rlsd_min") is None:  # not installed: install the checkout this notebook is in
-    here = pathlib.Path.cwd()
-    ROOT = next((d for d in (here, *here.parents, *sorted(p for p in here.iterdir() if p.is_dir()))
-                 if (d / "pyproject.toml").is_file() and (d / "rlsd_min" / "__init__.py").is_file()), None)
-    if ROOT is None:
-        raise ModuleNotFoundError("rlsd_min is not installed, and no checkout of its repository is in or above "
-                                  f"{here}: clone the repository, then open this notebook from its notebooks/ folder")
+def package_spec():  # rlsd_min's spec, or None: a clone's folder named rlsd_min in the working
+    spec = importlib.util.find_spec("rlsd_min")  # directory imports as an empty namespace, no package
+    return spec if spec is not None and spec.origin is not None else None
+
+here, spec = pathlib.Path.cwd(), package_spec()
+installed = [pathlib.Path(spec.origin).resolve().parents[1]] if spec else []  # an editable install's checkout
+ROOT = next((d for d in (*installed, here, *here.parents, *sorted(p for p in here.iterdir() if p.is_dir()))
+             if (d / "pyproject.toml").is_file() and (d / "rlsd_min" / "__init__.py").is_file()), None)
+if ROOT is None:  # every path below is taken from the checkout's root, whatever the working directory
+    raise ModuleNotFoundError(f"no checkout of the rlsd_min repository is in, above or just below {here}: "
+                              "clone the repository, then open this notebook from its notebooks/ folder")
+if spec is None:  # not installed: install the checkout this notebook is in
     print(f"rlsd_min is not installed: pip install -e {ROOT}")
     if subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", str(ROOT)]).returncode:
         print("pip install failed (above): this kernel imports rlsd_min from the checkout, a new one will not")
     importlib.invalidate_caches()
-    if importlib.util.find_spec("rlsd_min") is None:  # the install takes effect in Python processes started
+    if package_spec() is None:                        # the install takes effect in Python processes started
         sys.path.insert(0, str(ROOT))                 # after it: this kernel imports the checkout directly
 
 from rlsd_min.config import default_profile
 
 PROFILE = default_profile()  # RLSD_PROFILE if set, else gpu when CUDA is present, else cpu
-RUNS = pathlib.Path.cwd().parent / "runs" / "course" / PROFILE  # the course's run folders, shared by its notebooks
+RUNS = ROOT / "runs" / "course" / PROFILE  # the course's run folders, shared by its notebooks
 print("profile:", PROFILE)
 
 # %%
 import json, warnings
-from pathlib import Path
 
 warnings.filterwarnings("ignore")
 
@@ -64,7 +76,7 @@ from rlsd_min.lab.bench import format_table, step_times, summarize
 from rlsd_min.lab.design import COMMITTED_VARIANT_SEEDS, COMMITTED_VARIANTS, PLANS, VERIFY_METHODS, VERIFY_SEEDS, VERIFY_TASKS
 
 datasets.disable_progress_bars()
-RESULTS_DIR = Path.cwd().parent / "results"  # the repository's results/ (notebooks run in notebooks/)
+RESULTS_DIR = ROOT / "results"  # the repository's results/
 DEVICE = pick_device()
 name = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"CPU, {torch.get_num_threads()} torch threads"
 print(f"profile: {PROFILE}; device: {DEVICE} ({name})")
@@ -185,7 +197,7 @@ assert all(r["median_s"] > 0 for r in scaling)
 # | here | at scale |
 # |---|---|
 # | `sample_group` (HF `generate`) | a serving engine for rollouts (vLLM, SGLang), weights synced each step |
-# | `teacher_prompt` = `{context}|{prompt}` | the chat template with the reference in a system or user turn |
+# | `teacher_prompt` = `{context}|{prompt}` | the chat template with the reference in the user turn (why the user turn: [from_tiny_to_cluster.md](../docs/from_tiny_to_cluster.md#the-privileged-context-plain-and-chat)) |
 # | the same weights as teacher (`live`) | no second model in memory; `synced`/`frozen` teachers need a copy (or a LoRA-free snapshot) |
 # | `completion_logits` sharing the prompt's KV cache over a group | prefix caching in the engine |
 # | `methods.py`: a method = a choice of `Ahat`, `D`, `m`, `beta` | TRL's `GRPOTrainer` (the peer in `benchmarks/RESULTS.md`) plus a custom loss, or verl / OpenRLHF |

@@ -29,29 +29,40 @@
 # completions against rlsd_min's own `update` on the same completions: the same loss and the same
 # gradients; (4) a few steps with sampling, logged under rlsd_min's metric names.
 # docs/from_tiny_to_cluster.md goes on to one GPU and to a cluster.
+#
+# **What it trains:** a tiny chat model and a few steps of the TRL trainers on it (8 sampled steps on the `cpu` profile).
+#
+# <!-- generated: notebook-time -->
+# **Time.** Its stored run, on the `cpu` profile: 9 s (the cells' times recorded in this notebook; the longest cell 4 s). A notebook run again reads its finished run folders back and trains nothing.
+# <!-- end generated -->
 
 # %%
 # Set-up, the same first cell in every notebook: make rlsd_min importable, then pick the profile.
 import importlib, importlib.util, pathlib, subprocess, sys
 
-if importlib.util.find_spec("rlsd_min") is None:  # not installed: install the checkout this notebook is in
-    here = pathlib.Path.cwd()
-    ROOT = next((d for d in (here, *here.parents, *sorted(p for p in here.iterdir() if p.is_dir()))
-                 if (d / "pyproject.toml").is_file() and (d / "rlsd_min" / "__init__.py").is_file()), None)
-    if ROOT is None:
-        raise ModuleNotFoundError("rlsd_min is not installed, and no checkout of its repository is in or above "
-                                  f"{here}: clone the repository, then open this notebook from its notebooks/ folder")
+def package_spec():  # rlsd_min's spec, or None: a clone's folder named rlsd_min in the working
+    spec = importlib.util.find_spec("rlsd_min")  # directory imports as an empty namespace, no package
+    return spec if spec is not None and spec.origin is not None else None
+
+here, spec = pathlib.Path.cwd(), package_spec()
+installed = [pathlib.Path(spec.origin).resolve().parents[1]] if spec else []  # an editable install's checkout
+ROOT = next((d for d in (*installed, here, *here.parents, *sorted(p for p in here.iterdir() if p.is_dir()))
+             if (d / "pyproject.toml").is_file() and (d / "rlsd_min" / "__init__.py").is_file()), None)
+if ROOT is None:  # every path below is taken from the checkout's root, whatever the working directory
+    raise ModuleNotFoundError(f"no checkout of the rlsd_min repository is in, above or just below {here}: "
+                              "clone the repository, then open this notebook from its notebooks/ folder")
+if spec is None:  # not installed: install the checkout this notebook is in
     print(f"rlsd_min is not installed: pip install -e {ROOT}")
     if subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", str(ROOT)]).returncode:
         print("pip install failed (above): this kernel imports rlsd_min from the checkout, a new one will not")
     importlib.invalidate_caches()
-    if importlib.util.find_spec("rlsd_min") is None:  # the install takes effect in Python processes started
+    if package_spec() is None:                        # the install takes effect in Python processes started
         sys.path.insert(0, str(ROOT))                 # after it: this kernel imports the checkout directly
 
 from rlsd_min.config import default_profile
 
 PROFILE = default_profile()  # RLSD_PROFILE if set, else gpu when CUDA is present, else cpu
-RUNS = pathlib.Path.cwd().parent / "runs" / "course" / PROFILE  # the course's run folders, shared by its notebooks
+RUNS = ROOT / "runs" / "course" / PROFILE  # the course's run folders, shared by its notebooks
 print("profile:", PROFILE)
 
 # %%

@@ -202,8 +202,11 @@ def chunked_logprobs(hidden: torch.Tensor, head: torch.nn.Module, tokens: torch.
 
 
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token] at each position: (N, T, V), (N, T) -> (N, T)."""
-    return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    """log softmax(logits)[token] at each position: (N, T, V), (N, T) -> (N, T), a chunk of rows at
+    a time (at most LOGITS_CHUNK_BYTES of log-softmax held at once)."""
+    rows = max(1, LOGITS_CHUNK_BYTES // max(1, logits[0].numel() * 4))
+    return torch.cat([torch.log_softmax(logits[s:s + rows], dim=-1).gather(-1, tokens[s:s + rows].unsqueeze(-1)).squeeze(-1)
+                      for s in range(0, logits.shape[0], rows)])
 
 
 def rollout_logprobs(model, rollout: Rollout, temperature: float = 1.0) -> torch.Tensor:

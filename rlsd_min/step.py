@@ -119,29 +119,39 @@ def teacher_scores(teacher_model, prompt_ids, prompt_mask, rollout: Rollout, adv
                    prompt_index=None, context_rows=None):
     """(log q_t(y_t) (N, T), full-vocabulary logits (N, T, V) or None, rows) of the teacher on
     the rollout, after its prompts (U, P'): one per group, or row n's is prompt_index[n]
-    (teacher.encode_teacher_prompts).
+    (teacher.encode_teacher_prompts). The rows scored are `scored_teacher_rows`'."""
+    full_vocab = METHODS[cfg.method].needs_logits(cfg)
+
+    def score(rows):
+        out = score_completions(teacher_model, prompt_ids, prompt_mask, rollout, full_vocab, cfg.temperature,
+                                rows, prompt_index)                              # (n, T) [, (n, T, V)]
+        return out if full_vocab else (out, None)
+
+    return scored_teacher_rows(score, advantages, cfg, rollout.completion_ids.shape, teacher_model.config.vocab_size,
+                               context_rows)
+
+
+def scored_teacher_rows(score, advantages, cfg, shape: tuple, vocab_size: int, context_rows=None):
+    """(log q_t(y_t) (N, T), logits (N, T, V) or None, rows) from score(rows) -> ((n, T), (n, T, V)
+    or None), the teacher's forward over the rows asked for (None = all N): the tiny loop's
+    (`teacher_scores`) and the TRL trainers'.
 
     Only the rows whose loss the teacher can change are scored: those that have a teacher
     (context_rows (N,) bool; None = all: a `sibling` row whose group has no other success has
     none) and that the method's term reaches (METHODS[cfg.method].teacher_rows: A_i > 0 under
     SDPG's gate, A_i != 0 for RLSD; None = all). The others get 0 log-probs and 0 logits (a
     uniform teacher) and no teacher term in the loss (rows, StepBatch.teacher_rows)."""
-    method = METHODS[cfg.method]
-    full_vocab = method.needs_logits(cfg)
-    rows = method.teacher_rows(advantages, cfg)                                  # (N,) bool or None
+    full_vocab = METHODS[cfg.method].needs_logits(cfg)
+    rows = METHODS[cfg.method].teacher_rows(advantages, cfg)                      # (N,) bool or None
     if context_rows is not None:
         rows = context_rows if rows is None else rows & context_rows              # (N,)
-    N, T = rollout.completion_ids.shape
     if rows is None:
-        out = score_completions(teacher_model, prompt_ids, prompt_mask, rollout, full_vocab, cfg.temperature,
-                                prompt_index=prompt_index)
-        return (*out, rows) if full_vocab else (out, None, rows)
+        return (*score(None), rows)
+    N, T = shape
     if not rows.any():
-        logits = torch.zeros(N, T, teacher_model.config.vocab_size, device=prompt_ids.device) if full_vocab else None
-        return torch.zeros(N, T, device=prompt_ids.device), logits, rows
-    out = score_completions(teacher_model, prompt_ids, prompt_mask, rollout, full_vocab, cfg.temperature,
-                            rows, prompt_index)                                  # (n, T) [, (n, T, V)]
-    scored, scored_logits = out if full_vocab else (out, None)
+        logits = torch.zeros(N, T, vocab_size, device=advantages.device) if full_vocab else None
+        return torch.zeros(N, T, device=advantages.device), logits, rows
+    scored, scored_logits = score(rows)                                          # (n, T), (n, T, V) or None
     logp = scored.new_zeros(N, T).index_put((rows,), scored)                     # (N, T)
     logits = scored_logits.new_zeros(N, T, scored_logits.shape[-1]).index_put((rows,), scored_logits) \
         if full_vocab else None                                                  # (N, T, V)
@@ -177,7 +187,7 @@ def method_loss(policy, batch: StepBatch, cfg, step: int) -> tuple[torch.Tensor,
             if method.needs_logits(cfg):  # log-probs and the full-vocabulary D_t from each chunk's logits
                 scored, scored_ent, scored_distill = over_row_chunks(
                     lambda lg, y, q: (*token_scores(lg, y), distillation(cfg, lg, q)), hidden, head,
-                    cfg.temperature, tokens, batch.teacher_logits[picked])      # (n, T) x 3
+                    cfg.temperature, tokens, batch.teacher_logits if full else batch.teacher_logits[picked])  # (n, T) x 3
                 distill = scored_distill if full else logp.to(scored.dtype).index_put((picked,), scored_distill)
             else:
                 scored, scored_ent = chunked_logprobs(hidden, head, tokens, cfg.temperature)    # (n, T), (n, T)

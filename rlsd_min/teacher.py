@@ -31,8 +31,8 @@ import random
 import torch
 
 from .decoding import split_head
-from .sampling import (check_fits, chunked_logprobs, completion_hidden, completion_logits, encode_prompts,
-                       gather_logprobs)
+from .sampling import (check_fits, chunked_logprobs, completion_hidden, encode_prompts,
+                       gather_logprobs, output_logits)
 
 PRIVILEGED_TEMPLATE = "{context}|{prompt}"
 """Teacher prompt: privileged context c, a '|' separator, then the student prompt x."""
@@ -238,18 +238,14 @@ def score_completions(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
     picked = torch.arange(N, device=prompt_ids.device) if rows is None else rows.nonzero().squeeze(1)  # (n,)
     used, groups = torch.unique(prompt_index[picked], return_inverse=True)  # prompts needed; (n,) into them
     completion = rollout.completion_ids[picked]                                              # (n, T)
-    with torch.inference_mode():
-        if return_logits:
-            logits = completion_logits(model, prompt_ids[used], prompt_mask[used], completion,
-                                       rollout.completion_mask[picked], temperature, groups)  # (n, T, V)
-            logp = gather_logprobs(logits, completion)                                       # (n, T)
-        else:  # the log-probs alone: without holding the (n, T, V) logits
-            body, head = split_head(model)
-            hidden = completion_hidden(body, prompt_ids[used], prompt_mask[used], completion,
-                                       rollout.completion_mask[picked], groups)             # (n, T, H)
-            logp = chunked_logprobs(hidden, head, completion, temperature)[0]               # (n, T)
-    # clone: inference tensors become ordinary (still gradient-free) tensors for the loss
-    return (logp.clone(), logits.clone()) if return_logits else logp.clone()
+    body, head = split_head(model)
+    with torch.no_grad():
+        hidden = completion_hidden(body, prompt_ids[used], prompt_mask[used], completion,
+                                   rollout.completion_mask[picked], groups)                 # (n, T, H)
+        if not return_logits:  # the log-probs alone: without holding the (n, T, V) logits
+            return chunked_logprobs(hidden, head, completion, temperature)[0]               # (n, T)
+        logits = output_logits(head, hidden, temperature)                                   # (n, T, V)
+        return gather_logprobs(logits, completion), logits                                  # (n, T), (n, T, V)
 
 
 class Teacher:

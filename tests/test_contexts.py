@@ -16,7 +16,7 @@ import torch
 import rlsd_min
 from rlsd_min import model as model_io
 from rlsd_min.batch import Rollout
-from rlsd_min.sampling import encode_completions, encode_prompts, sample_group
+from rlsd_min.sampling import encode_completions, encode_prompts, sample_group, token_logprobs
 from rlsd_min.step import make_teacher, method_loss, score_rollout
 from rlsd_min.tasks import TASKS
 from rlsd_min.teacher import (CONTEXT_KINDS, OTHER_KINDS, derangement, longest_privileged_prompt, other_problems,
@@ -199,7 +199,7 @@ def test_an_rlsd_row_without_a_sibling_gets_grpos_token_advantage(splits):
     out = {}
     for method in ("rlsd", "grpo"):
         model.zero_grad()
-        loss, _, _ = method_loss(model, batch, rlsd_min.train_config("ci", method=method, group_size=4), step=0)
+        loss, _ = method_loss(model, batch, rlsd_min.train_config("ci", method=method, group_size=4), step=0)
         loss.backward()
         out[method] = (loss.item(), [p.grad.clone() for p in model.parameters()])
     assert out["rlsd"][0] == out["grpo"][0] != 0
@@ -212,8 +212,10 @@ def test_grpo_opsd_distills_only_the_rows_with_a_sibling(splits):
     model, tok = model_io.load(str(BASE_CHECKPOINT))
     cfg = rlsd_min.train_config("ci", method="grpo_opsd", teacher_context="sibling", group_size=4)
     batch = _chosen_batch(splits, tok, model, cfg)
-    _, metrics, logits = method_loss(model, batch, cfg, step=0)
-    log_p = torch.log_softmax(logits.detach().double(), -1)                          # (N, T, V)
+    _, metrics = method_loss(model, batch, cfg, step=0)
+    with torch.no_grad():
+        logits = token_logprobs(model, batch.rollout)[1]                             # (N, T, V) the student's
+    log_p = torch.log_softmax(logits.double(), -1)                                   # (N, T, V)
     log_q = torch.log_softmax(batch.teacher_logits.double(), -1)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)                                     # (N, T)
     mask = batch.rollout.completion_mask.double()                                    # (N, T)

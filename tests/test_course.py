@@ -260,7 +260,7 @@ import json, sys
 ns = {}
 exec(open(sys.argv[1]).read(), ns)
 import rlsd_min
-print(json.dumps(dict(file=rlsd_min.__file__, profile=ns["PROFILE"])))
+print(json.dumps(dict(file=rlsd_min.__file__, profile=ns["PROFILE"], runs=str(ns["RUNS"]))))
 """
 
 
@@ -293,6 +293,28 @@ def test_setup_cell_installs_the_checkout_where_the_package_is_missing(tmp_path,
         assert again.returncode != 0
 
 
+def test_a_hosted_start_takes_its_paths_from_the_clone(tmp_path, bare_python):
+    """A hosted runtime: the kernel starts in the clone's parent, rlsd_min not installed, and the
+    clone's folder is named rlsd_min (what `git clone` makes), which Python in that working
+    directory sees as an empty namespace package. The first cell installs the clone, imports the
+    package, and puts the run folders under the clone, not under the working directory's parent."""
+    python, env = bare_python
+    content = tmp_path / "content"
+    clone = content / "rlsd_min"
+    clone.mkdir(parents=True)
+    _checkout_copy(clone)
+    cell = tmp_path / "cell.py"
+    cell.write_text(setup_cell(notebooks()[0]))
+    env = dict(env, RLSD_PROFILE="ci", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_BUILD_ISOLATION="0")
+    proc = subprocess.run([python, "-c", AFTER, str(cell)], cwd=content, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    got = json.loads(proc.stdout.splitlines()[-1])
+    assert f"pip install -e {clone}" in proc.stdout
+    assert Path(got["file"]).resolve() == (clone / "rlsd_min" / "__init__.py").resolve()
+    assert Path(got["runs"]) == clone / "runs" / "course" / "ci"
+
+
 # --- one set of runs ------------------------------------------------------------------------------
 
 TRAINS = re.compile(r"\b(?:rlsd_min\.train|warm_start|run_experiment)\(")
@@ -310,3 +332,47 @@ def test_notebooks_train_into_the_course_run_folders(path):
         assert "tempfile" not in text, f"{path.name} cell {i} uses tempfile: train into RUNS / <name> instead"
         if TRAINS.search(text):
             assert "RUNS" in text, f"{path.name} cell {i} trains, but not into a folder under RUNS"
+
+
+# --- what the checks reject -----------------------------------------------------------------------
+
+def _exercise_in(stem: str) -> tuple[Path, int]:
+    (param,) = [p for p in exercises() if p.values[0].stem == stem]
+    return param.values
+
+
+def test_exercise_6_rejects_an_answer_without_the_detach(monkeypatch):
+    """The same formula as the solution, with Delta_t left attached: its values are right, its
+    gradients are not, and the check says so (with the seed that draws the case again)."""
+    import torch
+
+    def undetached(A, teacher_logp, student_logp, lam, eps_w):
+        w = torch.exp(torch.sign(A)[:, None] * (teacher_logp - student_logp))                  # (N, T), no sg
+        return A[:, None] * ((1 - lam) + lam * w.clamp(1 - eps_w, 1 + eps_w))                 # (N, T)
+
+    path, i = _exercise_in("06_rlsd")
+    cells = cells_of(path)
+    namespace = {"__name__": "__main__"}
+    monkeypatch.delenv("RLSD_SOLUTIONS", raising=False)
+    exec(compile(source(cells[i]), path.name, "exec"), namespace)
+    namespace["my_rlsd_advantages"] = undetached
+    with pytest.raises(AssertionError, match=r"the gradient of my_rlsd_advantages.*differs.*seeded (\d+)") as err:
+        exec(compile(source(cells[i + 1]), path.name, "exec"), namespace)
+    seed = re.search(r"seeded (\d+)", str(err.value))[1]
+    monkeypatch.setenv("RLSD_EXERCISE_SEED", seed)       # the same seed draws the same failing case
+    with pytest.raises(AssertionError) as again:
+        exec(compile(source(cells[i + 1]), path.name, "exec"), namespace)
+    assert str(again.value) == str(err.value)
+
+
+def test_a_failure_prints_the_values_of_a_larger_input(monkeypatch):
+    import torch
+
+    from rlsd_min.lab.exercises import compare, fresh_generator
+
+    x = torch.arange(40.0).reshape(4, 10)
+    with pytest.raises(AssertionError, match=r"tensor\(\[0\.0, 1\.0, .*39\.0\], shape \(4, 10\)\)"):
+        compare("mine", lambda t: t + 1, lambda t: t, x)
+    monkeypatch.setenv("RLSD_EXERCISE_SEED", "abc")
+    with pytest.raises(ValueError, match="RLSD_EXERCISE_SEED must be a non-negative integer, got 'abc'"):
+        fresh_generator()

@@ -214,3 +214,79 @@ def test_link_problems_are_found():
     assert "no heading" in link_problem(readme, "docs/grpo.md#no-such-heading")
     assert OUTSIDE.search("see /work/shared/spec/METHODS.md") and OUTSIDE.search("../shared/x")
     assert not OUTSIDE.search("python -m rlsd_min eval --split ood > /tmp/x.txt")
+
+
+# --- the generated blocks (rlsd_min/lab/blocks.py) -------------------------------------------
+
+def _block_names(path: Path) -> list[str]:
+    from rlsd_min.lab.blocks import OPEN
+
+    return [m["name"] for m in OPEN.finditer(markdown_of(path))]
+
+
+def test_the_generated_blocks_agree_with_their_sources():
+    from rlsd_min.lab.blocks import stale_blocks
+
+    stale = stale_blocks(ROOT)
+    assert stale == [], (f"generated blocks differ from results/summary.json, results/arith_split/summary.json or "
+                         f"the notebooks' stored runs in {stale}: run `python -m rlsd_min.lab.blocks`")
+
+
+def test_every_results_section_is_generated():
+    """The README and each method page quote the mul7 verification through blocks; every notebook
+    states its stored run's time through one."""
+    readme = _block_names(ROOT / "README.md")
+    assert {"verdicts mul7", "clock", "course-times"} <= set(readme) and any(n.startswith("metrics mul7") for n in readme)
+    for page in ("grpo", "opsd", "grpo_opsd", "rlsd", "sdpg"):
+        names = _block_names(ROOT / "docs" / f"{page}.md")
+        assert f"claims mul7 {page}" in names and any(n.startswith("runs mul7") for n in names), page
+    assert "below-floor" in _block_names(ROOT / "docs" / "leakage.md")
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        assert "notebook-time" in _block_names(nb), f"{nb.name} does not state its stored run's time"
+
+
+def _copy_of_the_sources(dest: Path) -> None:
+    """What the blocks read and where they are, copied: the pages, the notebooks, the summaries and
+    the split runs' metrics."""
+    for path in ["README.md", *[p.relative_to(ROOT) for p in (ROOT / "docs").glob("*.md")],
+                 *[p.relative_to(ROOT) for p in (ROOT / "notebooks").glob("[0-9]*")],
+                 "results/summary.json", "results/arith_split/summary.json",
+                 *[p.relative_to(ROOT) for p in (ROOT / "results/arith_split/runs/split").glob("*/seed*/metrics.jsonl")]]:
+        (dest / path).parent.mkdir(parents=True, exist_ok=True)
+        (dest / path).write_bytes((ROOT / path).read_bytes())
+
+
+def test_a_changed_number_makes_the_blocks_stale(tmp_path):
+    """The drift check: one number changed in a copy of summary.json, or one cell time in a copy of
+    a notebook, and the check names the files whose blocks quote it; rewriting them makes them agree."""
+    from rlsd_min.lab.blocks import stale_blocks, write_blocks
+
+    _copy_of_the_sources(tmp_path)
+    assert stale_blocks(tmp_path) == []
+    summary = json.loads((tmp_path / "results/summary.json").read_text())
+    cell = summary["table"]["mul7"]["rlsd"]["final_acc"]
+    cell["mean"] += 0.1
+    (tmp_path / "results/summary.json").write_text(json.dumps(summary))
+    stale = stale_blocks(tmp_path)
+    assert "README.md" in stale and "docs/rlsd.md" in stale, stale
+    nb = tmp_path / "notebooks" / "06_rlsd.ipynb"
+    cells = json.loads(nb.read_text())
+    timed = next(c for c in cells["cells"] if "execution" in c.get("metadata", {}))
+    timed["metadata"]["execution"]["shell.execute_reply"] = "2099-01-01T00:00:00.000000Z"
+    nb.write_text(json.dumps(cells, indent=1, ensure_ascii=False) + "\n")
+    assert {"notebooks/06_rlsd.ipynb", "notebooks/06_rlsd.py"} <= set(stale_blocks(tmp_path))
+    write_blocks(tmp_path)
+    assert stale_blocks(tmp_path) == []
+    assert f"{cell['mean']:.3f} ± {cell['std']:.3f}" in (tmp_path / "docs/rlsd.md").read_text()
+
+
+def test_a_bad_block_is_named(tmp_path):
+    from rlsd_min.lab.blocks import rewrite
+
+    page = tmp_path / "docs" / "x.md"
+    with pytest.raises(ValueError, match="unknown block kind 'table'"):
+        rewrite("<!-- generated: table mul7 -->\n<!-- end generated -->\n", tmp_path, page)
+    with pytest.raises(ValueError, match="no line '<!-- end generated -->'"):
+        rewrite("<!-- generated: clock -->\ntext\n", tmp_path, page)
+    with pytest.raises(ValueError, match="unknown block source 'mul8'"):
+        rewrite("<!-- generated: runs mul8 grpo -->\n<!-- end generated -->\n", tmp_path, page)

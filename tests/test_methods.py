@@ -8,7 +8,6 @@ import torch
 import rlsd_min
 from rlsd_min import rlsd_advantages, sdpg_beta, teacher_logprobs, token_logprobs
 from rlsd_min.config import train_config
-from rlsd_min.methods import sdpg
 from rlsd_min.methods import METHODS
 from rlsd_min.objective import template_loss
 from rlsd_min.batch import StepBatch
@@ -120,7 +119,7 @@ def test_sdpg_gate_zeroes_the_distillation_term_on_non_positive_advantages():
     student, logp, batch = _fake_batch()
     # only the distillation term: zero advantages for the outcome part
     batch.advantages = torch.tensor([1.0, -1.0, -1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
-    loss, metrics = sdpg(logp, student, batch, cfg, step=0)
+    loss, metrics = METHODS["sdpg"].loss_of_logits(logp, student, batch, cfg, step=0)
     loss.backward()
     grad = student.grad.abs().sum((1, 2))
     # rows 4-7 have A = 0: no outcome gradient, and gated out of the distillation: no gradient at all

@@ -20,6 +20,7 @@ from trl.trainer.utils import add_fused_lm_head, use_adapter
 
 from ..methods import METHODS
 from ..teacher import PRIVILEGED_TEMPLATE, Teacher, teacher_prompt
+from ..step import scored_teacher_rows
 from .trl_scoring import causal_lm, completion_scores
 
 CONTEXT_COLUMN = "privileged_context"
@@ -195,27 +196,18 @@ def make_teacher(trainer):
 
 def teacher_scores(trainer, teacher, student, inputs, rollout, advantages, cfg):
     """(log q_t(y_t) (N, T), full-vocabulary logits (N, T, V) or None, rows) of the teacher on the
-    student's completion ids after each row's teacher prompt, by the one scoring path.
-
-    As rlsd_min.step.teacher_scores: only the rows whose loss the teacher can change are scored
-    (METHODS[cfg.method].teacher_rows; None = all); the others get 0 log-probs and 0 logits (a
-    uniform teacher), which their loss multiplies by 0."""
-    method = METHODS[cfg.method]
-    full_vocab = method.needs_logits(cfg)
-    rows = method.teacher_rows(advantages, cfg)                                     # (N,) bool or None
+    student's completion ids after each row's teacher prompt, by the one scoring path; the rows
+    scored are rlsd_min.step.scored_teacher_rows' (those whose loss the teacher can change)."""
+    full_vocab = METHODS[cfg.method].needs_logits(cfg)
     ids, mask = inputs["teacher_prompt_ids"], inputs["teacher_prompt_mask"]         # (N, P')
     cids, cmask = rollout.completion_ids, rollout.completion_mask                   # (N, T)
-    picked = slice(None) if rows is None else rows                                  # the n rows scored
-    N, T = cids.shape
-    logp, logits = cids.new_zeros(N, T, dtype=torch.float32), None                  # (N, T)
-    if rows is None or rows.any():
+
+    def score(rows):
+        picked = slice(None) if rows is None else rows                              # the n rows scored
         with torch.no_grad(), teacher.scoring(student) as model:
             lp, _, lg = completion_scores(trainer, model, ids[picked], mask[picked], cids[picked], cmask[picked],
                                           full_vocab=full_vocab)                   # (n, T), (n, T, V)
-        logp[picked] = lp.float()
-        if full_vocab:
-            logits = lg.new_zeros(N, T, lg.shape[-1])                               # (N, T, V)
-            logits[picked] = lg
-    elif full_vocab:
-        logits = logp.new_zeros(N, T, causal_lm(student).get_output_embeddings().weight.shape[0])
-    return logp, logits, rows
+        return lp.float(), lg
+
+    vocab = causal_lm(student).get_output_embeddings().weight.shape[0]
+    return scored_teacher_rows(score, advantages, cfg, cids.shape, vocab)

@@ -218,6 +218,7 @@ def cmd_bench(args) -> None:
 
 
 def cmd_verify(args) -> None:
+    from .blocks import refresh_after_report
     from .experiment import experiment_config, run_experiment
     from .results import plan, run_dir, run_status
 
@@ -249,6 +250,7 @@ def cmd_verify(args) -> None:
     missing = f"; {len(summary['missing'])} runs not finished" if summary["missing"] else ""
     print(f"{summary['runs']} runs ({summary['wall_s'] / 60:.1f} min of training in total; this call "
           f"{(time.time() - t0) / 60:.1f} min{missing}) -> {os.path.join(args.out, 'REPORT.md')}")
+    refresh_after_report(args.out)  # results/ itself: the README's, pages' and notebooks' results blocks too
 
 
 def main(argv=None) -> None:
