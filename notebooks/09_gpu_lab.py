@@ -91,7 +91,7 @@ print(f"profile: {PROFILE}; device: {DEVICE} ({name})")
 #
 # Each profile sizes the same jobs for a budget. `ci` exists so the tests and notebooks run in
 # seconds; `cpu` is what the committed notebooks and `results/` were made with; `gpu` has four
-# times the prompts per step, twice the evaluation set and longer runs.
+# times the prompts per step, the whole validation split as its evaluation set and longer runs.
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -35,10 +35,11 @@ from .tasks import TASKS
 PROFILES = {
     "ci": dict(steps=4, prompts_per_step=4, group_size=4, eval_every=2, eval_problems=16, checkpoint_every=2),
     "cpu": dict(steps=100, prompts_per_step=16, group_size=8, eval_every=10, eval_problems=256, checkpoint_every=20),
-    "gpu": dict(steps=200, prompts_per_step=64, group_size=8, eval_every=10, eval_problems=512, checkpoint_every=50),
+    "gpu": dict(steps=200, prompts_per_step=64, group_size=8, eval_every=10, eval_problems=256, checkpoint_every=50),
 }
 """What each profile sets: the size of a run. ci: seconds (tests, notebooks under nbval);
-cpu: a minute or two per method on 2 CPU cores (`make demo`); gpu: a classroom GPU lab."""
+cpu: a minute or two per method on 2 CPU cores (`make demo`); gpu: a classroom GPU lab. eval_problems
+is at most a task's validation split (256 problems each; `train` refuses more)."""
 BASE_VALUES = dict(max_new_tokens=40)
 """The value of a None field that no method, task or profile sets."""
 
@@ -365,12 +366,33 @@ def field_docs(cls) -> dict:
     return {f.name: (f.default, docs.get(f.name, "")) for f in dataclasses.fields(cls)}
 
 
+def write_atomic(path, write) -> None:
+    """Replace the file `path` atomically: `write(f)` fills a temporary file of a name no other
+    writer uses, in the same folder, which is then renamed over `path`. A rename replaces a
+    symlink itself, never the file it points to; a symlink at `path` is refused (named), so a
+    received folder cannot send a write elsewhere."""
+    import tempfile
+
+    path = str(path)
+    if os.path.islink(path):
+        raise ValueError(f"{path} is a symlink; it is not written through: replace it by a plain file, or "
+                         "delete it")
+    folder, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(dir=folder or ".", prefix=f".{name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the file from the folder's other readers
+        with os.fdopen(fd, "w", newline="") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def save_json(obj, path) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    """Write JSON atomically (`write_atomic`)."""
+    write_atomic(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True))
 
 
 def pick_device(device: str | None = None) -> torch.device:

@@ -36,6 +36,7 @@ class RunInterrupted(KeyboardInterrupt):
 def check_problem_counts(cfg: TrainConfig, n_train: int, n_validation: int) -> None:
     """Fail before any work if the task has fewer distinct prompts than a step or the probes ask for."""
     for field, need, have in (("prompts_per_step", cfg.prompts_per_step, n_train),
+                              ("eval_problems", cfg.eval_problems, n_validation),
                               ("probe_problems", cfg.probe_problems, min(n_train, n_validation))):
         if need > have:
             raise ValueError(f"task {cfg.task!r} cannot produce {need} distinct problems for {field}: "
@@ -114,7 +115,7 @@ def _train(cfg: TrainConfig, run: RunDir, device, progress: bool) -> list[dict]:
     else:
         torch.manual_seed(cfg.seed)
         history = [{"step": 0, **evaluation()}]
-        run.append(history[0])
+        run.write_metrics(history)  # a fresh start: rows of an attempt without a checkpoint go
     if progress and done:
         print(f"{run.path}: " + (f"finished ({done} of {cfg.steps} steps)" if done >= cfg.steps
                                  else f"resuming from step {done} of {cfg.steps}"))
@@ -133,9 +134,10 @@ def _train(cfg: TrainConfig, run: RunDir, device, progress: bool) -> list[dict]:
             bar.set_postfix(reward=f"{row['reward_mean']:.2f}", acc=f"{row['eval_acc']:.2f}")
         row.update(lr=optimizer.param_groups[0]["lr"], num_tokens=history[-1].get("num_tokens", 0) + row["tokens"])
         history.append(row)
-        run.append(row)
         if row["step"] % cfg.checkpoint_every == 0 or row["step"] == cfg.steps:
-            run.save(policy, tokenizer, optimizer, history, teacher)
+            run.save(policy, tokenizer, optimizer, history, teacher)  # the checkpoint, then its rows
+        else:
+            run.append(row)
     return history
 
 

@@ -67,21 +67,53 @@ def save(model, tokenizer, path: str, extra: dict | None = None) -> None:
     """save_pretrained (safetensors) for model and tokenizer, written atomically.
 
     Everything goes to `path.tmp` first and is renamed over `path` only once complete,
-    so an interrupted save never leaves a half-written checkpoint in place of a good one.
+    so an interrupted save never leaves a half-written checkpoint in place of a good one
+    (`recover` finishes or undoes one).
     `extra` maps file names to objects saved beside them with torch.save.
     """
     path = str(path).rstrip("/")
     tmp, old = f"{path}.tmp", f"{path}.old"
-    for stale in (tmp, old):
-        _rmtree(stale)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    for name, obj in (extra or {}).items():
-        torch.save(obj, os.path.join(tmp, name))
+    recover(path)
+    _rmtree(old)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for name, obj in (extra or {}).items():
+            torch.save(obj, os.path.join(tmp, name))
+    except BaseException:
+        _rmtree(tmp)  # a partial save (a full disk, say) gives its space back
+        raise
     if os.path.exists(path):
         os.replace(path, old)
     os.replace(tmp, path)
     _rmtree(old)
+
+
+def recover(path: str) -> None:
+    """Finish what an interrupted save() left: `path.old` without `path` (stopped between its two
+    renames) is moved back to `path`; a partial `path.tmp` is removed."""
+    path = str(path).rstrip("/")
+    if not os.path.exists(path) and os.path.isdir(f"{path}.old"):
+        os.replace(f"{path}.old", path)
+    _rmtree(f"{path}.tmp")
+
+
+def load_state(path: str) -> dict:
+    """A file of save()'s `extra`, read by torch.load(weights_only=True): tensors, numbers, strings,
+    lists and dicts only, so a file that holds any other object (which unpickling would run code
+    for) is refused with a ValueError naming it, never executed."""
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # a foreign pickle protocol warns before it is refused
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
+        raise ValueError(f"{path} holds objects other than tensors, numbers, strings, lists and dicts "
+                         f"({found[0] if found else 'torch.load(weights_only=True) refused it'}); it is not "
+                         "loaded, since unpickling it could run code") from None
 
 
 def load(path: str, device: str | torch.device = "cpu"):

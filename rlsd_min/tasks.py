@@ -43,6 +43,7 @@ multiplier are not.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -58,14 +59,18 @@ DATA_ENV = "RLSD_DATA"
 """environment variable naming another folder for the data files and warm starts"""
 
 
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"
+"""the copies shipped inside the package (package data of the wheel too)"""
+
+
 def data_root() -> Path:
     """The folder holding every task's data files and warm start: $RLSD_DATA when set, else
-    the copies shipped inside the package (rlsd_min/data, package data of the wheel too).
+    PACKAGE_DATA.
 
     The one setting for where data lives: set RLSD_DATA to regenerate data or warm starts
     outside an installed package (`python -m rlsd_min data`, `warmstart` write there).
     """
-    return Path(os.environ.get(DATA_ENV) or Path(__file__).resolve().parent / "data")
+    return Path(os.environ.get(DATA_ENV) or PACKAGE_DATA)
 
 
 @dataclass
@@ -177,10 +182,33 @@ class Problem:
 
     @staticmethod
     def from_row(row: dict):
-        """A Problem, or a SplitProblem when row['op'] == 'split'."""
-        if row["op"] == "split":
-            return SplitProblem(int(row["a"]), int(row["digits"]), int(row["b"]))
-        return Problem(row["op"], int(row["a"]), int(row["b"]), int(row["digits"]))
+        """A Problem, or a SplitProblem when row['op'] == 'split', from a row of `to_row`; a
+        ValueError naming what is wrong when the row is not one (an unknown op, a value out of
+        range, a prompt, answer or solution that does not follow from op, a, b and digits)."""
+        if not isinstance(row, dict):
+            raise ValueError(f"a row must be a JSON object, got {type(row).__name__}")
+        missing = [k for k in ("op", "a", "b", "digits") if k not in row]
+        if missing:
+            raise ValueError(f"the row lacks {missing}")
+        op, a, b, digits = row["op"], row["a"], row["b"], row["digits"]
+        if op not in ALL_OPS:
+            raise ValueError(f"unknown op {op!r}; choose from {ALL_OPS}")
+        for name, value in (("a", a), ("b", b), ("digits", digits)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        if not 1 <= digits <= 16:
+            raise ValueError(f"digits must be in 1..16, got {digits}")
+        width_b = 1 if op in ("mul", "split") else digits
+        if not (0 <= a < 10**digits and 0 <= b < 10**width_b) or (op == "sub" and b > a):
+            raise ValueError(f"a={a}, b={b} out of range for op {op!r} with {digits} digits (0 <= a < "
+                             f"{10**digits}, 0 <= b < {10**width_b}{', b <= a' if op == 'sub' else ''})")
+        problem = SplitProblem(a, digits, b) if op == "split" else Problem(op, a, b, digits)
+        wrong = sorted(k for k, v in problem.to_row().items() if k in row and row[k] != v)
+        if wrong:
+            raise ValueError(f"{', '.join(f'{k}={row[k]!r}' for k in wrong)} does not follow from op={op!r}, "
+                             f"a={a}, b={b}, digits={digits} (expected "
+                             f"{', '.join(f'{k}={problem.to_row()[k]!r}' for k in wrong)})")
+        return problem
 
 
 @dataclass(frozen=True)
@@ -401,23 +429,55 @@ def build_datasets(task, out_dir: str, seed: int) -> dict[str, str]:
     return paths
 
 
-def ensure_data(data_dir: str, task) -> None:
-    """Build the data files of TaskConfig `task` in data_dir unless they are there already."""
-    if not os.path.exists(os.path.join(data_dir, "train.jsonl")):
-        print(f"building data files ({task.ops}, {task.digits} digits) in {data_dir}")
-        build_datasets(task, data_dir, task.seed)
+def ensure_data(data_dir: str, task: str) -> None:
+    """Build task `task`'s data files in data_dir when they are missing and data_dir is the
+    task's folder in PACKAGE_DATA; any other folder without them is refused, naming the folder
+    and the command that makes them (nothing is written outside the package unless asked)."""
+    if os.path.exists(os.path.join(data_dir, "train.jsonl")):
+        return
+    if Path(data_dir).resolve() != (PACKAGE_DATA / TASKS[task].data_name).resolve():
+        raise FileNotFoundError(
+            f"{data_dir} holds no data files of task {task!r} (train.jsonl, validation.jsonl, ...); make them "
+            f"with `python -m rlsd_min data --task {task} --out {data_dir}`, or point data_dir/{DATA_ENV} at a "
+            "folder that holds them")
+    config = TASKS[task].data
+    print(f"building data files ({config.ops}, {config.digits} digits) in {data_dir}")
+    build_datasets(config, data_dir, config.seed)
+
+
+def read_jsonl(path: str) -> list:
+    """The Problems of one data file; a ValueError naming the file and line of a bad row (a
+    malformed line, an unknown op, a value out of range) and an empty file."""
+    problems = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                problems.append(Problem.from_row(json.loads(line)))
+            except ValueError as e:
+                why = f"not valid JSON ({e.msg} at column {e.colno})" if isinstance(e, json.JSONDecodeError) else e
+                raise ValueError(f"{path} line {i}: {why}; rebuild the file with `python -m rlsd_min data --task "
+                                 "<task> --out <folder> --force`, or fix that line") from None
+    if not problems:
+        raise ValueError(f"{path} holds no problems; rebuild it with `python -m rlsd_min data --task <task> "
+                         "--out <folder> --force`")
+    return problems
 
 
 def load_splits(data_dir: str) -> dict:
-    """Load the JSONL files of `build_datasets` back with `datasets.load_dataset` (local only)."""
-    from datasets import load_dataset
+    """The JSONL files of `build_datasets` as a `datasets.DatasetDict` (one Dataset per split),
+    every row checked (`read_jsonl`). Read from the files on each call, never from datasets'
+    cache, so an edited file is read as it is now."""
+    from datasets import Dataset, DatasetDict
 
     files = {name: os.path.join(data_dir, f"{name}.jsonl") for name in SPLITS}
     missing = [f for f in files.values() if not os.path.exists(f)]
     if missing:
         raise FileNotFoundError(
-            f"data files missing: {missing}; build them with `python -m rlsd_min data --out {data_dir}`")
-    return load_dataset("json", data_files=files)
+            f"data files missing: {missing}; build them with `python -m rlsd_min data --task <task> --out {data_dir}`")
+    return DatasetDict({name: Dataset.from_list([p.to_row() for p in read_jsonl(path)])
+                        for name, path in files.items()})
 
 
 def problems_of(split) -> list:

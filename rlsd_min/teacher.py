@@ -49,10 +49,22 @@ TEACHER_MODES = ("live", "frozen", "synced", "ema")
 
 
 def teacher_prompt(prompt: str, context: str, template: str = PRIVILEGED_TEMPLATE) -> str:
-    """The teacher's prompt for student prompt x and privileged context c."""
-    for field in ("{context}", "{prompt}"):
-        if field not in template:
-            raise ValueError(f"privileged template {template!r} lacks the {field} placeholder")
+    """The teacher's prompt for student prompt x and privileged context c. The template holds
+    {context} and {prompt}, once each or more, and no other placeholder ({{ and }} write braces)."""
+    import string
+
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:  # a lone { or }
+        raise ValueError(f"privileged template {template!r} is malformed ({e}); write a literal brace as "
+                         "{{ or }}") from None
+    unknown = sorted({f for f in fields if f not in ("context", "prompt")})
+    if unknown:
+        raise ValueError(f"privileged template {template!r} has the placeholder(s) "
+                         f"{', '.join('{' + f + '}' for f in unknown)}; only {{context}} and {{prompt}} are filled in")
+    for field in ("context", "prompt"):
+        if field not in fields:
+            raise ValueError(f"privileged template {template!r} lacks the {{{field}}} placeholder")
     return template.format(context=context, prompt=prompt)
 
 

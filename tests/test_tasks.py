@@ -1,14 +1,16 @@
 """Arithmetic tasks: scratchpad correctness, the verifier, data files."""
 
+import dataclasses
 import json
 import operator
+import os
 import random
 import re
 
 import pytest
 
 from rlsd_min.tasks import TaskConfig
-from rlsd_min.tasks import (OPS, SPLITS, Problem, build_datasets, load_splits, max_completion_chars,
+from rlsd_min.tasks import (OPS, SPLITS, Problem, build_datasets, ensure_data, load_splits, max_completion_chars,
                             n_distinct, parse_answer, problems_of, random_problem, sample_problems, verify)
 
 PY_OP = {"add": operator.add, "sub": operator.sub, "mul": operator.mul}
@@ -363,3 +365,79 @@ def test_shipped_mul7_data_reproduce_and_fit_the_warm_start(tmp_path):
     mul7 = problems_of(load_splits(str(task.data_dir))["validation"])
     mean = lambda ps: sum(len(q.solution) + 1 for q in ps) / len(ps)       # tokens, <eos> included
     assert mean(mul7) > 2 * mean(arith)
+
+
+# --- where data is made, and bad data files ---------------------------------------------------
+
+def test_an_empty_data_dir_is_refused_naming_it_and_the_command(tmp_path, monkeypatch):
+    from rlsd_min.lab.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as err:
+        main(["train", "--profile", "ci", "--out", str(tmp_path / "run"), "--set", f"data_dir={empty}"])
+    assert f"{empty} holds no data files of task 'arith'" in str(err.value)
+    assert f"`python -m rlsd_min data --task arith --out {empty}`" in str(err.value)
+    monkeypatch.setenv("RLSD_DATA", str(tmp_path / "missing"))             # the same for RLSD_DATA
+    with pytest.raises(SystemExit, match=f"{tmp_path / 'missing' / 'arith'} holds no data files"):
+        main(["train", "--profile", "ci", "--out", str(tmp_path / "run")])
+    monkeypatch.chdir(empty)
+    with pytest.raises(FileNotFoundError, match="holds no data files"):
+        ensure_data("../../..", "arith")                                   # a relative path: refused too
+    assert os.listdir(empty) == [] and sorted(os.listdir(tmp_path)) == ["empty"]   # nothing written anywhere
+
+
+def test_the_package_data_folder_is_built_when_missing(tmp_path, monkeypatch):
+    import rlsd_min.tasks as tasks
+
+    monkeypatch.setattr(tasks, "PACKAGE_DATA", tmp_path)
+    monkeypatch.setitem(tasks.TASKS, "arith", dataclasses.replace(tasks.TASKS["arith"], data=SMALL))
+    ensure_data(str(tmp_path / "arith"), "arith")
+    assert sorted(os.listdir(tmp_path / "arith")) == sorted(f"{s}.jsonl" for s in SPLITS)
+
+
+ADD3 = TaskConfig(ops=("add",), digits=3, ood_digits=4, n_train=40, n_validation=12, n_test=12, n_ood=12)
+
+
+def _edit_first_row(path, edit) -> None:
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([edit(lines[0])] + lines[1:]) + "\n")
+
+
+def _with(**fields):
+    return lambda line: json.dumps({**json.loads(line), **fields})
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda line: line[:20], "line 1: not valid JSON \\(Expecting"),
+    (_with(a=10**30), "line 1: a=1000000000000000000000000000000, b=.* out of range"),
+    (_with(op="ädd"), "line 1: unknown op 'ädd'"),
+    (_with(a=99999), "line 1: a=99999, b=.* out of range for op 'add' with 3 digits"),
+    (_with(a=-5), "line 1: a=-5, b=.* out of range"),
+    (_with(answer=""), "line 1: answer='' does not follow from op='add'"),
+    (_with(a="12"), "line 1: a must be an integer, got '12'"),
+    (lambda line: "[1, 2]", "line 1: a row must be a JSON object"),
+])
+def test_a_bad_row_is_named_by_file_and_line(tmp_path, edit, message):
+    build_datasets(ADD3, str(tmp_path), seed=1)
+    _edit_first_row(tmp_path / "train.jsonl", edit)
+    with pytest.raises(ValueError, match=f"{re.escape(str(tmp_path / 'train.jsonl'))} {message}"):
+        load_splits(str(tmp_path))
+
+
+def test_an_empty_data_file_is_named(tmp_path):
+    build_datasets(ADD3, str(tmp_path), seed=1)
+    (tmp_path / "train.jsonl").write_text("")
+    with pytest.raises(ValueError, match=f"{re.escape(str(tmp_path / 'train.jsonl'))} holds no problems"):
+        load_splits(str(tmp_path))
+
+
+def test_an_edited_data_file_is_read_as_it_is_now_even_with_its_mtime_kept(tmp_path):
+    build_datasets(ADD3, str(tmp_path), seed=1)
+    path = tmp_path / "validation.jsonl"
+    first = load_splits(str(tmp_path))["validation"][0]
+    stat = path.stat()
+    other = Problem("add", (first["a"] + 1) % 1000, first["b"], 3).to_row()
+    _edit_first_row(path, lambda line: json.dumps(other))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert load_splits(str(tmp_path))["validation"][0] == other

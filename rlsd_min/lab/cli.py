@@ -87,7 +87,7 @@ def cmd_warmstart(args) -> None:
     if os.path.exists(os.path.join(out, "config.json")) and not args.force:
         raise SystemExit(f"{out} already holds a checkpoint; pass --force to replace it")
     task = TASKS[args.task]
-    ensure_data(data, task.data)
+    ensure_data(data, args.task)
     sft = {**task.sft, "seed": args.seed, **({"target_acc": args.target_acc} if args.target_acc is not None else {})}
     s = warm_start(out, data, ModelConfig(**task.model), task.data, SFTConfig(**sft), device=pick_device())
     print(f"warm start: {s['steps']} steps, {s['seconds']} s, {s['params']} parameters, "
@@ -103,33 +103,21 @@ def cmd_train(args) -> None:
     from ..loop import last_eval, train
     from ..tasks import ensure_data
 
-    ensure_data(cfg.data_path(), TASKS[cfg.task].data)
+    ensure_data(cfg.data_path(), cfg.task)
     out = args.out or os.path.join("runs", f"{cfg.task}-{cfg.method}-{cfg.profile}-seed{cfg.seed}")
     history = train(cfg, out)
     print(f"{cfg.method}: validation accuracy {history[0]['eval_acc']:.3f} -> {last_eval(history):.3f}; run in {out}")
 
 
-def _checkpoint_of(path: str) -> tuple[str, str | None]:
-    """(the model folder to load, the run's task) for --ckpt: a run folder stands for its
-    checkpoint/, whose task its config.json records."""
-    run_config = os.path.join(path, "config.json")
-    if os.path.isdir(os.path.join(path, "checkpoint")) or os.path.isfile(os.path.join(path, "metrics.jsonl")):
-        if not os.path.isdir(os.path.join(path, "checkpoint")):
-            raise FileNotFoundError(f"the run folder {path} holds no checkpoint/ (a run writes one every "
-                                    "checkpoint_every steps and at the end; a verification folder keeps only the "
-                                    "metrics); train it, or pass another checkpoint")
-        task = json.load(open(run_config)).get("task") if os.path.isfile(run_config) else None
-        return os.path.join(path, "checkpoint"), task
-    return path, None
-
-
 def cmd_eval(args) -> None:
     if args.ckpt:
-        ckpt, run_task = _checkpoint_of(args.ckpt)
+        from ..run_folder import checkpoint_of
+
+        ckpt, run_task, step = checkpoint_of(args.ckpt)
         task = args.task or run_task or "arith"
         if args.task and run_task and args.task != run_task:
             raise ValueError(f"--task {args.task} but the run in {args.ckpt} trained on task {run_task!r}")
-        what = f"{ckpt} (task {task})"
+        what = f"{ckpt} (task {task})" + ("" if step is None else f" at step {step} of the run")
     else:
         task = args.task or "arith"
         ckpt = str(TASKS[task].base_checkpoint)
@@ -156,7 +144,7 @@ def cmd_demo(args) -> None:
     from .plots import plot_eval_curves
 
     t0 = time.time()
-    ensure_data(str(TASKS["arith"].data_dir), TASKS["arith"].data)
+    ensure_data(str(TASKS["arith"].data_dir), "arith")
     if not os.path.exists(os.path.join(TASKS["arith"].base_checkpoint, "config.json")):
         cmd_warmstart(argparse.Namespace(task="arith", out=None, data=None, target_acc=0.45, seed=0, force=False))
     histories = {}
@@ -232,7 +220,7 @@ def cmd_bench(args) -> None:
 def cmd_verify(args) -> None:
     from .blocks import refresh_after_report
     from .experiment import experiment_config, run_experiment
-    from .results import finished_history, plan, run_dir
+    from .results import plan, run_dir, run_status
 
     from .design import final_plan
     from .results import plan_budget
@@ -247,8 +235,8 @@ def cmd_verify(args) -> None:
                                 _parse_sets(args.set), variants, args.variant_seeds, label_seeds)
         runs = plan(exp)
         for i, (t, label, s) in enumerate(runs):
-            done = finished_history(run_dir(args.out, t, label, s), exp["configs"][f"{t}/{label}"]["steps"])
-            print(f"{i}\t{t}/{label}/seed{s}\t{'finished' if done is not None else 'to do'}")
+            status = run_status(run_dir(args.out, t, label, s), exp["configs"][f"{t}/{label}"]["steps"])
+            print(f"{i}\t{t}/{label}/seed{s}\t{status}")
         print("\n".join(plan_budget(args.out, exp) + [f"left out: {k}: {why}" for k, why in waiting.items()]))
         return
     t0 = time.time()

@@ -29,7 +29,8 @@ shard `i/n` trains only the runs whose position in the plan is i modulo n and wr
 report, so n machines (a SLURM array, say) can share the plan; a last plain call then trains
 whatever is left and reports. A run folder is locked while it trains (rlsd_min.run_folder.RunDir),
 so a run busy elsewhere is skipped, never trained twice at once; it is named, and left out of
-the report until it has finished.
+the report until it has finished. A run with a damaged file (a metrics line, a checkpoint that
+cannot be read or holds more than data) is skipped and named the same way, and the others go on.
 """
 
 from __future__ import annotations
@@ -45,11 +46,11 @@ from tqdm.auto import tqdm
 from ..config import TrainConfig, save_json, train_config
 from ..leakage import FLOORS
 from ..loop import check_problem_counts, train
-from ..run_folder import RunFolderBusyError
+from ..run_folder import RunFolderBusyError, RunFolderDamagedError, writing
 from ..tasks import TASKS, ensure_data, load_splits
 from .design import PLANS, VARIANT_TASKS, VARIANTS, VERIFY_METHODS, VERIFY_TASKS, pending
 from .report import write_report
-from .results import extends, finished_history, plan, read_experiment, run_dir, summarize, threshold_of, wall_s
+from .results import extends, plan, read_experiment, run_dir, run_status, summarize, threshold_of, wall_s
 from .stability import COLLAPSE_MARGIN, COLLAPSE_PATIENCE
 
 # --- what the experiment runs -----------------------------------------------------------
@@ -121,7 +122,7 @@ def _check_problems(exp: dict) -> None:
     check `train` makes, here for all runs before the first one starts)."""
     for cfg in exp["configs"].values():
         cfg = TrainConfig(**cfg)
-        ensure_data(cfg.data_path(), TASKS[cfg.task].data)
+        ensure_data(cfg.data_path(), cfg.task)
         splits = load_splits(cfg.data_path())
         check_problem_counts(cfg, len(splits["train"]), len(splits["validation"]))
 
@@ -145,8 +146,9 @@ def _open_folder(out: str, exp: dict) -> None:
                 f"{old.get('tasks')}, variants {list(old.get('variants', {}))}); to start fresh, pass another "
                 f"--out (or delete {out} yourself)")
         return
-    os.makedirs(out, exist_ok=True)
-    save_json(exp, path)
+    with writing(out):
+        os.makedirs(out, exist_ok=True)
+        save_json(exp, path)
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -172,14 +174,19 @@ def shard_runs(runs: list, shard: tuple[int, int] | None) -> list:
 
 def train_run(cfg: dict, path: str) -> str:
     """Train (or resume) one run in `path`; add its training seconds to wall_s.json there.
-    Returns 'done', or 'busy: ...' when another process holds the run folder."""
+    Returns 'done', 'busy: ...' when another process holds the run folder, or 'damaged: ...'
+    naming the file that keeps it from training (the other runs go on); any other error (a full
+    disk, a folder of another run) stops the experiment."""
     cfg = TrainConfig(**cfg).validate()
     start, before = time.perf_counter(), wall_s(path)
     try:
         train(cfg, path, progress=False)
     except RunFolderBusyError as e:
         return f"busy: {e}"
-    save_json({"wall_s": before + time.perf_counter() - start}, os.path.join(path, "wall_s.json"))
+    except RunFolderDamagedError as e:
+        return f"damaged: {e}"
+    with writing(path):
+        save_json({"wall_s": before + time.perf_counter() - start}, os.path.join(path, "wall_s.json"))
     return "done"
 
 
@@ -192,16 +199,17 @@ def _one_thread() -> None:
 
 
 def _train_all(out: str, exp: dict, todo: list, jobs: int, progress: bool) -> list[str]:
-    """Train the runs `todo` [(task, label, seed)], `jobs` at a time; return the busy ones' messages."""
+    """Train the runs `todo` [(task, label, seed)], `jobs` at a time; return the messages of those
+    busy elsewhere or damaged."""
     work = [(f"{t}/{label}/seed{s}", {**exp["configs"][f"{t}/{label}"], "seed": s}, run_dir(out, t, label, s))
             for t, label, s in todo]
     bar = tqdm(total=len(work), desc="verify", disable=not progress)
-    busy = []
+    skipped = []
     if jobs == 1:
         for name, cfg, path in work:
             bar.set_postfix(run=name)
             status = train_run(cfg, path)
-            busy += [f"{name} {status}"] if status != "done" else []
+            skipped += [f"{name} {status}"] if status != "done" else []
             bar.update()
     else:  # one process per run (max_tasks_per_child=1), spawned: nothing inherited from this one
         pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_one_thread,
@@ -210,12 +218,12 @@ def _train_all(out: str, exp: dict, todo: list, jobs: int, progress: bool) -> li
             futures = {pool.submit(train_run, cfg, path): name for name, cfg, path in work}
             for future in as_completed(futures):
                 status = future.result()  # a failed run raises here; then the queued runs are
-                busy += [f"{futures[future]} {status}"] if status != "done" else []   # cancelled and
+                skipped += [f"{futures[future]} {status}"] if status != "done" else []   # cancelled and
                 bar.update()                                  # the ones in progress finish first
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     bar.close()
-    return busy
+    return skipped
 
 
 def run_experiment(out: str, profile: str, seeds: int, methods=VERIFY_METHODS, tasks=VERIFY_TASKS,
@@ -230,11 +238,16 @@ def run_experiment(out: str, profile: str, seeds: int, methods=VERIFY_METHODS, t
     exp = experiment_config(profile, seeds, methods, tasks, sets, variants, variant_seeds, label_seeds)
     _check_problems(exp)
     _open_folder(out, exp)
-    todo = [(t, label, s) for t, label, s in shard_runs(plan(exp), shard)
-            if finished_history(run_dir(out, t, label, s), exp["configs"][f"{t}/{label}"]["steps"]) is None]
-    busy = _train_all(out, exp, todo, jobs, progress)
-    for message in busy:
+    status = {(t, label, s): run_status(run_dir(out, t, label, s), exp["configs"][f"{t}/{label}"]["steps"])
+              for t, label, s in shard_runs(plan(exp), shard)}
+    skipped = [f"{t}/{label}/seed{s} {why}" for (t, label, s), why in status.items() if why.startswith("damaged")]
+    skipped += _train_all(out, exp, [run for run, why in status.items() if why == "to do"], jobs, progress)
+    for message in skipped:
         print(f"skipped {message}")
+    held = sum(" busy: " in m for m in skipped)
+    if held:
+        print(f"{held} runs are held by another process, which trains them (named above); this call leaves them "
+              "out: run the same command again once it has finished, to report them")
     if shard is not None:
         return None
     summary = summarize(out)

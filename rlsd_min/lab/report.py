@@ -43,7 +43,7 @@ def load_runs(out: str, summary: dict) -> dict:
     for task, methods in summary["table"].items():
         for m in methods:
             histories = [finished_history(run_dir(out, task, m, s), exp["configs"][f"{task}/{m}"]["steps"])
-                         for s in seeds_of(exp, m)]
+                         for s in seeds_of(exp, m) if f"{task}/{m}/seed{s}" not in summary.get("damaged", {})]
             runs.setdefault(task, {})[m] = [h for h in histories if h is not None]
     return runs
 

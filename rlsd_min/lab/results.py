@@ -16,7 +16,7 @@ import statistics
 from datetime import datetime
 
 from ..config import TrainConfig, save_json
-from ..run_folder import read_metrics
+from ..run_folder import RunFolderDamagedError, checkpoint_step, read_metrics
 from .stability import collapsed, steps_to_threshold
 from .stats import auc
 
@@ -134,11 +134,25 @@ def clock_span(paths: list[str]) -> dict | None:
 
 
 def finished_history(path: str, steps: int) -> list[dict] | None:
-    """The metrics history of a run folder that has done all `steps`, else None."""
+    """The metrics history of a run folder that has done all `steps`, else None. Finished means
+    the metrics end at `steps` and the checkpoint, where the folder keeps one, is of that step
+    too (else the run resumes from its checkpoint). A damaged file is a RunFolderDamagedError naming it
+    (a torn last line of metrics.jsonl is not: rlsd_min.run_folder.read_metrics)."""
     if not os.path.exists(os.path.join(path, "metrics.jsonl")):
         return None
     history = read_metrics(path)
-    return history if history and history[-1]["step"] == steps else None
+    if not history or history[-1]["step"] != steps:
+        return None
+    saved = checkpoint_step(path)
+    return history if saved is None or saved == steps else None
+
+
+def run_status(path: str, steps: int) -> str:
+    """'finished', 'to do', or 'damaged: <what and where>' for a run folder of `steps` steps."""
+    try:
+        return "to do" if finished_history(path, steps) is None else "finished"
+    except RunFolderDamagedError as e:
+        return f"damaged: {e}"
 
 
 def _cell(values: list, seeds: list) -> dict:
@@ -234,13 +248,14 @@ def provenance_commands(paths: list[str]) -> list[str]:
 
 def summarize(out: str, write: bool = True) -> dict:
     """{task: {label: {metric: {mean, std, n, values, seeds}}}} over the finished seeds of `out`,
-    plus the run count, the runs not finished (`missing`), the training seconds summed over runs
+    plus the run count, the runs not finished (`missing`; those of them with a damaged file also under
+    `damaged`, with the message naming it), the training seconds summed over runs
     (`wall_s`) and per run of each task/label (`run_wall_s`), the experiment's wall-clock span
     (`clock`, clock_span), the endpoint (`endpoint`, ENDPOINT), the command lines of the runs'
     provenance (`commands`) and each task/label's SETTINGS (`settings`); written to
     out/summary.json when `write`."""
     exp = read_experiment(out)
-    table, wall, runs, missing, done, walls = {}, 0.0, 0, [], [], {}
+    table, wall, runs, missing, done, walls, damaged = {}, 0.0, 0, [], [], {}, {}
     for t in exp["tasks"]:
         for label in labels(exp):
             if f"{t}/{label}" not in exp["configs"]:
@@ -248,7 +263,10 @@ def summarize(out: str, write: bool = True) -> dict:
             per_seed, seeds = [], []
             for s in seeds_of(exp, label):
                 path = run_dir(out, t, label, s)
-                history = finished_history(path, exp["configs"][f"{t}/{label}"]["steps"])
+                try:
+                    history = finished_history(path, exp["configs"][f"{t}/{label}"]["steps"])
+                except RunFolderDamagedError as e:
+                    history, damaged[f"{t}/{label}/seed{s}"] = None, str(e)
                 if history is None:
                     missing.append(f"{t}/{label}/seed{s}")
                     continue
@@ -274,6 +292,8 @@ def summarize(out: str, write: bool = True) -> dict:
                "run_wall_s": {key: statistics.fmean(v) for key, v in walls.items()}}
     if "variant_seeds" in exp:
         summary["variant_seeds"] = len(exp["variant_seeds"])
+    if damaged:  # absent when there are none: a sound folder's summary reads as before
+        summary["damaged"] = damaged
     if write:
         save_json(summary, os.path.join(out, "summary.json"))
     return summary
@@ -285,7 +305,7 @@ def plan_budget(out: str, exp: dict) -> list[str]:
     else its method's label's scaled by the ratio of steps; the clock time divides the seconds to
     do by the runs that trained at once on average in `out` (clock_span: --jobs 2 gave 1.92)."""
     finished = {(t, label, s) for t, label, s in plan(exp)
-                if finished_history(run_dir(out, t, label, s), exp["configs"][f"{t}/{label}"]["steps"]) is not None}
+                if run_status(run_dir(out, t, label, s), exp["configs"][f"{t}/{label}"]["steps"]) == "finished"}
     measured = {}
     for t, label, s in sorted(finished):
         measured.setdefault(f"{t}/{label}", []).append(wall_s(run_dir(out, t, label, s)))
