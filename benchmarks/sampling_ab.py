@@ -4,15 +4,16 @@
     python benchmarks/sampling_ab.py /tmp/before . --rounds 3
     python benchmarks/sampling_ab.py /tmp/before . .:compiled --rounds 3
 
-Each entry is a checkout folder, with `:compiled` to sample with static_cache_compile=True.
+Each entry is a checkout folder, with `:compiled` to sample with compile_decoding=True (the
+name static_cache_compile in a checkout older than the rename).
 Every round runs each entry once, in turn (A B C A B C ...), each in a fresh process with 2
-torch threads that loads this checkout's shipped warm start (rlsd_min/data/base), draws the cpu
+torch threads that loads this checkout's shipped warm start (data/base), draws the cpu
 profile's batch (16 arith training prompts x 8 completions, up to 40 new tokens, temperature 1),
 samples it twice to warm up (a compiled entry compiles there), then times six seeded
 `sample_group` calls and prints the median of their completion tokens (<eos> included) per
 second. The ratio of each entry to the first is taken round by round; the table gives every
 round's figures and the median ratio. Only `sample_group(model, tokenizer, prompts, G,
-max_new_tokens, static_cache_compile=...)` is asked of a checkout, so older ones run too.
+max_new_tokens, compile_decoding=...)` (or its old name) is asked of a checkout, so older ones run too.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ torch.set_num_threads(2)
 model, tok = load({base!r})
 problems = problems_of(load_splits({data!r})["train"])
 prompts = [p.prompt for p in random.Random(0).sample(problems, 16)]
-kw = {{"static_cache_compile": True}} if {compiled} else {{}}
+import inspect
+flag = "compile_decoding" if "compile_decoding" in inspect.signature(sample_group).parameters else "static_cache_compile"
+kw = {{flag: True}} if {compiled} else {{}}
 for _ in range(2):
     sample_group(model, tok, prompts, 8, 40, **kw)
 rates = []
@@ -57,7 +60,7 @@ def tokens_per_second(entry: str) -> float:
     checkout = os.path.abspath(checkout)
     if not os.path.isdir(os.path.join(checkout, "rlsd_min")):
         raise SystemExit(f"error: {checkout!r} is not a checkout of rlsd_min (no rlsd_min/ folder in it)")
-    data = os.path.join(HERE, "rlsd_min", "data")
+    data = os.path.join(HERE, "data")
     code = CHILD.format(checkout=checkout, base=os.path.join(data, "base"), data=os.path.join(data, "arith"),
                         compiled=flag == "compiled")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -249,7 +249,7 @@ print(f"by hand {by_hand:,}   rlsd_min.model.n_params {model_io.n_params(fresh):
 assert model_io.n_params(fresh) == by_hand
 
 # %% [markdown]
-# The warm-started checkpoint shipped in the package, `rlsd_min/data/base` (`TASKS["arith"].base_checkpoint`;
+# The warm-started checkpoint shipped in the package, `data/base` (`TASKS["arith"].base_checkpoint`;
 # notebook 01 makes one), has the same architecture; it loads with `rlsd_min.model.load`, a plain `from_pretrained` of a local folder.
 
 # %%
@@ -279,7 +279,7 @@ for t in sampled.texts:
 # %% [markdown]
 # ## 6. The data files
 #
-# `rlsd_min/data/arith` (`TASKS["arith"].data_dir`, under `rlsd_min.data_root()`; set `RLSD_DATA` to
+# `data/arith` (`TASKS["arith"].data_dir`, under `rlsd_min.data_root()`; set `RLSD_DATA` to
 # use another folder) holds four JSONL splits written by `python -m rlsd_min data` (deterministic from a
 # seed): `train` prompts for RL, `validation` for evaluation during training, `test` for final
 # reports, and `ood`, 4-digit problems the model never trained on. They load with

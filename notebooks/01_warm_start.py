@@ -23,7 +23,7 @@
 # the time. This notebook:
 #
 # 1. computes how often a group carries no signal, as a function of accuracy `p`;
-# 2. looks at the shipped warm start `rlsd_min/data/base` and its training history;
+# 2. looks at the shipped warm start `data/base` and its training history;
 # 3. runs the warm-start loop itself for a few steps;
 # 4. evaluates that warm start: sampled vs greedy accuracy, and how its real groups look.
 #
@@ -156,7 +156,7 @@ plt.show()
 # compare. Hence `SFTConfig.target_acc = 0.45`: the warm start stops once *sampled* accuracy
 # (temperature 1, the way RL samples) reaches it.
 #
-# ## 2. The shipped warm start, `rlsd_min/data/base`
+# ## 2. The shipped warm start, `data/base`
 #
 # `python -m rlsd_min warmstart` trained it and wrote its history (steps, seconds, accuracies; printed
 # below) to `warmstart.json` beside the weights (`TASKS["arith"].base_checkpoint`).

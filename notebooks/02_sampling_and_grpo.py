@@ -313,6 +313,7 @@ if os.environ.get("RLSD_SOLUTIONS") == "1":  # CI runs the course with the solut
 # %% tags=["check"]
 import torch
 
+from rlsd_min.lab.exercises import compare, fresh_generator  # noqa: F811 (each check cell runs on its own in the tests)
 from rlsd_min.objective import aggregate
 
 
@@ -333,7 +334,7 @@ check_exercise_2()
 # %% [markdown]
 # ## 5. A short GRPO run
 #
-# `rlsd_min.train` runs the whole loop from the warm start `rlsd_min/data/base` and writes a run folder
+# `rlsd_min.train` runs the whole loop from the warm start `data/base` and writes a run folder
 # (config, `metrics.jsonl`, checkpoints): here `runs/course/<profile>/grpo`, the course's GRPO run,
 # which notebooks 04, 06 and 07 read again instead of training GRPO once more (`train` on a finished
 # run folder returns its history: run this notebook twice and the second time trains nothing). Each of its steps is the

@@ -160,6 +160,7 @@ assert abs(-Z.log() - reverse_kl_floor(q.log(), w)) < 1e-12 and abs(reverse_loss
 # `-1e9` for "impossible", against `ln 10`.)
 
 # %% tags=["exercise"]
+import os  # noqa: F811 (each exercise cell runs on its own in the tests)
 
 import torch
 
@@ -174,6 +175,7 @@ if os.environ.get("RLSD_SOLUTIONS") == "1":  # CI runs the course with the solut
     from solutions.nb05 import my_mutual_information_floor
 
 # %% tags=["check"]
+import math  # noqa: F811 (each check cell runs on its own in the tests)
 
 import torch
 
@@ -206,7 +208,7 @@ check_exercise_5()
 # answer and the verifier accepts each. The data files store one of them as the reference, drawn at
 # random, so the reference is **not** a function of the question: a student cannot know it, and
 # the forward-KL floor at the first answer token can reach `ln 10`. The task has its own data
-# (`rlsd_min/data/split`, 400 training prompts) and its own warm start (`rlsd_min/data/base_split`, made by
+# (`data/split`, 400 training prompts) and its own warm start (`data/base_split`, made by
 # `python -m rlsd_min warmstart --task split`, which stops at 0.45 sampled accuracy as for arithmetic).
 
 # %%

@@ -271,7 +271,7 @@ plt.show()
 # alone are `method_loss`, which records the student's log-probs as those of the sampling policy
 # (`old_logp`) and, for RLSD, turns `A_i` into `Â_{i,t}` with `rlsd_advantages` at the step's `λ`.
 #
-# Here `collect` runs on one batch: the warm start `rlsd_min/data/base`, four validation problems,
+# Here `collect` runs on one batch: the warm start `data/base`, four validation problems,
 # 8 completions each. The RLSD teacher (`make_teacher`) is a `synced` copy of the student
 # (`rlsd_min.teacher.Teacher`): at step 0 it has exactly the student's weights, and it sees the
 # answer-only prompt `answer|question` (`teacher_prompt`). Every part of the batch is recomputed by

@@ -367,6 +367,7 @@ if os.environ.get("RLSD_SOLUTIONS") == "1":  # CI runs the course with the solut
 import torch
 
 import rlsd_min
+from rlsd_min.lab.exercises import compare, fresh_generator  # noqa: F811 (each check cell runs on its own in the tests)
 from rlsd_min.batch import Rollout, StepBatch
 from rlsd_min.methods import distillation, sdpg
 from rlsd_min.reverse_kl import full_reverse_kl

@@ -28,7 +28,7 @@
 # verification, on `arith` and `split`, ended with every verifier method near 0.9 and the differences
 # inside the seed spread; it is kept in `results/arith_split/`). The verification trains every method
 # on `mul7` (7-digit by 1-digit multiplication with its digit-by-digit scratchpad: 71-token completions,
-# twice arith's; the warm start at 0.34; `rlsd_min/data/mul7/level.json`) from the same warm start, 5 seeds each, plus one variant per knob with 3 seeds:
+# twice arith's; the warm start at 0.34; `data/mul7/level.json`) from the same warm start, 5 seeds each, plus one variant per knob with 3 seeds:
 #
 #     python -m rlsd_min verify --profile cpu --variants rlsd_epsw0.9,rlsd_lamconst,sdpg_beta1.0,opsd_live \
 #         --variant-seeds 3 --jobs 2

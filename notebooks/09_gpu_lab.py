@@ -176,20 +176,20 @@ assert all(r["median_s"] > 0 for r in scaling)
 #
 # - `bf16_autocast=true`: the forwards (sampling, student, teacher, reference) under
 #   `torch.autocast(..., dtype=torch.bfloat16)`; log-probabilities and losses stay in float32.
-# - `static_cache_compile=true`: each decoding step through a `torch.compile`d forward over a
+# - `compile_decoding=true`: each decoding step through a `torch.compile`d forward over a
 #   static KV cache.
 # - `compile_scoring=true`: the forwards that score completions (the student's in the update, with
 #   its backward; the teacher's; the reference's) through `torch.compile` with dynamic shapes.
 #
 # ```bash
-# python -m rlsd_min train --method rlsd --profile gpu --set static_cache_compile=true compile_scoring=true
-# python -m rlsd_min bench --profile gpu --rounds 10 --set static_cache_compile=true compile_scoring=true
+# python -m rlsd_min train --method rlsd --profile gpu --set compile_decoding=true compile_scoring=true
+# python -m rlsd_min bench --profile gpu --rounds 10 --set compile_decoding=true compile_scoring=true
 # python -m rlsd_min bench --scaling --axes flags --profile gpu   # each flag against all off, on this machine
 # ```
 #
 # On the 2-core CPU the two compile flags together take a GRPO step from 0.206 to 0.174 s
 # (`benchmarks/RESULTS.md`); each process pays its compiles once, in its first steps. `TrainConfig`
-# refuses `bf16_autocast` with `static_cache_compile` (under autocast the rotary embedding gives
+# refuses `bf16_autocast` with `compile_decoding` (under autocast the rotary embedding gives
 # float32 keys beside bfloat16 values, and the static cache holds one dtype), and says so.
 #
 # At 0.5M parameters a GPU is mostly waiting on kernel launches and Python; these flags matter as the

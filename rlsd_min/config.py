@@ -177,7 +177,7 @@ class TrainConfig:
     bf16_autocast: bool = False
     """run the student, teacher and reference forwards and the sampling under bfloat16 autocast
     (log-probs and losses stay float32); sampling then draws from the bf16-computed policy"""
-    static_cache_compile: bool = False
+    compile_decoding: bool = False
     """sample with the decoding step's forward compiled by torch.compile (rlsd_min.decoding.
     compiled_forward, over transformers' StaticCache); the first step pays the compile, a batch of
     another width one more"""
@@ -268,8 +268,8 @@ class TrainConfig:
             (self.distill_coef is None or self.distill_coef >= 0, f"distill_coef must be >= 0, got {self.distill_coef}"),
             (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
             (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
-            (not (self.bf16_autocast and self.static_cache_compile),
-             "bf16_autocast=True and static_cache_compile=True cannot be combined: under autocast the "
+            (not (self.bf16_autocast and self.compile_decoding),
+             "bf16_autocast=True and compile_decoding=True cannot be combined: under autocast the "
              "rotary embedding returns float32 keys beside bfloat16 values, and transformers' static "
              "cache holds one dtype for both; turn one of them off"),
         ]
@@ -312,6 +312,15 @@ def train_config(profile: str | None = None, **fields) -> TrainConfig:
     if unknown:
         raise ValueError(f"unknown TrainConfig field(s) {unknown}")
     return TrainConfig(profile=profile or default_profile(), **fields).validate()
+
+
+RENAMED_FIELDS = {"static_cache_compile": "compile_decoding"}
+"""old TrainConfig names, as a run folder's config.json or an experiment.json may still hold them"""
+
+
+def current_names(values: dict) -> dict:
+    """Recorded TrainConfig values under today's field names (RENAMED_FIELDS)."""
+    return {RENAMED_FIELDS.get(k, k): v for k, v in values.items()}
 
 
 @functools.cache

@@ -40,7 +40,7 @@ def compiled_forward(model, dynamic: bool | None = None):
     mode; CUDA graphs are torch's choice on a GPU). The first call pays the compilation (tens
     of seconds on a CPU).
 
-    dynamic=None (static_cache_compile's decoding step): fixed shapes first; with the static
+    dynamic=None (compile_decoding's decoding step): fixed shapes first; with the static
     cache every decoding step of a batch has the same shapes, so one graph serves them all, and
     the first batch of another width makes torch mark that size dynamic (one more compile, not
     one per width). dynamic=True (compile_scoring): the batch and sequence widths are symbolic

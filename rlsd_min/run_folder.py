@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from . import model as model_io
-from .config import TrainConfig, save_json, write_atomic
+from .config import TrainConfig, current_names, save_json, write_atomic
 from .methods import METHODS
 from .tasks import TASKS
 
@@ -113,7 +113,8 @@ def writing(folder: str):
 
 
 def read_config(out_dir: str) -> dict:
-    """A run folder's config.json; a RunFolderDamagedError naming it when it is not a JSON object."""
+    """A run folder's config.json, under today's field names (config.current_names); a
+    RunFolderDamagedError naming it when it is not a JSON object."""
     path = os.path.join(out_dir, "config.json")
     try:
         with open(path) as f:
@@ -124,7 +125,7 @@ def read_config(out_dir: str) -> dict:
     if not isinstance(cfg, dict):
         raise RunFolderDamagedError(f"{path} is damaged (a JSON {type(cfg).__name__}, not the object of a run's "
                                     f"config); restore it, or delete the run folder {out_dir} to start again")
-    return cfg
+    return current_names(cfg)
 
 
 def read_metrics(out_dir: str) -> list[dict]:

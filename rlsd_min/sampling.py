@@ -65,7 +65,7 @@ def check_fits(model, prompt_len: int, max_new_tokens: int) -> None:
 
 
 def sample_group(model, tokenizer, prompts: list[str], group_size: int, max_new_tokens: int,
-                 temperature: float = 1.0, greedy: bool = False, static_cache_compile: bool = False) -> Rollout:
+                 temperature: float = 1.0, greedy: bool = False, compile_decoding: bool = False) -> Rollout:
     """Sample G = group_size completions per prompt from pi_theta, KV-cached (`decode`).
 
     Pure ancestral sampling: each token is drawn from softmax(logits / temperature) with no
@@ -75,7 +75,7 @@ def sample_group(model, tokenizer, prompts: list[str], group_size: int, max_new_
     Reproducible from torch's seed.
 
     The prompts' forward runs once per group, not once per row (`decode`).
-    static_cache_compile=True runs the decoding steps through torch.compile
+    compile_decoding=True runs the decoding steps through torch.compile
     (`compiled_forward`; the prompts' forward stays eager): the same distribution, up to
     kernel rounding; the first call pays the compilation. Run under
     bf16_autocast by the caller for bfloat16 sampling.
@@ -87,7 +87,7 @@ def sample_group(model, tokenizer, prompts: list[str], group_size: int, max_new_
     check_fits(model, prompt_ids.shape[1], max_new_tokens)
     with torch.inference_mode():
         completion, ent = decode(model, prompt_ids, prompt_mask, max_new_tokens, temperature, greedy,
-                                 tokenizer.eos_token_id, tokenizer.pad_token_id, static_cache_compile,
+                                 tokenizer.eos_token_id, tokenizer.pad_token_id, compile_decoding,
                                  group_size)                                # (N, T), (N, T) or None
     ids = prompt_ids.repeat_interleave(group_size, dim=0)                   # (N, P)
     mask = prompt_mask.repeat_interleave(group_size, dim=0)                 # (N, P)

@@ -77,7 +77,7 @@ def collect(policy, tokenizer, problems: list, cfg, ref_model=None, teacher: Tea
     phases = phases or Phases(next(policy.parameters()).device, cfg.bf16_autocast)
     with phases("sample", autocast=True):
         rollout = sample_group(policy, tokenizer, [p.prompt for p in problems], cfg.group_size,
-                               cfg.max_new_tokens, cfg.temperature, static_cache_compile=cfg.static_cache_compile)
+                               cfg.max_new_tokens, cfg.temperature, compile_decoding=cfg.compile_decoding)
     return score_rollout(policy, tokenizer, problems, rollout, cfg, ref_model, teacher, phases)
 
 

@@ -31,7 +31,7 @@ multiplication with the same scratchpad,
     prompt      "1234567*8="
     completion  "7*8+0=56 6*8+5=53 5*8+5=45 4*8+4=36 3*8+3=27 2*8+2=18 1*8+1=09\\n9876536"
 
-about 71 tokens (arith's: 31). Its level was chosen by measurement (rlsd_min/data/mul7/level.json):
+about 71 tokens (arith's: 31). Its level was chosen by measurement (data/mul7/level.json):
 the warm start stops at sampled accuracy 0.34 (greedy 0.56); with 8 samples, 69 % of
 prompts have a correct completion (by multiplier, on an earlier warm start of 0.22: 0.9
 for x0, 0.01-0.09 for x6-x9); GRPO on the cpu profile goes 0.34 -> 0.66 in 100 steps,
@@ -60,17 +60,26 @@ DATA_ENV = "RLSD_DATA"
 
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
-"""the copies shipped inside the package (package data of the wheel too)"""
+"""the copies an installed package holds (the wheel's package data, rlsd_min/data)"""
+CHECKOUT_DATA = Path(__file__).resolve().parent.parent / "data"
+"""the same files in a checkout: the repository's top-level data/ (built into the wheel as rlsd_min/data)"""
+
+
+def shipped_data() -> Path:
+    """The shipped data files and warm starts: PACKAGE_DATA in an installed package, else CHECKOUT_DATA."""
+    return PACKAGE_DATA if PACKAGE_DATA.is_dir() else CHECKOUT_DATA
 
 
 def data_root() -> Path:
     """The folder holding every task's data files and warm start: $RLSD_DATA when set, else
-    PACKAGE_DATA.
+    the shipped ones (`shipped_data`: an installed package's PACKAGE_DATA, a checkout's CHECKOUT_DATA).
 
     The one setting for where data lives: set RLSD_DATA to regenerate data or warm starts
     outside an installed package (`python -m rlsd_min data`, `warmstart` write there).
     """
-    return Path(os.environ.get(DATA_ENV) or PACKAGE_DATA)
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    return shipped_data()
 
 
 @dataclass
@@ -431,11 +440,11 @@ def build_datasets(task, out_dir: str, seed: int) -> dict[str, str]:
 
 def ensure_data(data_dir: str, task: str) -> None:
     """Build task `task`'s data files in data_dir when they are missing and data_dir is the
-    task's folder in PACKAGE_DATA; any other folder without them is refused, naming the folder
+    task's folder among the shipped data (`shipped_data`); any other folder without them is refused, naming the folder
     and the command that makes them (nothing is written outside the package unless asked)."""
     if os.path.exists(os.path.join(data_dir, "train.jsonl")):
         return
-    if Path(data_dir).resolve() != (PACKAGE_DATA / TASKS[task].data_name).resolve():
+    if Path(data_dir).resolve() != (shipped_data() / TASKS[task].data_name).resolve():
         raise FileNotFoundError(
             f"{data_dir} holds no data files of task {task!r} (train.jsonl, validation.jsonl, ...); make them "
             f"with `python -m rlsd_min data --task {task} --out {data_dir}`, or point data_dir/{DATA_ENV} at a "

@@ -38,7 +38,7 @@ def _snapshot(root: pathlib.Path) -> dict:
 @pytest.fixture(scope="session", autouse=True)
 def data_dir_untouched():
     """Fail the session if any file under data/ was created, removed or changed."""
-    root = REPO / "rlsd_min" / "data"
+    root = REPO / "data"
     before = _snapshot(root)
     yield
     after = _snapshot(root)

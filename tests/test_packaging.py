@@ -78,13 +78,13 @@ def test_installed_versions_satisfy_the_declared_specs():
 # --- the package as built, installed and imported ------------------------------------------
 
 PKG = REPO / "rlsd_min"
-DATA = PKG / "data"
-SOURCES = ("pyproject.toml", "README.md", "MANIFEST.in", "setup.py", "setup.cfg", "LICENSE", "rlsd_min")
+DATA = REPO / "data"
+SOURCES = ("pyproject.toml", "README.md", "MANIFEST.in", "setup.py", "setup.cfg", "LICENSE", "rlsd_min", "data")
 """what a build reads: copied to a scratch folder, so building writes no build/ or egg-info here"""
 
 
 def _data_files() -> set:
-    """Every file under rlsd_min/data, as a path relative to the repository ('rlsd_min/data/...')."""
+    """Every file under the repository's data/, as a path relative to the repository ('data/...')."""
     return {p.relative_to(REPO).as_posix() for p in DATA.rglob("*")
             if p.is_file() and "__pycache__" not in p.parts}
 
@@ -155,13 +155,14 @@ def built(tmp_path_factory) -> dict:
 
 def test_wheel_and_sdist_ship_every_data_file_and_module(built):
     data, modules = _data_files(), _python_files()
-    assert "rlsd_min/data/base/model.safetensors" in data and "rlsd_min/data/base_split/model.safetensors" in data
+    assert "data/base/model.safetensors" in data and "data/base_split/model.safetensors" in data
     assert any(m.startswith("rlsd_min/lab/") for m in modules)
     assert "rlsd_min/integrations/trl.py" in modules
     wheel = built["wheel_names"]
-    assert data - wheel == set(), "data files missing from the wheel (pyproject.toml package-data)"
+    in_wheel = {f"rlsd_min/{n}" for n in data}                                  # data/... is built as rlsd_min/data/...
+    assert in_wheel - wheel == set(), "data files missing from the wheel (pyproject.toml package-data)"
     assert modules - wheel == set(), "modules missing from the wheel ([tool.setuptools] packages)"
-    assert {n for n in wheel if n.startswith("rlsd_min/data/")} == data, "files in the wheel's data/ that are not in rlsd_min/data"
+    assert {n for n in wheel if n.startswith("rlsd_min/data/")} == in_wheel, "files in the wheel's rlsd_min/data/ not in data/"
     assert not [n for n in wheel if "__pycache__" in n or n.endswith(".pyc")]
     sdist = built["sdist_names"]
     assert (data | modules | {"pyproject.toml", "README.md"}) - sdist == set(), "files missing from the sdist"
@@ -409,8 +410,9 @@ def test_the_core_never_imports_trl():
 
 def test_no_public_name_is_also_a_submodule_name():
     submodules = {p.stem for p in PKG.glob("*.py")} | {
-        p.name for p in PKG.iterdir() if p.is_dir() and p.name.isidentifier() and p.name != "__pycache__"}
-    assert "lab" in submodules and "tasks" in submodules and "data" in submodules
+        p.name for p in PKG.iterdir() if p.is_dir() and p.name.isidentifier() and p.name != "__pycache__"} | {
+        "data"}                                                       # data/, installed as rlsd_min/data
+    assert "lab" in submodules and "tasks" in submodules
     assert set(rlsd_min.__all__) & submodules == set()
     assert set(rlsd_min._EXPORTS) <= submodules
 

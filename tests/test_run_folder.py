@@ -135,3 +135,18 @@ def test_an_output_path_that_is_a_file_is_refused(tmp_path):
     path.write_text("x")
     with pytest.raises(RunFolderError, match="is a file, not a run folder"):
         train(train_config("ci", method="grpo"), str(path), progress=False)
+
+
+def test_a_config_recorded_under_a_renamed_field_still_resumes(finished, tmp_path):
+    """compile_decoding was static_cache_compile: a folder that recorded the old name is the same
+    run, and a --set of the old name says what it is called now."""
+    from rlsd_min.lab.cli import _parse_sets
+
+    run = copy_of(finished, tmp_path)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["static_cache_compile"] = cfg.pop("compile_decoding")
+    (run / "config.json").write_text(json.dumps(cfg))
+    history = train(train_config("ci", method="grpo"), str(run), progress=False)
+    assert history == read_metrics(str(finished)) and history[-1]["step"] == 4
+    with pytest.raises(ValueError, match="static_cache_compile is now called compile_decoding"):
+        _parse_sets(["static_cache_compile=true"])

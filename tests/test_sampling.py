@@ -193,7 +193,7 @@ def test_group_size_must_be_positive(base):
         sample_group(model, tok, ["1+2="], group_size=0, max_new_tokens=4)
 
 
-# --- speed flags (TrainConfig.bf16_autocast, static_cache_compile) ---------------------
+# --- speed flags (TrainConfig.bf16_autocast, compile_decoding) ---------------------
 
 def test_bf16_autocast_keeps_float32_logprobs_close_and_greedy_answers(base, splits):
     model, tok = base
@@ -215,7 +215,7 @@ def test_bf16_autocast_keeps_float32_logprobs_close_and_greedy_answers(base, spl
     assert sum(a == b for a, b in zip(greedy16, greedy32)) >= 15, (greedy16, greedy32)
 
 
-def test_static_cache_compile_gives_the_same_greedy_completions(base, splits):
+def test_compile_decoding_gives_the_same_greedy_completions(base, splits):
     if not any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++")):
         pytest.skip("torch.compile on CPU (inductor) needs a C++ compiler: no g++, c++ or clang++ on PATH")
     from torch._dynamo.utils import counters
@@ -225,7 +225,7 @@ def test_static_cache_compile_gives_the_same_greedy_completions(base, splits):
     default = sample_group(model, tok, prompts, group_size=2, max_new_tokens=40, greedy=True)
     counters.clear()
     static = sample_group(model, tok, prompts, group_size=2, max_new_tokens=40, greedy=True,
-                          static_cache_compile=True)
+                          compile_decoding=True)
     assert counters["stats"]["unique_graphs"] >= 1, "the decoding forward was not compiled"
     assert static.texts == default.texts
     assert torch.equal(static.completion_ids, default.completion_ids)

@@ -226,8 +226,8 @@ def test_grpo_improves_heldout_accuracy(tmp_path):
     (dict(temperature=0.0), "temperature"),
     (dict(no_such_field=1), "no_such_field"),
     (dict(bf16_autocast="yes"), "bf16_autocast.*'yes'"),
-    (dict(static_cache_compile=1), "static_cache_compile.*1"),
-    (dict(bf16_autocast=True, static_cache_compile=True), "cannot be combined"),
+    (dict(compile_decoding=1), "compile_decoding.*1"),
+    (dict(bf16_autocast=True, compile_decoding=True), "cannot be combined"),
 ])
 def test_bad_config_values_are_named(kwargs, pattern):
     profile = kwargs.pop("profile", "ci")
@@ -304,7 +304,7 @@ def test_rl_step_under_bf16_autocast_matches_float32_on_the_same_batch(splits, m
     seen = []
 
     def pinned(*args, **kwargs):  # the same batch for both runs; record how sampling was asked for
-        seen.append((torch.is_autocast_enabled("cpu"), kwargs["static_cache_compile"]))
+        seen.append((torch.is_autocast_enabled("cpu"), kwargs["compile_decoding"]))
         return rollout
 
     monkeypatch.setattr(step_mod, "sample_group", pinned)

@@ -1,7 +1,7 @@
 """How the RL step time grows: group size, completion length, model size; and the speed flags.
 
     python -m rlsd_min bench --scaling                      # axes group, length, model
-    python -m rlsd_min bench --scaling --axes flags         # bf16_autocast, static_cache_compile, compile_scoring
+    python -m rlsd_min bench --scaling --axes flags         # bf16_autocast, compile_decoding, compile_scoring
 
 Each axis is measured on its own. Its cases (every method at every value of the axis)
 run one step each per round, in turn (interleaved, as in rlsd_min.bench), each from the
@@ -24,7 +24,7 @@ profile's setting (cpu: 16 prompts, G = 8, max_new_tokens = 40).
             random (about 1 token in 21), so the mean-length column is short, but a batch
             samples until its longest row ends, nearly always at max_new_tokens with the
             cpu profile's 128 rows, and every forward runs over the full padded width.
-    flags   the shipped warm start with TrainConfig.bf16_autocast, static_cache_compile
+    flags   the shipped warm start with TrainConfig.bf16_autocast, compile_decoding
             and compile_scoring off, then each on alone. The compiles happen in the
             warm-up round.
 """
@@ -42,7 +42,7 @@ from ..tasks import load_splits, problems_of
 from .bench import measure
 
 MODEL_SIZES = {"0.5M": ModelConfig(), "2M": ModelConfig(hidden_size=256, intermediate_size=1024)}
-FLAGS = ("off", "bf16_autocast", "static_cache_compile", "compile_scoring")
+FLAGS = ("off", "bf16_autocast", "compile_decoding", "compile_scoring")
 AXES = {"group": (4, 8, 16), "length": (8, 16, 32), "model": tuple(MODEL_SIZES), "flags": FLAGS}
 """the default values of each axis; the first value of an axis is the ratio's baseline"""
 

@@ -24,8 +24,8 @@ import time
 # Nothing heavier than torch at the top (the method records hold their losses): --help and every
 # check of a name or a --set answer in about a second; transformers, datasets and matplotlib load
 # inside the commands that need them.
-from ..config import (BOOLS, PROFILES, ModelConfig, SFTConfig, TrainConfig, field_docs, field_types, parse_field,
-                      pick_device, train_config)
+from ..config import (BOOLS, PROFILES, RENAMED_FIELDS, ModelConfig, SFTConfig, TrainConfig, field_docs, field_types,
+                      parse_field, pick_device, train_config)
 from ..methods import METHODS
 from ..tasks import TASKS
 from .design import COMMITTED_VARIANTS, VARIANT_TASKS, VARIANTS, VERIFY_METHODS, VERIFY_SEEDS, VERIFY_TASKS
@@ -42,6 +42,9 @@ def _parse_sets(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"--set expects key=value, got {pair!r}")
+        if key in RENAMED_FIELDS:
+            raise ValueError(f"--set {pair!r}: {key} is now called {RENAMED_FIELDS[key]}; "
+                             f"pass --set {RENAMED_FIELDS[key]}={value}")
         if key in FLAG_FIELDS:
             raise ValueError(f"--set {pair!r}: {key} has its own flag; pass {FLAG_FIELDS[key]} {value} instead")
         if key not in types:
@@ -322,7 +325,7 @@ def main(argv=None) -> None:
     p.add_argument("--scaling", action="store_true", help="step time against each axis of --axes (rlsd_min.lab.bench_scaling)")
     p.add_argument("--axes", default="group,length,model", help="with --scaling: any of group, length, model, flags")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="override TrainConfig fields of every timed step (the speed flags: static_cache_compile, "
+                   help="override TrainConfig fields of every timed step (the speed flags: compile_decoding, "
                         "compile_scoring, bf16_autocast); not with --scaling or --trl-trainers")
     p.set_defaults(func=cmd_bench)
 

@@ -15,7 +15,7 @@ import os
 import statistics
 from datetime import datetime
 
-from ..config import TrainConfig, save_json
+from ..config import TrainConfig, current_names, save_json
 from ..run_folder import RunFolderDamagedError, checkpoint_step, read_metrics
 from .stability import collapsed, steps_to_threshold
 from .stats import auc
@@ -77,11 +77,13 @@ def plan(exp: dict) -> list[tuple[str, str, int]]:
 
 
 def upgrade(exp: dict) -> dict:
-    """A recorded experiment in today's form: TrainConfig fields added since it ran filled in at
+    """A recorded experiment in today's form: renamed TrainConfig fields under today's names,
+    fields added since it ran filled in at
     their resolved defaults (the value those runs had in effect), and a single threshold for
     every task (the form before per-task thresholds) written per task. So an older folder is
     neither orphaned nor rewritten."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
+    exp["configs"] = {key: current_names(cfg) for key, cfg in exp["configs"].items()}   # renamed fields
     for key, cfg in exp["configs"].items():
         if set(cfg) != known:
             exp["configs"][key] = {**TrainConfig(**{k: v for k, v in cfg.items() if k in known}).validate().to_dict(),
