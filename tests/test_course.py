@@ -224,7 +224,8 @@ def _checkout_copy(dest: Path) -> Path:
     install writes no egg-info into the repository."""
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, dest / name)
-    shutil.copytree(ROOT / "rlsd_min", dest / "rlsd_min", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("rlsd_min", "data"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (dest / "notebooks").mkdir()
     return dest / "notebooks"
 
