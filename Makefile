@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
 # The install brings the `trl` and `peft` extras (the TRL trainers' tests, tests/test_trl.py, LoRA included,
-# run in `make test`) and the `course` extra (jupyter, jupytext, pytest, nbval: the notebooks and the tests).
+# run in `make test`) and the `dev` extra: the `course` extra (jupyter, jupytext, pytest, nbval: the
+# notebooks and the tests), the linter and pytest's workers.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -18,16 +19,18 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install --quiet -e '.[trl,peft,course]'
+	$(PY) -m pip install --quiet -e '.[trl,peft,dev]'
 	touch $@
 
 demo: install
 	$(PY) -m rlsd_min demo
 
-# The unit tests, then every notebook on the ci profile with the exercises' solutions in
-# (RLSD_SOLUTIONS=1: a broken exercise or check fails), its ci run folders trained afresh.
+# The linter, the unit tests on two workers (one torch thread each), then every notebook on the ci
+# profile with the exercises' solutions in (RLSD_SOLUTIONS=1: a broken exercise or check fails), its
+# ci run folders trained afresh, one notebook after another (later notebooks read earlier runs).
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -n 2 tests
 	rm -rf runs/course/ci
 	RLSD_PROFILE=ci RLSD_SOLUTIONS=1 $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env notebooks/
 

@@ -43,7 +43,7 @@
 # **What it trains:** one SDPG run (100 steps on the `cpu` profile; the rest of the notebook computes on single batches); it reads notebook 06's RLSD run and notebook 02's GRPO run back.
 #
 # <!-- generated: notebook-time -->
-# **Time.** Its stored run, on the `cpu` profile: 43 s (the cells' times recorded in this notebook; the longest cell 38 s). A notebook run again reads its finished run folders back and trains nothing.
+# **Time.** Its stored run, on the `cpu` profile: 36 s (the cells' times recorded in this notebook; the longest cell 31 s). A notebook run again reads its finished run folders back and trains nothing.
 # <!-- end generated -->
 
 # %%
