@@ -5,5 +5,5 @@
                                  TRL-style dataset rows, built locally for tests and examples
 
 Nothing in rlsd_min's core imports this package (tests/test_packaging.py checks it), and this
-file imports nothing, so `pip install rlsd_min` without the `trl` extra works as before.
+file imports nothing, so `pip install rlsd_min` without the `trl` extra works in full.
 """

@@ -104,7 +104,7 @@ def experiment_config(profile: str, seeds: int, methods=VERIFY_METHODS, tasks=VE
     exp = {"profile": profile, "seeds": list(range(seeds)), "methods": list(methods), "tasks": list(tasks),
            "threshold": {t: threshold_of(t) for t in tasks},
            "collapse": {"margin": COLLAPSE_MARGIN, "patience": COLLAPSE_PATIENCE}, "configs": configs}
-    if chosen:  # absent when there are none: a folder of an experiment without variants reads as before
+    if chosen:  # absent when there are none: an experiment without variants records no such key
         exp["variants"] = {name: settings for name, (m, settings) in chosen.items()}
         if variant_seeds is not None and variant_seeds != seeds:
             exp["variant_seeds"] = list(range(variant_seeds))
@@ -112,7 +112,7 @@ def experiment_config(profile: str, seeds: int, methods=VERIFY_METHODS, tasks=VE
     if unknown:
         raise ValueError(f"label_seeds names {unknown}, which are neither methods {tuple(methods)} nor variants "
                          f"{tuple(chosen)} of this experiment")
-    if label_seeds:  # absent when not given: a folder of an experiment without it reads as before
+    if label_seeds:  # absent when not given: an experiment without it records no such key
         exp["label_seeds"] = {k: list(range(n)) for k, n in label_seeds.items()}
     return exp
 

@@ -77,7 +77,7 @@ def plan(exp: dict) -> list[tuple[str, str, int]]:
 
 
 def upgrade(exp: dict) -> dict:
-    """A recorded experiment in today's form: renamed TrainConfig fields under today's names,
+    """A recorded experiment in the current form: renamed TrainConfig fields under their current names,
     fields added since it ran filled in at
     their resolved defaults (the value those runs had in effect), and a single threshold for
     every task (the form before per-task thresholds) written per task. So an older folder is
@@ -294,7 +294,7 @@ def summarize(out: str, write: bool = True) -> dict:
                "run_wall_s": {key: statistics.fmean(v) for key, v in walls.items()}}
     if "variant_seeds" in exp:
         summary["variant_seeds"] = len(exp["variant_seeds"])
-    if damaged:  # absent when there are none: a sound folder's summary reads as before
+    if damaged:  # absent when there are none: a sound folder's summary has no such key
         summary["damaged"] = damaged
     if write:
         save_json(summary, os.path.join(out, "summary.json"))
