@@ -54,9 +54,9 @@ VARIANTS = {
     "rlsd_solution_lamconst": ("rlsd", dict(teacher_context="solution", rlsd_lam_steps=10**12)),
     "sdpg_answer": ("sdpg", dict(teacher_context="answer")),
     "grpo_opsd_sibling": ("grpo_opsd", dict(teacher_context="sibling")),
-    "grpo_opsd_other": ("grpo_opsd", dict(teacher_context="other")),
+    "grpo_opsd_other": ("grpo_opsd", dict(teacher_context="other_solution")),   # its default context: solution
     "rlsd_sibling": ("rlsd", dict(teacher_context="sibling")),
-    "rlsd_other": ("rlsd", dict(teacher_context="other")),
+    "rlsd_other": ("rlsd", dict(teacher_context="other_answer")),               # its default context: answer
 }
 """Runs of a method with some settings changed, each against its method at the defaults (RLSD
 eps_w 0.2 with lam 0.5 decaying over 50 steps, the answer as context; SDPG beta_base 0.1, the
@@ -77,7 +77,7 @@ solution as context; OPSD's frozen teacher, 200 steps on mul7):
   row's own group) and `*_other` (another problem's worked example). Their teacher_context values
   are CONTEXT_ARMS: until rlsd_min.teacher.CONTEXT_KINDS accepts them, `pending` names them and
   the final plan and `--variants all` leave them out."""
-CONTEXT_ARMS = ("sibling", "other")
+CONTEXT_ARMS = ("sibling", "other_answer", "other_solution")
 """teacher_context values of variants that wait for the teacher to accept them (`pending`)"""
 
 
