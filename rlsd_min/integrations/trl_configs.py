@@ -142,40 +142,47 @@ class _MethodConfig(trl.GRPOConfig):
 
 
 @dataclass
-class RLSDConfig(_MethodConfig):
-    """GRPOConfig + RLSD's settings (rlsd_min.methods.rlsd; defaults as TrainConfig: synced teacher,
-    rlsd_lam 0.5 decaying over rlsd_lam_steps, rlsd_eps_w 0.2)."""
-    teacher_mode: str | None = _field("teacher_mode", None)
-    privileged_template: str | None = _field("privileged_template", None)
-    sync_every: int = _field("sync_every", 10)
-    ema_rate: float = _field("ema_rate", 0.05)
+class _RunFields(_MethodConfig):
+    """The method fields every method reads (Method.fields: kl_coef, kl_estimator, loss_agg, dual_clip)."""
     kl_coef: float | None = _field("kl_coef", None)
     kl_estimator: str | None = _field("kl_estimator", None)
     loss_agg: str | None = _field("loss_agg", None)
     dual_clip: float = _field("dual_clip", 0.0)
+
+
+@dataclass
+class _TeacherFields(_RunFields):
+    """The fields of a method with a teacher (methods.TEACHER_FIELDS and teacher_mode)."""
+    teacher_mode: str | None = _field("teacher_mode", None)
+    privileged_template: str | None = _field("privileged_template", None)
+    sync_every: int = _field("sync_every", 10)
+    ema_rate: float = _field("ema_rate", 0.05)
+
+
+@dataclass
+class _DivergenceFields(_TeacherFields):
+    """The fields of a method with a full-vocabulary divergence (methods.DIVERGENCE_FIELDS, its weight)."""
+    divergence: str | None = _field("divergence", None)
+    distill_coef: float | None = _field("distill_coef", None)
+    jsd_beta: float = _field("jsd_beta", 0.5)
+    entry_clip: float = _field("entry_clip", 0.0)
+    token_clip: float = _field("token_clip", 0.0)
+
+
+@dataclass
+class RLSDConfig(_TeacherFields):
+    """GRPOConfig + RLSD's settings (rlsd_min.methods.rlsd; defaults as TrainConfig: synced teacher,
+    rlsd_lam 0.5 decaying over rlsd_lam_steps, rlsd_eps_w 0.2)."""
     rlsd_lam: float = _field("rlsd_lam", 0.5)
     rlsd_lam_steps: int = _field("rlsd_lam_steps", 50)
     rlsd_eps_w: float = _field("rlsd_eps_w", 0.2)
 
 
 @dataclass
-class SDPGConfig(_MethodConfig):
+class SDPGConfig(_DivergenceFields):
     """GRPOConfig + SDPG's settings (rlsd_min.methods.sdpg; defaults as TrainConfig: live teacher,
     reverse KL, distill_coef 0.1 on the beta(k) schedule over max_steps, gate on, kl_coef 0.01
     ufkl, group-token-mean)."""
-    teacher_mode: str | None = _field("teacher_mode", None)
-    privileged_template: str | None = _field("privileged_template", None)
-    sync_every: int = _field("sync_every", 10)
-    ema_rate: float = _field("ema_rate", 0.05)
-    divergence: str | None = _field("divergence", None)
-    distill_coef: float | None = _field("distill_coef", None)
-    jsd_beta: float = _field("jsd_beta", 0.5)
-    entry_clip: float = _field("entry_clip", 0.0)
-    token_clip: float = _field("token_clip", 0.0)
-    kl_coef: float | None = _field("kl_coef", None)
-    kl_estimator: str | None = _field("kl_estimator", None)
-    loss_agg: str | None = _field("loss_agg", None)
-    dual_clip: float = _field("dual_clip", 0.0)
     sdpg_outcome: str = _field("sdpg_outcome", "reinforce")
     sdpg_gate: bool = _field("sdpg_gate", True)
     sdpg_schedule: bool = _field("sdpg_schedule", True)
@@ -184,22 +191,9 @@ class SDPGConfig(_MethodConfig):
 
 
 @dataclass
-class OPSDConfig(_MethodConfig):
+class OPSDConfig(_DivergenceFields):
     """GRPOConfig + OPSD's settings (rlsd_min.methods.opsd; with_reward=True: grpo_opsd). Defaults
     as TrainConfig for the method: frozen teacher, reverse KL, distill_coef 1.0 (grpo_opsd 0.1)."""
-    teacher_mode: str | None = _field("teacher_mode", None)
-    privileged_template: str | None = _field("privileged_template", None)
-    sync_every: int = _field("sync_every", 10)
-    ema_rate: float = _field("ema_rate", 0.05)
-    divergence: str | None = _field("divergence", None)
-    distill_coef: float | None = _field("distill_coef", None)
-    jsd_beta: float = _field("jsd_beta", 0.5)
-    entry_clip: float = _field("entry_clip", 0.0)
-    token_clip: float = _field("token_clip", 0.0)
-    kl_coef: float | None = _field("kl_coef", None)
-    kl_estimator: str | None = _field("kl_estimator", None)
-    loss_agg: str | None = _field("loss_agg", None)
-    dual_clip: float = _field("dual_clip", 0.0)
     with_reward: bool = dataclasses.field(default=False, metadata={
         "help": "add GRPO's outcome term: the method becomes grpo_opsd (GRPO + distill_coef * D)"})
 
