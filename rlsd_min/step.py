@@ -164,7 +164,7 @@ def method_loss(policy, batch: StepBatch, cfg, step: int) -> tuple[torch.Tensor,
 
     Only the rows that can change the loss go through the student: where the method's record
     says a row with A_i = 0 adds nothing (METHODS[...].skips_zero_rows: GRPO and RLSD without
-    the reference KL, SDPG's gated loss without it), those rows get log-probs 0 (and logits 0)
+    the reference KL, SDPG's gated loss without it), those rows get log-probs 0 (and D_t 0)
     without a forward; their tokens still count in every normaliser, so the loss and its
     gradient are the whole batch's. The log-probs, and a full-vocabulary divergence D_t, come
     from the final hidden states a chunk of rows at a time (rlsd_min.sampling.over_row_chunks):
