@@ -52,7 +52,7 @@
 # **What it trains:** nothing: it reads the shipped data and warm start.
 #
 # <!-- generated: notebook-time -->
-# **Time.** Its stored run, on the `cpu` profile: 7 s (the cells' times recorded in this notebook; the longest cell 3 s). A notebook run again reads its finished run folders back and trains nothing.
+# **Time.** Its stored run, on the `cpu` profile: 4 s (the cells' times recorded in this notebook; the longest cell 3 s). A notebook run again reads its finished run folders back and trains nothing.
 # <!-- end generated -->
 
 # %%

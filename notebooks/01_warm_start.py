@@ -30,7 +30,7 @@
 # **What it trains:** a small supervised warm start from scratch on `arith` (`SFTConfig`, 150 steps on the `cpu` profile, into `runs/course/<profile>/warmstart`; the shipped warm start the other notebooks use is not touched).
 #
 # <!-- generated: notebook-time -->
-# **Time.** Its stored run, on the `cpu` profile: 7.3 min (the cells' times recorded in this notebook; the longest cell 6.8 min). A notebook run again reads its finished run folders back and trains nothing.
+# **Time.** Its stored run, on the `cpu` profile: 48 s (the cells' times recorded in this notebook; the longest cell 42 s). A notebook run again reads its finished run folders back and trains nothing.
 # <!-- end generated -->
 
 # %%

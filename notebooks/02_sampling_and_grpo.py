@@ -30,7 +30,7 @@
 # **What it trains:** one GRPO run from the shipped warm start (`train_config(PROFILE, method="grpo")`: 100 steps on the `cpu` profile), the run notebooks 04, 06 and 07 read back.
 #
 # <!-- generated: notebook-time -->
-# **Time.** Its stored run, on the `cpu` profile: 8.0 min (the cells' times recorded in this notebook; the longest cell 7.8 min). A notebook run again reads its finished run folders back and trains nothing.
+# **Time.** Its stored run, on the `cpu` profile: 28 s (the cells' times recorded in this notebook; the longest cell 24 s). A notebook run again reads its finished run folders back and trains nothing.
 # <!-- end generated -->
 
 # %%

@@ -34,7 +34,7 @@
 # **What it trains:** two GRPO runs with a k3 reference KL (`kl_coef` 0.05 and 1.0), 100 steps each on the `cpu` profile.
 #
 # <!-- generated: notebook-time -->
-# **Time.** Its stored run, on the `cpu` profile: 9.3 min (the cells' times recorded in this notebook; the longest cell 9.2 min). A notebook run again reads its finished run folders back and trains nothing.
+# **Time.** Its stored run, on the `cpu` profile: 66 s (the cells' times recorded in this notebook; the longest cell 64 s). A notebook run again reads its finished run folders back and trains nothing.
 # <!-- end generated -->
 
 # %%

@@ -32,7 +32,7 @@
 # **What it trains:** one OPSD run (100 steps on the `cpu` profile); it reads notebook 02's GRPO run back (run 02 first, as for the stored outputs, or it trains that too).
 #
 # <!-- generated: notebook-time -->
-# **Time.** Its stored run, on the `cpu` profile: 42 s (the cells' times recorded in this notebook; the longest cell 36 s). A notebook run again reads its finished run folders back and trains nothing.
+# **Time.** Its stored run, on the `cpu` profile: 38 s (the cells' times recorded in this notebook; the longest cell 33 s). A notebook run again reads its finished run folders back and trains nothing.
 # <!-- end generated -->
 
 # %%

@@ -43,7 +43,7 @@
 # **What it trains:** one RLSD run (100 steps on the `cpu` profile) and reads notebook 02's GRPO run back (run 02 first, as for the stored outputs, or it trains that too).
 #
 # <!-- generated: notebook-time -->
-# **Time.** Its stored run, on the `cpu` profile: 51 s (the cells' times recorded in this notebook; the longest cell 46 s). A notebook run again reads its finished run folders back and trains nothing.
+# **Time.** Its stored run, on the `cpu` profile: 34 s (the cells' times recorded in this notebook; the longest cell 29 s). A notebook run again reads its finished run folders back and trains nothing.
 # <!-- end generated -->
 
 # %%

@@ -43,7 +43,7 @@
 # **What it trains:** one SDPG run (100 steps on the `cpu` profile; the rest of the notebook computes on single batches); it reads notebook 06's RLSD run and notebook 02's GRPO run back.
 #
 # <!-- generated: notebook-time -->
-# **Time.** Its stored run, on the `cpu` profile: 36 s (the cells' times recorded in this notebook; the longest cell 31 s). A notebook run again reads its finished run folders back and trains nothing.
+# **Time.** Its stored run, on the `cpu` profile: 44 s (the cells' times recorded in this notebook; the longest cell 38 s). A notebook run again reads its finished run folders back and trains nothing.
 # <!-- end generated -->
 
 # %%
@@ -527,10 +527,11 @@ if PROFILE != "ci":  # 4 steps of 4 prompts (ci) are too few to promise anything
 
 # %% [markdown]
 # **What the run shows** (`cpu` profile, the stored outputs). All three methods lift the warm
-# start by more than 30 points, and their curves track each other closely: SDPG and RLSD both end
+# start by more than 30 points, and their curves track each other closely: SDPG ends at 0.863, RLSD
 # at 0.883 and GRPO at 0.871 (the RLSD and GRPO runs are notebooks 06's and 02's), differences of
-# 0.012 or less against standard errors near 0.03. The SDPG paper's claim that SDPG beats both is
-# therefore neither reproduced nor refuted by this one seed (SDPG ties RLSD here), and the early gap
+# 0.020 or less against standard errors near 0.03. The SDPG paper's claim that SDPG beats both is
+# therefore neither reproduced nor refuted by this one seed (SDPG is behind by less than a standard
+# error here), and the early gap
 # it reports does not appear: over the first 50 steps the three stay within two points of each
 # other, in changing order.
 #

@@ -46,7 +46,7 @@
 # **What it trains:** nothing long: it reads the committed `results/` and runs a tiny verification on the `ci` profile to show the mechanics.
 #
 # <!-- generated: notebook-time -->
-# **Time.** Its stored run, on the `cpu` profile: 13 s (the cells' times recorded in this notebook; the longest cell 3 s). A notebook run again reads its finished run folders back and trains nothing.
+# **Time.** Its stored run, on the `cpu` profile: 38 s (the cells' times recorded in this notebook; the longest cell 17 s). A notebook run again reads its finished run folders back and trains nothing.
 # <!-- end generated -->
 
 # %%
@@ -249,7 +249,7 @@ for seed, history in enumerate(runs["mul7"]["opsd_live"]):
 # **What this scale shows** (5 seeds, 0.5M parameters, 200 steps; the numbers are the outputs above):
 #
 # - **OPSD against the verifier methods: reproduced.** OPSD gains fast (0.31 at step 0 → 0.48 on
-#   average over the first 50 steps) and ends at 0.57, below GRPO (0.71) and RLSD (0.72) in every seed. With the
+#   average over the first 50 steps) and ends at 0.57, below GRPO (0.71) and RLSD (0.71) in every seed. With the
 #   default frozen teacher it does **not** decline within 200 steps: its last quarter is *above* its
 #   first, so "rises early, then declines" is *contradicted* here. With a **live** teacher (the
 #   student itself, shown the solution) it does exactly what the RLSD paper describes, and worse: it
@@ -257,21 +257,22 @@ for seed, history in enumerate(runs["mul7"]["opsd_live"]):
 #   completions running into the 80-token limit (truncated in 94-100 % of rows at step 200) while
 #   the teacher-student KL rises to 0.3-0.5 near step 100: the teacher is the student itself, so
 #   nothing holds the target still as the student drifts.
-# - **RLSD and SDPG against GRPO: inconclusive**, now with a task that leaves room (GRPO 0.711 ± 0.012,
-#   still rising at step 200). Both end slightly above GRPO (+0.011 and +0.017 in final accuracy) and
-#   learn no faster (area under the curve +0.003 each); the intervals of the final accuracy hold 0 or
-#   barely exclude it, and after Holm's correction none is significant. The smallest effect these 5
-#   seeds could detect is about 0.04; the papers' gains (0.02-0.05) sit at or below it; 20-50 seeds
-#   per method would be needed for differences of this size.
+# - **RLSD and SDPG against GRPO: inconclusive**, now with a task that leaves room (GRPO 0.706 ± 0.021
+#   over the last quarter of training, still rising at step 200). Paired by seed, RLSD ends +0.004
+#   and SDPG +0.011 above GRPO and neither learns faster (area under the curve +0.003 each); the
+#   paired intervals hold 0 and after Holm's correction none is significant. The smallest effect
+#   these 5 paired seeds could detect is about 0.05; the measured differences would need about 30
+#   paired seeds (SDPG) and over 200 (RLSD) to settle.
 # - **GRPO+OPSD** (the verifier plus a small distillation term) is the best of the five at the end
-#   (0.745 ± 0.025) and in area under the curve (+0.028 over GRPO; about 9 seeds would settle it).
+#   (0.736 ± 0.014) and in area under the curve (+0.028 over GRPO, paired, in every seed).
 # - **How much can the teacher's token-level signal do?** Very little through RLSD's weights: moving
-#   eps_w from 0.2 to 0.9, or keeping lam at 0.5 for the whole run, changes RLSD by less than 0.005,
-#   bounded by the intervals to about ±0.015. At this scale the teacher's per-token log-ratio is small
-#   (RLSD's teacher KL about 0.02 nats/token at the end), so w_t stays near 1 whatever the clip. SDPG with ten times
-#   the distillation weight (beta_base 1.0) ends highest of all runs (0.759 ± 0.033, +0.048 over GRPO
-#   with 3 seeds, not significant after correction): where the teacher's signal enters as a full
-#   distribution rather than a per-token weight, it has room to act.
+#   eps_w from 0.2 to 0.9, or keeping lam at 0.5 for the whole run, changes RLSD's final accuracy by
+#   -0.010 and -0.004 (3 paired seeds, intervals within ±0.02). At this scale the teacher's
+#   per-token log-ratio is small (RLSD's teacher KL about 0.02 nats/token at the end), so w_t stays
+#   near 1 whatever the clip. SDPG with ten times the distillation weight (beta_base 1.0) ends
+#   highest of all runs (0.736 ± 0.015, +0.033 over GRPO paired, 3 seeds, an exploratory comparison
+#   without correction): where the teacher's signal enters as a full distribution rather than a
+#   per-token weight, it has room to act.
 
 # %% [markdown]
 # ## 7. The command itself, in miniature

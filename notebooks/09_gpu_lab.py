@@ -30,7 +30,7 @@
 # **What it trains:** nothing: it times single steps of every method on the current device.
 #
 # <!-- generated: notebook-time -->
-# **Time.** Its stored run, on the `cpu` profile: 20 s (the cells' times recorded in this notebook; the longest cell 11 s). A notebook run again reads its finished run folders back and trains nothing.
+# **Time.** Its stored run, on the `cpu` profile: 18 s (the cells' times recorded in this notebook; the longest cell 8 s). A notebook run again reads its finished run folders back and trains nothing.
 # <!-- end generated -->
 
 # %%
