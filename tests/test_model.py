@@ -71,7 +71,7 @@ def test_save_load_round_trip_identical_logits(tmp_path, tokenizer, tiny_model):
     path = tmp_path / "ckpt"
     model_io.save(model, tokenizer, str(path), extra={"extra.pt": {"x": 1}})
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]                   # no .tmp / .old left behind
-    assert torch.load(path / "extra.pt") == {"x": 1}
+    assert torch.load(path / "extra.pt", weights_only=True) == {"x": 1}
     loaded, tok2 = model_io.load(str(path))
     enc = tokenizer(["1+2=", "123+456=", "9*9="], padding=True, return_tensors="pt")
     with torch.no_grad():
