@@ -167,7 +167,7 @@ def split_head(model) -> tuple:
     a wrapped one (DDP, FSDP, DeepSpeed) the wrapped model's parts."""
     inner = unwrap(model)
     body, head = inner.get_decoder(), inner.get_output_embeddings()
-    if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+    if isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):   # torch.compile's wrapper
         body = compiled_forward(body, dynamic=True)
     return body, head
 
