@@ -261,8 +261,7 @@ def test_a_changed_number_makes_the_blocks_stale(tmp_path):
     a notebook, and the check names the files whose blocks quote it; rewriting them makes them agree."""
     from rlsd_min.lab.blocks import stale_blocks, write_blocks
 
-    _copy_of_the_sources(tmp_path)
-    assert stale_blocks(tmp_path) == []
+    _copy_of_the_sources(tmp_path)                 # in agreement: test_the_generated_blocks_agree_with_their_sources
     summary = json.loads((tmp_path / "results/summary.json").read_text())
     cell = summary["table"]["mul7"]["rlsd"]["final_acc"]
     cell["mean"] += 0.1
