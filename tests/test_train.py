@@ -58,7 +58,7 @@ def params_of(path) -> dict:
 
 
 def state_of(out_dir) -> dict:
-    return torch.load(os.path.join(out_dir, "checkpoint", "state.pt"), weights_only=False)
+    return torch.load(os.path.join(out_dir, "checkpoint", "state.pt"), weights_only=True)
 
 
 def read_jsonl(path) -> list:
