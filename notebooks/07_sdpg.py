@@ -272,8 +272,8 @@ student_logp = batch.old_logp                                        # (N, T), f
 t_prompts = [teacher_prompt(q.prompt, q.context(DEMO.teacher_context)) for q in val]
 t_logp, teacher_logits = teacher_logprobs(model, tok, t_prompts, rollout, return_logits=True)  # the live teacher, every row
 scored = batch.teacher_rows   # collect scores only the rows the gate lets through: the others add nothing to the loss
-assert torch.equal(scored, adv > 0)
-assert torch.equal(t_logp[scored], batch.teacher_logp[scored]) and torch.equal(teacher_logits[scored], batch.teacher_logits[scored])
+assert torch.equal(scored, adv > 0)                                  # and the batch keeps their logits alone
+assert torch.equal(t_logp[scored], batch.teacher_logp[scored]) and torch.equal(teacher_logits[scored], batch.teacher_logits)
 D = full_reverse_kl(student_logits, teacher_logits)                                   # (N, T), gradient to the student
 mask = rollout.completion_mask
 mixed = [i for i in range(len(rewards)) if 0 < rewards[i // G * G:(i // G + 1) * G].sum() < G]

@@ -33,8 +33,23 @@ class StepBatch:
                                                  #        filled by the first update's own forward
     ref_logp: torch.Tensor | None = None         # (N, T) log pi_ref, when kl_coef > 0
     teacher_logp: torch.Tensor | None = None     # (N, T) log q_t(y_t), detached
-    teacher_logits: torch.Tensor | None = None   # (N, T, V), when the method needs the full vocabulary
+    teacher_logits: torch.Tensor | None = None   # (N, T, V), or (n, T, V): the n rows of teacher_rows alone,
+                                                 #        when the method needs the full vocabulary
     teacher_rows: torch.Tensor | None = None     # (N,) bool: the rows the teacher scored (None = all);
                                                  #        elsewhere its log-probs are 0, its logits 0 (uniform),
                                                  #        and the loss has no teacher term
     metrics: dict = field(default_factory=dict)  # measured while collecting (teacher_frac, distill_floor)
+
+    def teacher_logits_of(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The teacher's logits of the batch rows `rows` ((n,) long; None = all N): (n, T, V), 0
+        (a uniform teacher) on a row it did not score. Reads either layout of teacher_logits:
+        every row's, or the scored rows' alone (then fewer rows than the batch; the tiny loop
+        keeps only those, so an SDPG batch holds no logits for its A_i <= 0 rows)."""
+        logits, N = self.teacher_logits, self.rollout.completion_ids.shape[0]
+        if logits.shape[0] == N:
+            return logits if rows is None else logits[rows]
+        rows = torch.arange(N, device=logits.device) if rows is None else rows
+        slot = torch.where(self.teacher_rows, self.teacher_rows.cumsum(0) - 1, -1)[rows]   # (n,) row in logits
+        out = logits.new_zeros(len(rows), *logits.shape[1:])                             # (n, T, V)
+        out[slot >= 0] = logits[slot[slot >= 0]]
+        return out

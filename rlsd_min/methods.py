@@ -294,7 +294,7 @@ class Method:
     def loss_of_logits(self, logp, logits, batch, cfg, step: int):
         """`loss` given the student's whole logits (N, T, V) (the TRL trainers' micro-batch, a
         test's batch): D_t from them when the method reads it (logits None otherwise)."""
-        distill = distillation(cfg, logits, batch.teacher_logits) if self.needs_logits(cfg) else None
+        distill = distillation(cfg, logits, batch.teacher_logits_of()) if self.needs_logits(cfg) else None
         return self.loss(logp, distill, batch, cfg, step)
 
     def needs_logits(self, cfg) -> bool:

@@ -128,13 +128,16 @@ def teacher_scores(teacher_model, prompt_ids, prompt_mask, rollout: Rollout, adv
         return out if full_vocab else (out, None)
 
     return scored_teacher_rows(score, advantages, cfg, rollout.completion_ids.shape, teacher_model.config.vocab_size,
-                               context_rows)
+                               context_rows, compact=True)
 
 
-def scored_teacher_rows(score, advantages, cfg, shape: tuple, vocab_size: int, context_rows=None):
+def scored_teacher_rows(score, advantages, cfg, shape: tuple, vocab_size: int, context_rows=None,
+                        compact: bool = False):
     """(log q_t(y_t) (N, T), logits (N, T, V) or None, rows) from score(rows) -> ((n, T), (n, T, V)
     or None), the teacher's forward over the rows asked for (None = all N): the tiny loop's
-    (`teacher_scores`) and the TRL trainers'.
+    (`teacher_scores`) and the TRL trainers'. compact=True returns the logits of the n scored
+    rows alone, (n, T, V) (the tiny loop: StepBatch.teacher_logits_of reads them); the TRL
+    trainers keep (N, T, V), since their micro-batches slice every tensor by batch row.
 
     Only the rows whose loss the teacher can change are scored: those that have a teacher
     (context_rows (N,) bool; None = all: a `sibling` row whose group has no other success has
@@ -149,13 +152,13 @@ def scored_teacher_rows(score, advantages, cfg, shape: tuple, vocab_size: int, c
         return (*score(None), rows)
     N, T = shape
     if not rows.any():
-        logits = torch.zeros(N, T, vocab_size, device=advantages.device) if full_vocab else None
+        logits = torch.zeros(0 if compact else N, T, vocab_size, device=advantages.device) if full_vocab else None
         return torch.zeros(N, T, device=advantages.device), logits, rows
     scored, scored_logits = score(rows)                                          # (n, T), (n, T, V) or None
     logp = scored.new_zeros(N, T).index_put((rows,), scored)                     # (N, T)
-    logits = scored_logits.new_zeros(N, T, scored_logits.shape[-1]).index_put((rows,), scored_logits) \
-        if full_vocab else None                                                  # (N, T, V)
-    return logp, logits, rows
+    if full_vocab and not compact:
+        scored_logits = scored_logits.new_zeros(N, T, scored_logits.shape[-1]).index_put((rows,), scored_logits)
+    return logp, scored_logits, rows                                             # (N, T, V), (n, T, V) or None
 
 
 def method_loss(policy, batch: StepBatch, cfg, step: int) -> tuple[torch.Tensor, dict]:
@@ -186,8 +189,8 @@ def method_loss(policy, batch: StepBatch, cfg, step: int) -> tuple[torch.Tensor,
                                        tokens, rollout.completion_mask[picked], groups)           # (n, T, H)
             if method.needs_logits(cfg):  # log-probs and the full-vocabulary D_t from each chunk's logits
                 scored, scored_ent, scored_distill = over_row_chunks(
-                    lambda lg, y, q: (*token_scores(lg, y), distillation(cfg, lg, q)), hidden, head,
-                    cfg.temperature, tokens, batch.teacher_logits if full else batch.teacher_logits[picked])  # (n, T) x 3
+                    lambda lg, y, rows: (*token_scores(lg, y), distillation(cfg, lg, batch.teacher_logits_of(rows))),
+                    hidden, head, cfg.temperature, tokens, picked)                          # (n, T) x 3
                 distill = scored_distill if full else logp.to(scored.dtype).index_put((picked,), scored_distill)
             else:
                 scored, scored_ent = chunked_logprobs(hidden, head, tokens, cfg.temperature)    # (n, T), (n, T)

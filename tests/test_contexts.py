@@ -216,7 +216,7 @@ def test_grpo_opsd_distills_only_the_rows_with_a_sibling(splits):
     with torch.no_grad():
         logits = token_logprobs(model, batch.rollout)[1]                             # (N, T, V) the student's
     log_p = torch.log_softmax(logits.double(), -1)                                   # (N, T, V)
-    log_q = torch.log_softmax(batch.teacher_logits.double(), -1)
+    log_q = torch.log_softmax(batch.teacher_logits_of().double(), -1)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)                                     # (N, T)
     mask = batch.rollout.completion_mask.double()                                    # (N, T)
     expected = (kl * mask * HAS_SIBLING[:, None]).sum() / mask.sum()                 # token-mean
