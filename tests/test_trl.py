@@ -159,10 +159,12 @@ def rlsd_min_config(method, **fields) -> TrainConfig:
 @pytest.mark.parametrize("cls", [rt.RLSDConfig, rt.SDPGConfig, rt.OPSDConfig])
 def test_config_fields_are_trainconfigs_method_fields_types_defaults_and_help(cls):
     """The dataclasses written out in trl_configs: their own fields are the union of their methods'
-    fields (the records' `reads`), each with TrainConfig's type, default and docstring."""
+    fields (the records' `reads`), each with TrainConfig's type, default and docstring; besides
+    them only with_reward and teacher_context (the TRL configs' own: TRL_CONTEXTS)."""
     types, theirs, docs = typing.get_type_hints(cls), typing.get_type_hints(TrainConfig), field_docs(TrainConfig)
     base = {f.name for f in dataclasses.fields(trl.GRPOConfig)}
-    own = {f.name: f for f in dataclasses.fields(cls) if f.name not in base and f.name != "with_reward"}
+    own = {f.name: f for f in dataclasses.fields(cls) if f.name not in base | {"with_reward", "teacher_context"}}
+    assert {f.name: f.default for f in dataclasses.fields(cls)}["teacher_context"] == rt.TRL_CONTEXTS[0] is None
     assert set(own) == {n for m in cls.methods() for n in rt.method_fields(m)}
     for name, f in own.items():
         assert types[name] == theirs[name], name
