@@ -33,7 +33,7 @@ from trl.experimental.sdpo import SDPOConfig, SDPOTrainer  # noqa: E402
 import hf_fixtures as hf  # noqa: E402
 from rlsd_min.integrations import trl as rt  # noqa: E402
 from rlsd_min.integrations.trl_teacher import sdpo_template  # noqa: E402
-from rlsd_min.methods import distillation  # noqa: E402
+from rlsd_min.methods import METHODS, distillation  # noqa: E402
 from rlsd_min.objective import aggregate  # noqa: E402
 from rlsd_min.teacher import SUCCESS_REWARD  # noqa: E402
 
@@ -188,6 +188,29 @@ def test_each_row_is_taught_by_the_first_other_success_of_its_group_and_a_lone_r
     kept, every = (aggregate(x, mask, cfg.loss_agg, G).item() for x in (d * rows[:, None], d))
     print(dict(logged=logged["distill_loss"], kept=kept, every=every))
     assert logged["distill_loss"] == pytest.approx(kept, rel=1e-5) and abs(every - kept) > 0.1 * kept
+
+
+@pytest.mark.parametrize("method, config", [("rlsd", rt.RLSDConfig), ("sdpg", rt.SDPGConfig)])
+def test_every_trainer_with_a_teacher_takes_the_sibling(method, config, qwen_path, tmp_path):
+    """RLSD's and SDPG's trainers: the rows scored are those with a sibling among the method's own
+    (A_i != 0, A_i > 0 under SDPG's gate), and teacher_frac counts the rows with a sibling."""
+    data = chat_rows()
+    args = config(output_dir=str(tmp_path / method), teacher_context="sibling",
+                  **{**COMMON, "learning_rate": 1e-12, "max_steps": 1})
+    trainer = rt.TRAINERS[method](model=qwen_path, reward_funcs=mixed_reward, args=args,
+                                  train_dataset=Dataset.from_list(data))
+    hf.inject(trainer, data)
+    batches = recording(trainer, "_generate_and_score_completions")
+    trainer.train()
+    out, logged = batches[0], [h for h in trainer.state.log_history if "loss" in h][0]
+    cfg = trainer._rlsd_config()
+    out["num_items_in_batch"] = out["completion_mask"].sum()
+    batch = trainer._step_batch(trainer.model, out, cfg)
+    rows = out["teacher_context_rows"]
+    own = METHODS[method].teacher_rows(out["advantages"], cfg)                            # (N,) bool
+    print(method, dict(context=rows.sum().item(), own=own.sum().item(), scored=batch.teacher_rows.sum().item()))
+    assert torch.equal(batch.teacher_rows, rows & own) and (rows & own).any() and not rows.all()
+    assert logged["teacher_frac"] == pytest.approx(rows.float().mean().item()) and logged["teacher_kl"] != 0
 
 
 def test_other_contexts_are_the_datasets_column(tmp_path):

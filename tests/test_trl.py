@@ -490,19 +490,28 @@ def test_example_script_runs_two_steps_on_the_tiny_model(tiny_path, tmp_path):
 # --- the step-time comparison with GRPOTrainer (rlsd_min.lab.bench_trl) ------------------------
 
 def test_trainer_comparison_table_ratio_is_the_median_of_per_round_ratios():
-    from rlsd_min.lab.bench_trl import format_trainer_comparison
+    from rlsd_min.lab.bench_trl import TRAINER_METHODS, format_trainer_comparison, trainer_name
 
-    text = format_trainer_comparison({"grpo": [1.0, 2.0, 4.0], "rlsd": [1.2, 2.0, 8.0]})
-    assert "| RLSDTrainer | 2.000 | 1.200-8.000 | 1.20 |" in text        # not 1.00, the ratio of the medians
-    assert "rlsd / GRPOTrainer per round: 1.20 1.00 2.00" in text
-    assert format_trainer_comparison({"grpo": [1.0], "grpo_opsd": [2.0]}).count("OPSDTrainer(with_reward=True)") == 1
+    row = lambda key, times, mem, pair=None: {key: dict(label=trainer_name(key) if key in TRAINER_METHODS else key,
+                                                        times=times, peak_mem_mb=mem, pair=pair)}
+    text = format_trainer_comparison({**row("grpo", [1.0, 2.0, 4.0], 10.0), **row("rlsd", [1.2, 2.0, 8.0], 15.0)})
+    assert "| RLSDTrainer | 2.000 | 1.200-8.000 | 1.20 | 15.0 |" in text        # not 1.00, the ratio of the medians
+    assert "rlsd / GRPOTrainer per round: 1.20 1.00 2.00" in text and "ours / TRL SDPOTrainer" not in text
+    paired = format_trainer_comparison({**row("grpo", [1.0, 1.0, 1.0], 10.0), **row("S", [2.0, 4.0, 1.0], 40.0),
+                                        **row("O", [1.0, 1.0, 1.0], 30.0, pair="S")})
+    assert "| O / S | 0.50 | 0.75 |" in paired and "O / S per round: 0.50 0.25 1.00" in paired
+    assert format_trainer_comparison({**row("grpo", [1.0], 1.0), **row("grpo_opsd", [2.0], 1.0)}).count(
+        "OPSDTrainer(with_reward=True)") == 1
 
 
 def test_trainer_comparison_interleaves_the_trainers_on_the_ci_profile():
     from rlsd_min.lab.bench_trl import trainer_comparison
 
-    times = trainer_comparison("ci", rounds=1, warmup=1, methods=("rlsd",))
-    assert set(times) == {"grpo", "rlsd"} and all(len(v) == 1 and v[0] > 0 for v in times.values())
+    results = trainer_comparison("ci", rounds=1, warmup=1, methods=("rlsd",))
+    assert set(results) == {"grpo", "rlsd"}
+    assert all(len(r["times"]) == 1 and r["times"][0] > 0 and r["peak_mem_mb"] > 0 for r in results.values())
+    with pytest.raises(ValueError, match="no TRL trainer for \\['grpo'\\]"):
+        trainer_comparison("ci", rounds=1, methods=("grpo",))
 
 
 # --- the realistic matrix: a Qwen2-shape model, a BPE tokenizer with ChatML (tests/hf_fixtures.py) --
