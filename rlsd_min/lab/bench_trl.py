@@ -1,4 +1,11 @@
-"""rlsd_min's GRPO step against TRL's GRPOTrainer on the same work, interleaved in one process.
+"""rlsd_min's GRPO step against TRL's GRPOTrainer, and rlsd_min's TRL trainers against
+GRPOTrainer and TRL's SDPOTrainer, on the same work, interleaved in one process.
+
+    trl_comparison       rlsd_min's own GRPO step against GRPOTrainer     (bench --trl)
+    trainer_comparison   each rlsd_min TRL trainer against GRPOTrainer;   (bench --trl-trainers)
+                         with 'sdpo' among the methods, GRPO+OPSD with a  (--methods sdpo)
+                         sibling teacher against SDPOTrainer in full-logit
+                         mode, live and ema teacher (sdpo_pairs)
 
 The peer a user would otherwise pick: TRL's `GRPOTrainer` (`pip install .[bench]` brings
 `trl`). Both sides get the identical saved model and tokenizer (`data/base`), the same
