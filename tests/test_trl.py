@@ -452,7 +452,7 @@ def _torchrun(n: int, path: str, out: pathlib.Path) -> list[dict]:
 def test_two_processes_under_torchrun_agree_with_each_other_and_with_one_process(tiny_path, tmp_path):
     two = _torchrun(2, tiny_path, tmp_path / "two")
     (one,) = _torchrun(1, tiny_path, tmp_path / "one")
-    for method in ("rlsd", "sdpg"):
+    for method in ("rlsd", "sdpg", "sibling"):   # sibling: GRPO+OPSD, each rank's siblings chosen from all ranks' rows
         r0, r1 = two[0][method], two[1][method]
         assert r0["weights"] == r1["weights"], "the ranks' weights differ"                 # identical, bit for bit
         assert r0["moved"] > 0
