@@ -189,6 +189,9 @@ class TrainConfig:
     """steps between held-out evaluations; None = the profile's (cpu 10)"""
     eval_problems: int | None = None
     """validation problems per evaluation; None = the profile's (cpu 256)"""
+    eval_samples: int = 1
+    """sampled completions per validation problem in each evaluation (`eval_acc`): more samples
+    make one evaluation's own sampling noise smaller (its sd falls as 1/sqrt(problems x samples))"""
     probe_problems: int = 0
     """leakage probes at each evaluation (rlsd_min.leakage.leakage_probes) on this many training
     and this many held-out prompts; 0 = off"""
@@ -245,6 +248,7 @@ class TrainConfig:
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}"),
             (self.eval_problems >= 1, f"eval_problems must be >= 1, got {self.eval_problems}"),
+            (self.eval_samples >= 1, f"eval_samples must be >= 1, got {self.eval_samples}"),
             (self.num_iterations >= 1, f"num_iterations must be >= 1, got {self.num_iterations}"),
             (0 <= self.eps_low < 1, f"eps_low must be in [0, 1), got {self.eps_low}"),
             (self.eps_high >= 0, f"eps_high must be >= 0, got {self.eps_high}"),

@@ -101,7 +101,7 @@ def _train(cfg: TrainConfig, run: RunDir, device, progress: bool) -> list[dict]:
     run.start(done)
 
     def evaluation() -> dict:
-        row = {"eval_acc": evaluate(policy, tokenizer, val_set, seed=cfg.seed),
+        row = {"eval_acc": evaluate(policy, tokenizer, val_set, cfg.eval_samples, seed=cfg.seed),
                "eval_acc_greedy": evaluate(policy, tokenizer, val_set, greedy=True)}
         if cfg.probe_problems:  # a method without a teacher probes with the minimal context
             probes = leakage_probes(policy, tokenizer, train_set[:cfg.probe_problems], heldout[:cfg.probe_problems],

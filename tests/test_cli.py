@@ -180,7 +180,8 @@ def test_verify_list_prints_the_plan_a_scheduler_shards(tmp_path, capsys):
     main(["verify", "--profile", "ci", "--seeds", "2", "--methods", "grpo", "--tasks", "mul7", "--variants",
           "rlsd_epsw0.9", "--variant-seeds", "1", "--out", str(tmp_path / "r"), "--list"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[:3] == ["0\tmul7/grpo/seed0\tto do", "1\tmul7/grpo/seed1\tto do", "2\tmul7/rlsd_epsw0.9/seed0\tto do"]
+    assert lines[:3] == ["0\tmul7/grpo/seed0\tto do", "1\tmul7/rlsd_epsw0.9/seed0\tto do",   # seed-major
+                         "2\tmul7/grpo/seed1\tto do"]
     assert lines[3:] == ["mul7/grpo: 2 seeds, 0 finished, 2 to do; no finished run to time it by",
                          "mul7/rlsd_epsw0.9: 1 seeds, 0 finished, 1 to do; no finished run to time it by",
                          "total: 3 runs, 0 finished, 3 to do: 0.0 h of training (not counting mul7/grpo, mul7/rlsd_epsw0.9)"]

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -74,6 +75,19 @@ def test_eval_accepts_a_run_folder_and_names_what_it_evaluates(run, capsys):
     assert f"evaluating {run / 'checkpoint'} (task arith)" in out and "sampled accuracy" in out
     main(["eval", "--split", "validation", "--samples", "1"])
     assert "evaluating the warm start of task 'arith'" in capsys.readouterr().out
+
+
+def test_eval_under_several_seeds_prints_each_and_their_spread(run, capsys):
+    main(["eval", "--ckpt", str(run), "--split", "validation", "--samples", "1", "--seeds", "3", "--seed", "5"])
+    out = capsys.readouterr().out
+    per_seed = [float(part.split()[1]) for part in out.split("per seed: ")[1].splitlines()[0].split(", ")]
+    assert [int(part.split()[0]) for part in out.split("per seed: ")[1].splitlines()[0].split(", ")] == [5, 6, 7]
+    assert f"mean {statistics.fmean(per_seed):.4f}, sd over 3 seeds {statistics.stdev(per_seed):.4f}" in out
+    main(["eval", "--ckpt", str(run), "--split", "validation", "--samples", "1", "--seed", "6"])
+    assert f"sampled accuracy {per_seed[1]:.3f} (1 per problem, seed 6)" in capsys.readouterr().out   # seed 6 alone
+    with pytest.raises(SystemExit) as err:
+        main(["eval", "--ckpt", str(run), "--seeds", "0"])
+    assert "--seeds must be >= 1, got 0" in str(err.value.code)
 
 
 def test_eval_of_a_run_folder_without_checkpoint_says_what_to_do(run, tmp_path, capsys):

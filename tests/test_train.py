@@ -421,3 +421,17 @@ def test_the_teacher_scores_only_rows_whose_loss_it_can_change(method, splits, m
     assert results["subset"][1] == pytest.approx(results["all"][1], rel=1e-5, abs=1e-7)
     for a, b in zip(results["subset"][2], results["all"][2]):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_eval_samples_sets_how_many_completions_each_validation_problem_gets(tmp_path):
+    from rlsd_min import evaluate
+    from rlsd_min.tasks import load_splits, problems_of
+
+    cfg = train_config("ci", method="grpo", steps=1, eval_samples=3)
+    history = train(cfg, str(tmp_path / "r"), progress=False)
+    model, tok = model_io.load(str(BASE_CHECKPOINT))
+    val = problems_of(load_splits(cfg.data_path())["validation"])[:cfg.eval_problems]
+    assert history[0]["eval_acc"] == evaluate(model, tok, val, samples=3, seed=cfg.seed)   # the warm start's
+    assert history[0]["eval_acc"] * 3 * len(val) == round(history[0]["eval_acc"] * 3 * len(val))
+    with pytest.raises(ValueError, match="eval_samples must be >= 1, got 0"):
+        train_config("ci", method="grpo", eval_samples=0)

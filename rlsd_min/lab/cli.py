@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -113,6 +114,9 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    for name in ("samples", "seeds"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.ckpt:
         from ..run_folder import checkpoint_of
 
@@ -126,15 +130,25 @@ def cmd_eval(args) -> None:
         ckpt = str(TASKS[task].base_checkpoint)
         what = f"the warm start of task {task!r} ({ckpt})"
     print(f"evaluating {what}")
+    from tqdm.auto import tqdm
+
     from ..evaluation import evaluate
     from ..model import load
     from ..tasks import load_splits, problems_of
 
     model, tok = load(ckpt, pick_device())
     problems = problems_of(load_splits(args.data or str(TASKS[task].data_dir))[args.split])
-    acc = evaluate(model, tok, problems, samples=args.samples, seed=args.seed)
+    seeds = range(args.seed, args.seed + args.seeds)
+    accs = [evaluate(model, tok, problems, samples=args.samples, seed=s) for s in tqdm(seeds, desc="eval",
+                                                                                    disable=args.seeds == 1)]
     greedy = evaluate(model, tok, problems, greedy=True)
-    print(f"{args.split} ({len(problems)} problems): sampled accuracy {acc:.3f} ({args.samples} per problem, "
+    if args.seeds > 1:  # the evaluation's own noise: the same weights, other sampling seeds
+        print("sampled accuracy per seed: " + ", ".join(f"{s} {a:.4f}" for s, a in zip(seeds, accs)))
+        print(f"{args.split} ({len(problems)} problems, {args.samples} per problem): sampled accuracy mean "
+              f"{statistics.fmean(accs):.4f}, sd over {args.seeds} seeds {statistics.stdev(accs):.4f}; "
+              f"greedy accuracy {greedy:.3f}")
+        return
+    print(f"{args.split} ({len(problems)} problems): sampled accuracy {accs[0]:.3f} ({args.samples} per problem, "
           f"seed {args.seed}), greedy accuracy {greedy:.3f}")
 
 
@@ -222,7 +236,7 @@ def cmd_bench(args) -> None:
 
 def cmd_verify(args) -> None:
     from .blocks import refresh_after_report
-    from .experiment import experiment_config, run_experiment
+    from .experiment import check_folder, experiment_config, run_experiment
     from .results import plan, run_dir, run_status
 
     from .design import final_plan
@@ -233,9 +247,12 @@ def cmd_verify(args) -> None:
     label_seeds, waiting = None, {}
     if args.final:  # design.FINAL in place of --seeds, --methods, --variants, --variant-seeds
         methods, variants, label_seeds, waiting = final_plan()
+    if args.out is None:
+        args.out = os.path.join("results", "final") if args.final else "results"
     if args.list:  # the plan, one run a line: what a scheduler fans out with --shard
         exp = experiment_config(args.profile, args.seeds, methods, tuple(args.tasks.split(",")),
                                 _parse_sets(args.set), variants, args.variant_seeds, label_seeds)
+        check_folder(args.out, exp)  # as verify would: a folder of another experiment is refused
         runs = plan(exp)
         for i, (t, label, s) in enumerate(runs):
             status = run_status(run_dir(args.out, t, label, s), exp["configs"][f"{t}/{label}"]["steps"])
@@ -306,6 +323,9 @@ def main(argv=None) -> None:
     p.add_argument("--split", default="test", choices=["train", "validation", "test", "ood"], help="which split")
     p.add_argument("--samples", type=int, default=4, help="sampled completions per problem")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="evaluate under this many seeds (--seed, --seed + 1, ...) and print each, their mean and sd: "
+                        "the evaluation's own noise")
     p.set_defaults(func=cmd_eval)
 
     p = command("demo", "warm start if needed, GRPO, RLSD and SDPG from it, one plot")
@@ -332,7 +352,8 @@ def main(argv=None) -> None:
     p = command("verify", "every method on each task over several seeds -> results/ and REPORT.md")
     p.add_argument("--profile", default="cpu", choices=tuple(PROFILES), help=profile_help)
     p.add_argument("--seeds", type=int, default=VERIFY_SEEDS, help="seeds 0..S-1 of each method")
-    p.add_argument("--out", default="results", help="results folder (resumed if it holds this experiment)")
+    p.add_argument("--out", default=None, help="results folder, resumed if it holds this experiment (default: "
+                   "results, or results/final with --final)")
     p.add_argument("--methods", default=",".join(VERIFY_METHODS), help="comma-separated")
     p.add_argument("--tasks", default=",".join(VERIFY_TASKS), help=f"comma-separated, from {tuple(TASKS)}")
     p.add_argument("--variants", default="", help=f"sensitivity variants, comma-separated, from {tuple(VARIANTS)}, "
@@ -346,7 +367,7 @@ def main(argv=None) -> None:
                    "the plan (0 <= I < N) and write no report; the same command without --shard reports")
     p.add_argument("--final", action="store_true", help="the final experiment (rlsd_min.lab.design.FINAL: "
                    "20 paired seeds of the main labels, 5 or 10 of the others), in place of --seeds, --methods, "
-                   "--variants and --variant-seeds; the committed results/ are its first shard")
+                   "--variants and --variant-seeds (its --out: results/final)")
     p.add_argument("--list", action="store_true", help="print the plan (position, run, finished or not), the "
                    "seeds, finished runs and projected time of each label, and exit")
     p.set_defaults(func=cmd_verify)

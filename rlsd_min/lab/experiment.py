@@ -127,28 +127,40 @@ def _check_problems(exp: dict) -> None:
         check_problem_counts(cfg, len(splits["train"]), len(splits["validation"]))
 
 
-def _open_folder(out: str, exp: dict) -> None:
-    """Record `exp` in a new folder, or check that the folder records the same experiment (then
-    its experiment.json is left as it is) or one whose runs `exp` extends (results.extends: then
-    `exp` is recorded in its place, the finished runs kept)."""
-    path = os.path.join(out, "experiment.json")
+def check_folder(out: str, exp: dict) -> dict | None:
+    """The experiment recorded in `out` (None for a folder not made yet), after checking that
+    `exp` can train there: the same experiment, or one whose runs `exp` extends
+    (results.extends). Anything else is refused, naming what differs and what to do."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"{out} is a file, not a results folder; pass another --out")
-    if os.path.exists(path):
-        old = read_experiment(out)
-        if old != exp and extends(exp, old):  # its runs are a first shard of exp: go on as exp
-            save_json(exp, path)
-        elif old != exp:
-            diff = sorted(k for k in set(old) | set(exp) if old.get(k) != exp.get(k))
-            raise ValueError(
-                f"{out} holds runs of a different experiment ({diff} differ); to resume it, repeat the command "
-                f"that made it (profile {old.get('profile')!r}, seeds {len(old.get('seeds', []))}, tasks "
-                f"{old.get('tasks')}, variants {list(old.get('variants', {}))}); to start fresh, pass another "
-                f"--out (or delete {out} yourself)")
+    if not os.path.exists(os.path.join(out, "experiment.json")):
+        return None
+    old = read_experiment(out)
+    if old != exp and not extends(exp, old):
+        diff = sorted(k for k in set(old) | set(exp) if old.get(k) != exp.get(k))
+        fields = sorted({f for key, cfg in old["configs"].items() if key in exp["configs"]
+                         for f in cfg if cfg[f] != exp["configs"][key].get(f)})
+        diff = diff + [f"run settings {fields}"] if fields else diff
+        raise ValueError(
+            f"{out} holds runs of a different experiment ({diff} differ); to resume it, repeat the command "
+            f"that made it (profile {old.get('profile')!r}, seeds {len(old.get('seeds', []))}, tasks "
+            f"{old.get('tasks')}, variants {list(old.get('variants', {}))}); to start fresh, pass another "
+            f"--out (or delete {out} yourself)")
+    return old
+
+
+def _open_folder(out: str, exp: dict) -> None:
+    """Record `exp` in a new folder, or check that the folder records the same experiment (then
+    its experiment.json is left as it is) or one whose runs `exp` extends (then `exp` is
+    recorded in its place, the finished runs kept): `check_folder`."""
+    old = check_folder(out, exp)
+    if old is not None:
+        if old != exp:  # its runs are a first shard of exp: go on as exp
+            save_json(exp, os.path.join(out, "experiment.json"))
         return
     with writing(out):
         os.makedirs(out, exist_ok=True)
-        save_json(exp, path)
+        save_json(exp, os.path.join(out, "experiment.json"))
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

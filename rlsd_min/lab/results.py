@@ -71,9 +71,13 @@ def extends(exp: dict, old: dict) -> bool:
 
 
 def plan(exp: dict) -> list[tuple[str, str, int]]:
-    """Every run of an experiment, (task, label, seed), in a fixed order: task, label, seed."""
-    return [(t, label, s) for t in exp["tasks"] for label in labels(exp) if f"{t}/{label}" in exp["configs"]
-            for s in seeds_of(exp, label)]
+    """Every run of an experiment, (task, label, seed), in a fixed order: task, then seed, then label.
+    Seed-major, so a plan trained part of the way holds whole paired seeds: seed k of every label
+    that has it before any label's seed k + 1."""
+    runs = [(t, label, k, s) for t in exp["tasks"] for label in labels(exp) if f"{t}/{label}" in exp["configs"]
+            for k, s in enumerate(seeds_of(exp, label))]                   # k: the seed's place in its label's
+    runs.sort(key=lambda run: (exp["tasks"].index(run[0]), run[2]))        # stable: labels keep their order
+    return [(t, label, s) for t, label, _, s in runs]
 
 
 def upgrade(exp: dict) -> dict:
