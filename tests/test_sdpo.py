@@ -11,7 +11,9 @@
   w / (1 - w) (w = 1: opsd with distill_coef 1, no factor); distillation_alpha 1, 0, a in (0, 1)
   = divergence reverse, forward, jsd with jsd_beta a; num_iterations 1, so SDPO's
   importance-sampling clip has no old log-probs to act on (set off); the same teacher weights
-  (live, or EMA at the same rate) and the same teacher prompt (trl_teacher.sdpo_template).
+  (live, or EMA at the same rate: the two EMA teachers are compared before the second step, then
+  SDPO's is used by both, so the second step compares the objectives alone) and the same teacher
+  prompt (trl_teacher.sdpo_template); SGD with our learning rate (1 - w) x SDPO's, the same step.
 
 Nothing is downloaded.
 """
