@@ -159,10 +159,12 @@ def rlsd_min_config(method, **fields) -> TrainConfig:
 @pytest.mark.parametrize("cls", [rt.RLSDConfig, rt.SDPGConfig, rt.OPSDConfig])
 def test_config_fields_are_trainconfigs_method_fields_types_defaults_and_help(cls):
     """The dataclasses written out in trl_configs: their own fields are the union of their methods'
-    fields (the records' `reads`), each with TrainConfig's type, default and docstring."""
+    fields (the records' `reads`), each with TrainConfig's type, default and docstring; besides
+    them only with_reward and teacher_context (the TRL configs' own: TRL_CONTEXTS)."""
     types, theirs, docs = typing.get_type_hints(cls), typing.get_type_hints(TrainConfig), field_docs(TrainConfig)
     base = {f.name for f in dataclasses.fields(trl.GRPOConfig)}
-    own = {f.name: f for f in dataclasses.fields(cls) if f.name not in base and f.name != "with_reward"}
+    own = {f.name: f for f in dataclasses.fields(cls) if f.name not in base | {"with_reward", "teacher_context"}}
+    assert {f.name: f.default for f in dataclasses.fields(cls)}["teacher_context"] == rt.TRL_CONTEXTS[0] is None
     assert set(own) == {n for m in cls.methods() for n in rt.method_fields(m)}
     for name, f in own.items():
         assert types[name] == theirs[name], name
@@ -450,7 +452,7 @@ def _torchrun(n: int, path: str, out: pathlib.Path) -> list[dict]:
 def test_two_processes_under_torchrun_agree_with_each_other_and_with_one_process(tiny_path, tmp_path):
     two = _torchrun(2, tiny_path, tmp_path / "two")
     (one,) = _torchrun(1, tiny_path, tmp_path / "one")
-    for method in ("rlsd", "sdpg"):
+    for method in ("rlsd", "sdpg", "sibling"):   # sibling: GRPO+OPSD, each rank's siblings chosen from all ranks' rows
         r0, r1 = two[0][method], two[1][method]
         assert r0["weights"] == r1["weights"], "the ranks' weights differ"                 # identical, bit for bit
         assert r0["moved"] > 0
@@ -488,19 +490,28 @@ def test_example_script_runs_two_steps_on_the_tiny_model(tiny_path, tmp_path):
 # --- the step-time comparison with GRPOTrainer (rlsd_min.lab.bench_trl) ------------------------
 
 def test_trainer_comparison_table_ratio_is_the_median_of_per_round_ratios():
-    from rlsd_min.lab.bench_trl import format_trainer_comparison
+    from rlsd_min.lab.bench_trl import TRAINER_METHODS, format_trainer_comparison, trainer_name
 
-    text = format_trainer_comparison({"grpo": [1.0, 2.0, 4.0], "rlsd": [1.2, 2.0, 8.0]})
-    assert "| RLSDTrainer | 2.000 | 1.200-8.000 | 1.20 |" in text        # not 1.00, the ratio of the medians
-    assert "rlsd / GRPOTrainer per round: 1.20 1.00 2.00" in text
-    assert format_trainer_comparison({"grpo": [1.0], "grpo_opsd": [2.0]}).count("OPSDTrainer(with_reward=True)") == 1
+    row = lambda key, times, mem, pair=None: {key: dict(label=trainer_name(key) if key in TRAINER_METHODS else key,
+                                                        times=times, peak_mem_mb=mem, pair=pair)}
+    text = format_trainer_comparison({**row("grpo", [1.0, 2.0, 4.0], 10.0), **row("rlsd", [1.2, 2.0, 8.0], 15.0)})
+    assert "| RLSDTrainer | 2.000 | 1.200-8.000 | 1.20 | 15.0 |" in text        # not 1.00, the ratio of the medians
+    assert "rlsd / GRPOTrainer per round: 1.20 1.00 2.00" in text and "ours / TRL SDPOTrainer" not in text
+    paired = format_trainer_comparison({**row("grpo", [1.0, 1.0, 1.0], 10.0), **row("S", [2.0, 4.0, 1.0], 40.0),
+                                        **row("O", [1.0, 1.0, 1.0], 30.0, pair="S")})
+    assert "| O / S | 0.50 | 0.75 |" in paired and "O / S per round: 0.50 0.25 1.00" in paired
+    assert format_trainer_comparison({**row("grpo", [1.0], 1.0), **row("grpo_opsd", [2.0], 1.0)}).count(
+        "OPSDTrainer(with_reward=True)") == 1
 
 
 def test_trainer_comparison_interleaves_the_trainers_on_the_ci_profile():
     from rlsd_min.lab.bench_trl import trainer_comparison
 
-    times = trainer_comparison("ci", rounds=1, warmup=1, methods=("rlsd",))
-    assert set(times) == {"grpo", "rlsd"} and all(len(v) == 1 and v[0] > 0 for v in times.values())
+    results = trainer_comparison("ci", rounds=1, warmup=1, methods=("rlsd",))
+    assert set(results) == {"grpo", "rlsd"}
+    assert all(len(r["times"]) == 1 and r["times"][0] > 0 and r["peak_mem_mb"] > 0 for r in results.values())
+    with pytest.raises(ValueError, match="no TRL trainer for \\['grpo'\\]"):
+        trainer_comparison("ci", rounds=1, methods=("grpo",))
 
 
 # --- the realistic matrix: a Qwen2-shape model, a BPE tokenizer with ChatML (tests/hf_fixtures.py) --

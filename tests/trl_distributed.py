@@ -1,5 +1,6 @@
 """Run by tests/test_trl.py under torchrun (any number of processes, gloo on CPU): two steps of
-RLSDTrainer and SDPGTrainer on injected completions, then each rank writes rank<R>.json with
+RLSDTrainer, SDPGTrainer and GRPO+OPSD's OPSDTrainer with the `sibling` teacher (chosen among every
+process's rows) on injected completions, then each rank writes rank<R>.json with
 its final weights, the metrics it logged and the metrics it computed locally, each with its
 weight (rlsd_min.integrations.trl_metrics.weights).
 
@@ -25,7 +26,7 @@ from rlsd_min.integrations.tiny import arith_reward, arith_rows  # noqa: E402
 
 G, ROWS = 4, 16
 NAMES = ("loss", "lam", "w_clip_frac", "beta", "distill_loss", "gate_frac", "teacher_kl", "kl_ref",
-         "entropy", "loss_pg")
+         "entropy", "loss_pg", "teacher_frac")
 
 
 def completions(prompt_ids: list, tokenizer, answer: int) -> list:
@@ -40,8 +41,10 @@ def main(path: str, out: str) -> None:
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     rows = arith_rows(n=8)
     result = {}
-    for method, Config, own in (("rlsd", rt.RLSDConfig, {}), ("sdpg", rt.SDPGConfig, dict(sdpg_schedule=False))):
-        args = Config(**own, output_dir=os.path.join(out, method), per_device_train_batch_size=ROWS // world,
+    for name, Config, own in (("rlsd", rt.RLSDConfig, {}), ("sdpg", rt.SDPGConfig, dict(sdpg_schedule=False)),
+                              ("sibling", rt.OPSDConfig, dict(with_reward=True, teacher_context="sibling"))):
+        method = "grpo_opsd" if name == "sibling" else name
+        args = Config(**own, output_dir=os.path.join(out, name), per_device_train_batch_size=ROWS // world,
                       num_generations=G, max_completion_length=16, max_steps=2, learning_rate=0.1, optim="sgd",
                       report_to="none", use_cpu=True, bf16=False, activation_checkpointing=False,
                       logging_steps=1, save_strategy="no", disable_tqdm=True, seed=0)
@@ -59,7 +62,7 @@ def main(path: str, out: str) -> None:
         trainer.train()
         weights = torch.cat([p.detach().flatten() for p in trainer.accelerator.unwrap_model(trainer.model).parameters()])
         logged = [{k: h[k] for k in NAMES if k in h} for h in trainer.state.log_history if "loss" in h]
-        result[method] = dict(weights=weights.tolist(), moved=(weights - start).abs().sum().item(),
+        result[name] = dict(weights=weights.tolist(), moved=(weights - start).abs().sum().item(),
                               logged=logged, local=local)
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)

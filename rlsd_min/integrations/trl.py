@@ -11,7 +11,9 @@ What each side does in one step:
               advantages A_i (rewards gathered over the processes), the reference model's
               log-probs (when kl_coef > 0), the optimiser, accelerate (DDP, DeepSpeed, FSDP),
               checkpoints and logging (`report_to`)
-    rlsd_min  the teacher prompt (`privileged_prompt` -> rlsd_min.teacher.teacher_prompt), the
+    rlsd_min  the teacher prompt (`privileged_prompt` -> rlsd_min.teacher.teacher_prompt) of each
+              row's privileged_context, or with teacher_context='sibling' of a success of its
+              group (rlsd_min.teacher.sibling_completions on TRL's gathered rewards), the
               teacher's weights (trl_teacher: a copy, or a second LoRA adapter), the method's loss
               (METHODS[method].loss: rlsd_advantages, the divergences, sdpg_beta, the gate,
               kl_penalty, aggregate) and its metrics, weighted over the step (trl_metrics)
@@ -46,19 +48,21 @@ import os
 
 import torch
 import trl
+from accelerate.utils import gather_object
 from transformers import TrainerCallback
 from trl.trainer.utils import pad, split_tensor_dict
 
 from ..config import TrainConfig
 from ..batch import Rollout, StepBatch
 from ..methods import METHODS
+from ..teacher import sibling_completions
 from . import trl_configs
-from .trl_configs import (LOSS_TYPES, TRL_ADV_EPS, TRL_NAMES, OPSDConfig, RLSDConfig, SDPGConfig,  # noqa: F401
-                          method_fields)
+from .trl_configs import (LOSS_TYPES, TRL_ADV_EPS, TRL_CONTEXTS, TRL_NAMES, OPSDConfig, RLSDConfig,  # noqa: F401
+                          SDPGConfig, method_fields)
 from .trl_metrics import StepMeans, weights
 from .trl_scoring import check_full_vocab_head, completion_scores
 from .trl_teacher import (CHAT_TEMPLATE, CONTEXT_COLUMN, check_dataset, check_teacher_sharding,  # noqa: F401
-                          make_teacher, privileged_prompt, teacher_scores, template_for)
+                          make_teacher, privileged_prompt, sdpo_template, teacher_scores, template_for)
 
 
 def shard_weight(loss_agg: str, tokens, total_tokens, shards: int) -> float:
@@ -100,9 +104,10 @@ class _SelfDistillationTrainer(trl.GRPOTrainer):
             raise TypeError(f"{type(self).__name__} needs args={self.config_class.__name__}(...), got "
                             f"{type(args).__name__}")
         if METHODS[args.method].teacher is not None:
-            check_dataset(train_dataset)
+            column = args.teacher_context != "sibling"                  # sibling: the context is the group's
+            check_dataset(train_dataset, context=column)
             if kwargs.get("eval_dataset") is not None:
-                check_dataset(kwargs["eval_dataset"], "eval_dataset")
+                check_dataset(kwargs["eval_dataset"], "eval_dataset", context=column)
         super().__init__(model, reward_funcs, args, train_dataset, *pargs, **kwargs)
         if self.tools or self.environment_factories is not None:
             raise ValueError(f"{type(self).__name__} takes text prompts only: no tools or environments")
@@ -112,6 +117,7 @@ class _SelfDistillationTrainer(trl.GRPOTrainer):
             check_full_vocab_head(self.model)
         self._teacher = None  # made at the first update, from the weights then (theta_0)
         self._cfg = None
+        self._rewards = None  # R (N_all,) of the batch being scored, every process's rows
         self._step_means = {"train": StepMeans(), "eval": StepMeans()}
         self.add_callback(_TeacherRefresh(self))
 
@@ -142,22 +148,51 @@ class _SelfDistillationTrainer(trl.GRPOTrainer):
         CHAT_TEMPLATE for a conversation and rlsd_min.teacher.PRIVILEGED_TEMPLATE for text."""
         return template_for(prompt, self.args.privileged_template)
 
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """TRL's rewards per function (N_all, F), which TRL gathers over the processes (accelerate's
+        gather) for its group advantages; their weighted sum R (N_all,), TRL's, is kept for the
+        `sibling` teacher, so that every process sees its rows' group mates."""
+        per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)   # (N_all, F)
+        self._rewards = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
+        return per_func
+
+    def _siblings(self, completion_ids, G: int) -> list:
+        """Each local row's `sibling` context (rlsd_min.teacher.sibling_completions, None where its
+        group has no other success), chosen among every process's rows: the rewards TRL gathered,
+        the completions decoded here (skip_special_tokens, as TRL's reward functions read them)
+        and gathered (accelerate's gather_object); this process's rows are its slice, TRL's."""
+        texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)     # N
+        siblings = sibling_completions(gather_object(texts), self._rewards.tolist(), G)           # N_all
+        start = self.accelerator.process_index * len(texts)
+        return siblings[start:start + len(texts)]
+
     def _generate_and_score_completions(self, inputs):
-        """TRL's batch plus each row's teacher prompt ids (N, P'), left-padded."""
+        """TRL's batch plus each row's teacher prompt ids (N, P'), left-padded; for `sibling`, the
+        rows that have a teacher, teacher_context_rows (N,) bool (the others get their own prompt,
+        never scored)."""
         out = super()._generate_and_score_completions(inputs)
         if METHODS[self.args.method].teacher is None:
             return out
         G = self.num_generations if self.model.training else self.num_generations_eval
         firsts = inputs[::G]
         for i, x in enumerate(inputs):
-            if (x["prompt"], x[CONTEXT_COLUMN]) != (firsts[i // G]["prompt"], firsts[i // G][CONTEXT_COLUMN]):
+            if (x["prompt"], x.get(CONTEXT_COLUMN)) != (firsts[i // G]["prompt"], firsts[i // G].get(CONTEXT_COLUMN)):
                 raise ValueError(f"row {i} differs from the first row of its group in prompt or {CONTEXT_COLUMN}")
-        prompts = [privileged_prompt(x["prompt"], x[CONTEXT_COLUMN], self.privileged_template(x["prompt"]))
-                   for x in firsts]
-        ids = [torch.tensor(row) for row in self._tokenize_prompts(prompts)[0]]     # B x (P'_b,)
         device = out["prompt_ids"].device
-        out["teacher_prompt_ids"] = pad(ids, self._tokenizer.pad_token_id, "left").to(device).repeat_interleave(G, 0)
-        out["teacher_prompt_mask"] = pad([torch.ones_like(r) for r in ids], 0, "left").to(device).repeat_interleave(G, 0)
+        if self.args.teacher_context == "sibling":   # one prompt per row
+            siblings = self._siblings(out["completion_ids"], G)
+            prompts = [x["prompt"] if s is None else privileged_prompt(x["prompt"], s, self.privileged_template(x["prompt"]))
+                       for x, s in zip(inputs, siblings)]
+            out["teacher_context_rows"] = torch.tensor([s is not None for s in siblings], device=device)   # (N,)
+            repeat = 1
+        else:                                        # one prompt per group, from its privileged_context
+            prompts = [privileged_prompt(x["prompt"], x[CONTEXT_COLUMN], self.privileged_template(x["prompt"]))
+                       for x in firsts]
+            repeat = G
+        ids = [torch.tensor(row) for row in self._tokenize_prompts(prompts)[0]]     # B or N x (P'_b,)
+        out["teacher_prompt_ids"] = pad(ids, self._tokenizer.pad_token_id, "left").to(device).repeat_interleave(repeat, 0)
+        out["teacher_prompt_mask"] = pad([torch.ones_like(r) for r in ids], 0, "left").to(device).repeat_interleave(
+            repeat, 0)
         return out                                                                  # teacher prompts (N, P')
 
     def _teacher_of(self):
@@ -206,6 +241,9 @@ class _SelfDistillationTrainer(trl.GRPOTrainer):
         loss, metrics = METHODS[cfg.method].loss_of_logits(logp, logits, batch, cfg, self.rl_step())
         mask = batch.rollout.completion_mask                                        # (N, T)
         metrics["entropy"] = ((entropies.detach() * mask).sum() / mask.sum().clamp(min=1)).item()
+        if METHODS[cfg.method].teacher is not None:  # the rows that have a teacher (all but sibling's)
+            context_rows = inputs.get("teacher_context_rows")
+            metrics["teacher_frac"] = 1.0 if context_rows is None else context_rows.float().mean().item()
         training = self.model.training
         accumulation = self.current_gradient_accumulation_steps if training else 1
         weight = shard_weight(cfg.loss_agg, mask.sum(), inputs["num_items_in_batch"],

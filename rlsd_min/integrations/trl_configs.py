@@ -7,7 +7,8 @@ Each method field has TrainConfig's name, type and default, and TrainConfig's fi
 as its `--help` (HfArgumentParser); tests/test_trl.py checks the three against TrainConfig and
 against the method's record (rlsd_min.methods.METHODS: `fields`). A field left at None
 is resolved by the method, as `TrainConfig.validate` resolves it, when the config is made;
-`rlsd_config` is that resolved TrainConfig, which the loss reads. privileged_template stays
+`rlsd_config` is that resolved TrainConfig, which the loss reads. teacher_context is the TRL
+configs' own (TRL_CONTEXTS): the dataset's column, or `sibling`. privileged_template stays
 None until the trainer sees the dataset: None is the chat default for a conversational dataset
 (rlsd_min.integrations.trl_teacher.CHAT_TEMPLATE), rlsd_min.teacher.PRIVILEGED_TEMPLATE for text.
 
@@ -43,6 +44,10 @@ rows x max_completion_length) and the others have no loss_agg: refused."""
 UNUSED_LOSS_OPTIONS = ("importance_sampling_level", "top_entropy_quantile", "entropy_coef",
                        "use_adaptive_entropy", "off_policy_mask_threshold", "delta")
 """GRPOConfig options of TRL's own loss; the loss here is rlsd_min's, so they must stay at their defaults"""
+TRL_CONTEXTS = (None, "sibling")
+"""the TRL configs' teacher_context: None, each row's privileged_context column (any string: the
+problem's reference, another problem's worked example); sibling, a success of the row's own group
+(rlsd_min.teacher.sibling_completions, over every process's rows)"""
 _DOCS = field_docs(TrainConfig)
 
 
@@ -53,7 +58,8 @@ def _field(name: str, default):
 
 def method_fields(method: str) -> tuple[str, ...]:
     """The TrainConfig fields of `method`'s TRL config: its record's `fields`, but teacher_context
-    (a TRL dataset brings each row's context in its privileged_context column)."""
+    (a TRL dataset brings each row's context in its privileged_context column; the configs' own
+    teacher_context, TRL_CONTEXTS, adds `sibling`)."""
     return tuple(n for n in METHODS[method].fields if n != "teacher_context")
 
 
@@ -86,7 +92,13 @@ class _MethodConfig(trl.GRPOConfig):
         super().__post_init__()
         defaults = {f.name: f.default for f in dataclasses.fields(trl.GRPOConfig)}
         changed = [n for n in UNUSED_LOSS_OPTIONS if getattr(self, n) != defaults[n]]
+        context = getattr(self, "teacher_context", None)
         checks = [
+            (context in TRL_CONTEXTS,
+             f"teacher_context={context!r}: a TRL dataset brings the problem's reference (answer, solution) or "
+             f"another problem's worked example (other_answer, other_solution) as data, each row's "
+             f"privileged_context column (rlsd_min.integrations.tiny.arith_rows(context=...)); teacher_context "
+             f"takes {TRL_CONTEXTS}: None (that column) or 'sibling' (a success of the row's own group)"),
             (not changed, f"{type(self).__name__} computes rlsd_min's loss, not TRL's: {changed} would be "
                           f"ignored; leave them at their defaults (the aggregation is loss_agg)"),
             (self.per_device_train_batch_size % self.num_generations == 0,
@@ -133,6 +145,7 @@ class _MethodConfig(trl.GRPOConfig):
         return TrainConfig(method=self.method, **run, eps_high=eps_high, adv_eps=TRL_ADV_EPS,
                            steps=max(1, self.max_steps // self.num_iterations),
                            prompts_per_step=self.generation_batch_size // self.num_generations,
+                           teacher_context=getattr(self, "teacher_context", None),  # None: the method's
                            **{n: getattr(self, n) for n in method_fields(self.method)}).validate()
 
     @classmethod
@@ -154,6 +167,10 @@ class _RunFields(_MethodConfig):
 class _TeacherFields(_RunFields):
     """The fields of a method with a teacher (methods.TEACHER_FIELDS and teacher_mode)."""
     teacher_mode: str | None = _field("teacher_mode", None)
+    teacher_context: str | None = dataclasses.field(default=None, metadata={"help": (
+        "None: each row's privileged_context column is the teacher's context; sibling: the completion of the "
+        "first other row of the row's group whose reward is at least 1 (SDPO's teacher; no column needed), "
+        "and a row whose group has no other success gets no teacher term")})
     privileged_template: str | None = _field("privileged_template", None)
     sync_every: int = _field("sync_every", 10)
     ema_rate: float = _field("ema_rate", 0.05)

@@ -23,7 +23,7 @@ def weights(batch, cfg) -> dict:
                                                rows (seq-mean) or groups (group-token-mean)
     teacher_kl      the same aggregation over the rows the teacher scored (rlsd_min.objective)
     w_clip_frac     RLSD's tokens with A_i != 0 (rlsd_min.methods.rlsd)
-    gate_frac       rows;  entropy  tokens;  lam, beta  one (the same value in every micro-batch)
+    gate_frac, teacher_frac   rows;  entropy  tokens;  lam, beta  one (the same value in every micro-batch)
     """
     mask = batch.rollout.completion_mask.float()                                 # (N, T)
     N, G = mask.shape[0], batch.rollout.group_size
@@ -34,7 +34,7 @@ def weights(batch, cfg) -> dict:
     scored = mask if batch.teacher_rows is None else mask * batch.teacher_rows[:, None]   # (N, T)
     signed = mask * (batch.advantages != 0)[:, None]                                   # (N, T)
     return {"loss_pg": over(mask), "clip_frac": over(mask), "distill_loss": over(mask), "kl_ref": over(mask),
-            "teacher_kl": over(scored), "w_clip_frac": float(signed.sum()), "gate_frac": float(N),
+            "teacher_kl": over(scored), "w_clip_frac": float(signed.sum()), "gate_frac": float(N), "teacher_frac": float(N),
             "entropy": float(mask.sum()), "lam": 1.0, "beta": 1.0}
 
 

@@ -8,6 +8,7 @@
                                              adapters off, synced and ema = a second adapter
     teacher_scores(trainer, teacher, ...)    its log-probs (and logits) of the student's completion ids,
                                              through the one scoring path (trl_scoring.completion_scores)
+    sdpo_template(sdpo_args)                 TRL SDPOTrainer's teacher prompt as a privileged_template
 """
 
 from __future__ import annotations
@@ -62,10 +63,13 @@ def privileged_prompt(prompt, context: str, template: str):
     return [*prompt[:-1], {**last, "content": teacher_prompt(last["content"], context, template)}]
 
 
-def check_dataset(dataset, name: str = "train_dataset") -> None:
-    """A clear error, before any model is loaded, for a dataset the teacher cannot read."""
+def check_dataset(dataset, name: str = "train_dataset", context: bool = True) -> None:
+    """A clear error, before any model is loaded, for a dataset the teacher cannot read
+    (context False: the teacher's context comes from the group, `sibling`, not from a column)."""
     if dataset is None:
         raise ValueError(f"{name} is required")
+    if not context:
+        return
     columns = getattr(dataset, "column_names", None)
     if columns is not None and CONTEXT_COLUMN not in columns:
         raise ValueError(f"{name} has no {CONTEXT_COLUMN!r} column (it has {list(columns)}): the privileged "
@@ -197,7 +201,8 @@ def make_teacher(trainer):
 def teacher_scores(trainer, teacher, student, inputs, rollout, advantages, cfg):
     """(log q_t(y_t) (N, T), full-vocabulary logits (N, T, V) or None, rows) of the teacher on the
     student's completion ids after each row's teacher prompt, by the one scoring path; the rows
-    scored are rlsd_min.step.scored_teacher_rows' (those whose loss the teacher can change)."""
+    scored are rlsd_min.step.scored_teacher_rows' (those whose loss the teacher can change, among
+    the rows that have a teacher: inputs["teacher_context_rows"] (N,) bool for `sibling`)."""
     full_vocab = METHODS[cfg.method].needs_logits(cfg)
     ids, mask = inputs["teacher_prompt_ids"], inputs["teacher_prompt_mask"]         # (N, P')
     cids, cmask = rollout.completion_ids, rollout.completion_mask                   # (N, T)
@@ -210,4 +215,16 @@ def teacher_scores(trainer, teacher, student, inputs, rollout, advantages, cfg):
         return lp.float(), lg
 
     vocab = causal_lm(student).get_output_embeddings().weight.shape[0]
-    return scored_teacher_rows(score, advantages, cfg, cids.shape, vocab)
+    return scored_teacher_rows(score, advantages, cfg, cids.shape, vocab, inputs.get("teacher_context_rows"))
+
+
+def sdpo_template(sdpo_args) -> str:
+    """trl.experimental.sdpo.SDPOConfig's teacher prompt as a privileged_template: its
+    reprompt_template with {solution} its solution_template around the sibling ({context}) and
+    {feedback} empty (include_environment_feedback=False), other braces escaped. With it, a
+    `sibling` teacher's prompt is SDPOTrainer's, for text and chat rows alike."""
+    prompt, context = "\0prompt\0", "\0context\0"                # placeholders no template holds
+    text = sdpo_args.reprompt_template.format(
+        prompt=prompt, solution=sdpo_args.solution_template.format(successful_previous_attempt=context), feedback="")
+    text = text.replace("{", "{{").replace("}", "}}")
+    return text.replace(prompt, "{prompt}").replace(context, "{context}")
