@@ -336,7 +336,8 @@ def main(argv=None) -> None:
     p = command("bench", "median seconds per RL step of each method on the same batch, with the "
                 "cost split, sampling throughput and peak memory")
     p.add_argument("--profile", default="cpu", choices=tuple(PROFILES), help=profile_help)
-    p.add_argument("--methods", default=None, help="comma-separated (default: all five; with --scaling: grpo,rlsd)")
+    p.add_argument("--methods", default=None, help="comma-separated (default: all five; with --scaling: grpo,rlsd; "
+                   "with --trl-trainers, sdpo adds TRL's SDPOTrainer against rlsd_min's GRPO+OPSD trainer)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     p.add_argument("--trl", action="store_true", help="rlsd_min GRPO against TRL's GRPOTrainer (needs .[bench])")

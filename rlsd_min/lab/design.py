@@ -39,7 +39,8 @@ PLANS = {
 (split) the demo's 100 steps on the cpu profile. mul7 probes 64 prompts: its probes cost more
 (70-token completions). mul7 evaluates 4 samples of each of its 256 validation problems: one
 evaluation of a trained GRPO checkpoint under 12 sampling seeds has sd 0.017 with 1 sample and
-0.011 with 4 (`python -m rlsd_min eval --ckpt RUN --split validation --samples 1 --seeds 12`),
+0.011 with 4 (`train --method grpo --task mul7 --set steps=200 --out runs/g`, then
+`eval --ckpt runs/g --split validation --samples 1 --seeds 12`, and `--samples 4`),
 against 0.016-0.022 between a run's evaluations over its last 50 steps: with one sample, the
 evaluation's own noise is most of what moves the endpoint within a run."""
 VARIANTS = {
