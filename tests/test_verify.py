@@ -11,6 +11,7 @@ import torch
 
 from rlsd_min.lab.experiment import experiment_config, parse_shard, run_experiment, shard_runs
 from rlsd_min.lab.report import claims, to_settle
+from rlsd_min.methods import METHODS
 from rlsd_min.lab.results import clock_span, extends, missing_probes, plan, run_summary
 from rlsd_min.run_folder import RunFolderError
 
@@ -111,6 +112,23 @@ def test_claim_verdicts_follow_the_stated_rule():
     assert {c.parts[0][1].level for c in judged} == {0.05 / k}                      # one family per task
     sdpg = verdicts["SDPG ends above GRPO (arith)"].parts[0][1]
     assert sdpg.ci_low < 0 < sdpg.ci_high and "paired seeds (unpaired:" in to_settle(sdpg)
+
+
+def test_each_teacher_context_arm_is_judged_against_its_method_and_against_grpo():
+    from rlsd_min.lab.design import CONTEXT_ARMS, VARIANTS
+
+    arms = {name: m for name, (m, sets) in VARIANTS.items() if sets.get("teacher_context") in CONTEXT_ARMS}
+    base = [0.70, 0.72, 0.69, 0.71, 0.73]
+    t = {label: {"final_acc": _cell(base)} for label in ("grpo", "rlsd", "grpo_opsd")}
+    t.update({name: {"final_acc": _cell([x - 0.1 for x in base])} for name in arms})   # every arm far below
+    judged = claims({"table": {"mul7": t}})
+    for name, m in arms.items():
+        context, label = VARIANTS[name][1]["teacher_context"], METHODS[m].label
+        (own,) = [c for c in judged if c.parts[0][0] == f"final_acc: {label} − {name}"]
+        assert own.verdict == "reproduced"                                           # the default context wins
+        assert ("another problem's worked example" in own.text) == context.startswith("other")
+        (off,) = [c for c in judged if c.parts[0][0] == f"final_acc: {name} − GRPO"]
+        assert off.verdict == "contradicted" and f"with the {context} context" in off.text   # below GRPO
 
 
 def test_a_claim_with_one_seed_is_inconclusive_and_says_what_it_needs():

@@ -235,9 +235,11 @@ def task_claims(task: str, t: dict, settings: dict | None = None) -> list[Claim]
     for name, (m, sets) in VARIANTS.items():  # the teacher contexts of the 'privilege or context' question
         context = sets.get("teacher_context")
         if context in CONTEXT_ARMS:
-            claim(f"{_label(m)}'s gain needs the problem's own reference: default context above another problem's"
-                  if context == "other" else f"{_label(m)}: the reference serves better than a sibling's success",
-                  two_methods(t, "final_acc", m, name))
+            default = METHODS[m].defaults["teacher_context"]
+            claim(f"{_label(m)}'s gain needs the problem's own reference: its {default} context ends above "
+                  f"another problem's worked example ({context})" if context.startswith("other") else
+                  f"{_label(m)}: its {default} context serves better than a sibling's success (a sibling "
+                  f"serving as well shows as an interval around 0)", two_methods(t, "final_acc", m, name))
             claim(f"{_label(m)} with the {context} context ends above GRPO (its teacher term off)",
                   two_methods(t, "final_acc", name, "grpo"))
     if "opsd" in t and _get(t["opsd"], "tail_distill_floor"):
