@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import random
 
 import numpy as np
 import pytest
@@ -58,6 +59,18 @@ def test_an_effect_of_one_mde_is_detected_about_80_percent_of_the_time():
     delta = stats.mde(1.0, 1.0, 5, 5)
     hits = [stats.welch(rng.normal(delta, 1, 5), rng.normal(0, 1, 5))[2] < 0.05 for _ in range(2000)]
     assert np.mean(hits) == pytest.approx(0.8, abs=0.04)
+
+
+def test_the_bisected_seed_counts_equal_a_scan_of_every_count():
+    rng = random.Random(5)
+    for _ in range(40):
+        diff, sd_a, sd_b, sd_d = (rng.uniform(0.001, 0.05) for _ in range(4))
+        scan = next((n for n in range(2, 301) if stats.mde(sd_a, sd_b, n, n) <= diff), None)
+        assert stats.seeds_needed(diff, sd_a, sd_b, most=300) == scan
+        scan = next((n for n in range(2, 301) if stats.paired_mde(sd_d, n) <= diff), None)
+        assert stats.paired_seeds_needed(diff, sd_d, most=300) == scan
+    assert stats.fewest(lambda n: n >= 7, 10) == 7 and stats.fewest(lambda n: True, 10) == 2
+    assert stats.fewest(lambda n: False, 10) is None
 
 
 def test_seeds_needed_inverts_the_mde():

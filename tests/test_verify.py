@@ -131,6 +131,18 @@ def test_each_teacher_context_arm_is_judged_against_its_method_and_against_grpo(
         assert off.verdict == "contradicted" and f"with the {context} context" in off.text   # below GRPO
 
 
+def test_the_final_experiment_runs_with_its_own_settings_and_plain_verify_without(tmp_path, monkeypatch):
+    from rlsd_min.lab import experiment as experiment_mod
+    from rlsd_min.lab.cli import main
+    from rlsd_min.lab.design import FINAL_SETS
+
+    seen = []
+    monkeypatch.setattr(experiment_mod, "run_experiment", lambda *a, **k: seen.append((a[0], a[5])))
+    main(["verify", "--profile", "ci", "--final", "--shard", "0/2", "--set", "lr=0.001"])
+    main(["verify", "--profile", "ci", "--shard", "0/2"])
+    assert seen == [(os.path.join("results", "final"), {**FINAL_SETS, "lr": 0.001}), ("results", {})]
+
+
 def test_a_claim_with_one_seed_is_inconclusive_and_says_what_it_needs():
     t = {"grpo": {"final_acc": _cell([0.5])}, "rlsd": {"final_acc": _cell([0.9])}}
     (claim,) = [c for c in claims({"table": {"arith": t}}) if c.text.startswith("RLSD ends above GRPO")]
@@ -333,21 +345,17 @@ def test_an_experiment_that_extends_the_recorded_one_keeps_its_runs_and_another_
         experiment_config("ci", 2, methods=("grpo",), tasks=("mul7",), label_seeds={"grpo": 0})
 
 
-def test_the_final_plan_lists_its_runs_counts_and_time_and_leaves_out_the_contexts_not_accepted(tmp_path, capsys):
+def test_the_final_plan_lists_its_runs_counts_and_time(tmp_path, capsys):
     from rlsd_min.lab.cli import main
-    from rlsd_min.lab.design import FINAL, VARIANTS, final_plan
-    from rlsd_min.teacher import CONTEXT_KINDS
+    from rlsd_min.lab.design import FINAL, final_plan
 
-    _, _, seeds, waiting = final_plan()
-    assert set(waiting) == {n for n, (_, sets) in VARIANTS.items()
-                            if n in FINAL and sets.get("teacher_context", "answer") not in CONTEXT_KINDS}
-    assert set(seeds) | set(waiting) == set(FINAL) and min(FINAL[m] for m in ("grpo", "rlsd", "sdpg", "grpo_opsd",
-                                                                                "sdpg_nodistill")) >= 20
+    methods, variants, seeds = final_plan()
+    assert set(methods) | set(variants) == set(seeds) == set(FINAL)
+    assert min(FINAL[m] for m in ("grpo", "rlsd", "sdpg", "grpo_opsd", "sdpg_nodistill")) >= 20
     assert min(FINAL.values()) >= 5
     main(["verify", "--profile", "ci", "--final", "--list", "--out", str(tmp_path / "r")])
     lines = capsys.readouterr().out.splitlines()
     total = sum(seeds.values())
-    assert f"total: {total} runs, 0 finished, {total} to do: 0.0 h of training (not counting" in lines[-1 - len(waiting)]
+    assert f"total: {total} runs, 0 finished, {total} to do: 0.0 h of training (not counting" in lines[-1]
     assert "mul7/grpo: 20 seeds, 0 finished, 20 to do; no finished run to time it by" in lines
-    assert [line.split(":")[1].strip() for line in lines if line.startswith("left out")] == list(waiting)
     assert not (tmp_path / "r").exists()                                        # a listing writes nothing

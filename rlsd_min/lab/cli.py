@@ -239,29 +239,30 @@ def cmd_verify(args) -> None:
     from .experiment import check_folder, experiment_config, run_experiment
     from .results import plan, run_dir, run_status
 
-    from .design import final_plan
+    from .design import FINAL_SETS, final_plan
     from .results import plan_budget
 
     methods = tuple(m for m in args.methods.split(",") if m)
     variants = tuple(v for v in (args.variants or "").split(",") if v)
-    label_seeds, waiting = None, {}
+    label_seeds, sets = None, _parse_sets(args.set)
     if args.final:  # design.FINAL in place of --seeds, --methods, --variants, --variant-seeds
-        methods, variants, label_seeds, waiting = final_plan()
+        methods, variants, label_seeds = final_plan()
+        sets = {**FINAL_SETS, **sets}
     if args.out is None:
         args.out = os.path.join("results", "final") if args.final else "results"
     if args.list:  # the plan, one run a line: what a scheduler fans out with --shard
-        exp = experiment_config(args.profile, args.seeds, methods, tuple(args.tasks.split(",")),
-                                _parse_sets(args.set), variants, args.variant_seeds, label_seeds)
+        exp = experiment_config(args.profile, args.seeds, methods, tuple(args.tasks.split(",")), sets, variants,
+                                args.variant_seeds, label_seeds)
         check_folder(args.out, exp)  # as verify would: a folder of another experiment is refused
         runs = plan(exp)
         for i, (t, label, s) in enumerate(runs):
             status = run_status(run_dir(args.out, t, label, s), exp["configs"][f"{t}/{label}"]["steps"])
             print(f"{i}\t{t}/{label}/seed{s}\t{status}")
-        print("\n".join(plan_budget(args.out, exp) + [f"left out: {k}: {why}" for k, why in waiting.items()]))
+        print("\n".join(plan_budget(args.out, exp)))
         return
     t0 = time.time()
     summary = run_experiment(args.out, args.profile, args.seeds, methods, tuple(args.tasks.split(",")),
-                             _parse_sets(args.set), variants, args.jobs, args.shard, args.variant_seeds,
+                             sets, variants, args.jobs, args.shard, args.variant_seeds,
                              label_seeds=label_seeds)
     if summary is None:
         print(f"shard {args.shard} done in {(time.time() - t0) / 60:.1f} min; once every shard is done, the same "

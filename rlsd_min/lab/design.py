@@ -8,8 +8,8 @@ the committed results/ add four variants with 3 seeds each, one per knob:
         --variant-seeds 3 --jobs 2
 
 The final experiment (`FINAL`, `verify --final`) adds seeds, the baselines that isolate the
-teacher, the positive controls and the teacher contexts. It evaluates 4 samples per problem (the
-committed 5-seed runs took 1), so it trains in a folder of its own, results/final:
+teacher, the positive controls and the teacher contexts. It evaluates 4 samples per problem
+(`FINAL_SETS`; the committed 5-seed runs took 1), so it trains in a folder of its own, results/final:
 
     python -m rlsd_min verify --profile cpu --final --list            # the plan, run counts, projected time
     python -m rlsd_min verify --profile cpu --final --jobs 2          # -> results/final, resumable
@@ -31,18 +31,13 @@ PLANS = {
     "ci": {"arith": dict(steps=4, probe_problems=8), "split": dict(steps=4, probe_problems=8),
            "mul7": dict(steps=4, probe_problems=8)},
     "cpu": {"arith": dict(steps=200, probe_problems=128), "split": dict(steps=300, probe_problems=128),
-            "mul7": dict(steps=200, probe_problems=64, eval_samples=4)},
+            "mul7": dict(steps=200, probe_problems=64)},
     "gpu": {"arith": dict(steps=400, probe_problems=256), "split": dict(steps=600, probe_problems=256),
-            "mul7": dict(steps=400, probe_problems=256, eval_samples=4)},
+            "mul7": dict(steps=400, probe_problems=256)},
 }
 """TrainConfig overrides of each task, on top of the profile: twice (arith, mul7) and three times
 (split) the demo's 100 steps on the cpu profile. mul7 probes 64 prompts: its probes cost more
-(70-token completions). mul7 evaluates 4 samples of each of its 256 validation problems: one
-evaluation of a trained GRPO checkpoint under 12 sampling seeds has sd 0.017 with 1 sample and
-0.011 with 4 (`train --method grpo --task mul7 --set steps=200 --out runs/g`, then
-`eval --ckpt runs/g --split validation --samples 1 --seeds 12`, and `--samples 4`),
-against 0.016-0.022 between a run's evaluations over its last 50 steps: with one sample, the
-evaluation's own noise is most of what moves the endpoint within a run."""
+(70-token completions)."""
 VARIANTS = {
     "rlsd_epsw0.5": ("rlsd", dict(rlsd_eps_w=0.5)),
     "rlsd_epsw0.9": ("rlsd", dict(rlsd_eps_w=0.9)),
@@ -80,20 +75,10 @@ solution as context; OPSD's frozen teacher, 200 steps on mul7):
   decaying as RLSD's) and `rlsd_solution_lamconst` (lam held at 0.5); SDPG's default teacher
   already sees the solution, so `sdpg_answer` is its answer-only counterpart;
 - the contexts of the 'privilege or context' question: `*_sibling` (a successful rollout of the
-  row's own group) and `*_other` (another problem's worked example). Their teacher_context values
-  are CONTEXT_ARMS: until rlsd_min.teacher.CONTEXT_KINDS accepts them, `pending` names them and
-  the final plan and `--variants all` leave them out."""
+  row's own group) and `*_other` (another problem's worked example), their teacher_context values
+  CONTEXT_ARMS."""
 CONTEXT_ARMS = ("sibling", "other_answer", "other_solution")
-"""teacher_context values of variants that wait for the teacher to accept them (`pending`)"""
-
-
-def pending() -> dict:
-    """{variant: why it cannot run yet} for the variants whose teacher_context the teacher does
-    not accept (rlsd_min.teacher.CONTEXT_KINDS; imported here, not at the top: it loads torch)."""
-    from ..teacher import CONTEXT_KINDS
-
-    return {name: f"teacher_context={sets['teacher_context']!r} is not among {CONTEXT_KINDS} yet"
-            for name, (_, sets) in VARIANTS.items() if sets.get("teacher_context") not in (None, *CONTEXT_KINDS)}
+"""the teacher_context values of the context arms (rlsd_min.teacher.CONTEXT_KINDS has them all)"""
 
 
 VARIANT_TASKS = ("mul7",)
@@ -120,10 +105,17 @@ variants and the positive controls; 10 for each context arm. Its runs are ordere
 (rlsd_min.lab.results.plan), so a part of it holds whole paired seeds."""
 
 
-def final_plan() -> tuple[tuple, tuple, dict, dict]:
-    """(methods, variants, {label: seeds}, {pending label: why}) of FINAL: the variants the
-    teacher does not accept yet (`pending`) left out and named."""
-    waiting = {label: why for label, why in pending().items() if label in FINAL}
-    labels = {label: n for label, n in FINAL.items() if label not in waiting}
-    methods = tuple(m for m in VERIFY_METHODS if m in labels)
-    return methods, tuple(v for v in labels if v not in methods), labels, waiting
+FINAL_SETS = {"eval_samples": 4}
+"""TrainConfig settings of every run of the final experiment: 4 sampled completions of each of
+mul7's 256 validation problems at each evaluation. One evaluation of a trained GRPO checkpoint
+under 12 sampling seeds has sd 0.017 with 1 sample and 0.011 with 4 (`train --method grpo --task
+mul7 --set steps=200 --out runs/g`, then `eval --ckpt runs/g --split validation --samples 1
+--seeds 12`, and `--samples 4`), against 0.016-0.022 between a run's evaluations over its last 50
+steps: with one sample, the evaluation's own noise is most of what moves the endpoint within a
+run. (The committed 5-seed results/ took 1.)"""
+
+
+def final_plan() -> tuple[tuple, tuple, dict]:
+    """(methods, variants, {label: seeds}) of FINAL."""
+    methods = tuple(m for m in VERIFY_METHODS if m in FINAL)
+    return methods, tuple(v for v in FINAL if v not in methods), dict(FINAL)

@@ -48,7 +48,7 @@ from ..leakage import FLOORS
 from ..loop import check_problem_counts, train
 from ..run_folder import RunFolderBusyError, RunFolderDamagedError, writing
 from ..tasks import TASKS, ensure_data, load_splits
-from .design import PLANS, VARIANT_TASKS, VARIANTS, VERIFY_METHODS, VERIFY_TASKS, pending
+from .design import PLANS, VARIANT_TASKS, VARIANTS, VERIFY_METHODS, VERIFY_TASKS
 from .report import write_report
 from .results import extends, plan, read_experiment, run_dir, run_status, summarize, threshold_of, wall_s
 from .stability import COLLAPSE_MARGIN, COLLAPSE_PATIENCE
@@ -56,12 +56,10 @@ from .stability import COLLAPSE_MARGIN, COLLAPSE_PATIENCE
 # --- what the experiment runs -----------------------------------------------------------
 
 def pick_variants(names) -> dict:
-    """{name: (method, settings)} for a list of VARIANTS names, or all of them for ['all'] (but
-    the ones the teacher does not accept yet, design.pending)."""
+    """{name: (method, settings)} for a list of VARIANTS names, or all of them for ['all']."""
     names = list(names or ())
     if names == ["all"]:
-        waiting = pending()
-        return {n: v for n, v in VARIANTS.items() if n not in waiting}
+        return dict(VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; choose from {tuple(VARIANTS)} or 'all'")

@@ -53,6 +53,7 @@ deviations as if they were the true ones (normal-shift approximation of the powe
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -110,8 +111,10 @@ def t_cdf(t: float, df: float) -> float:
     return 1.0 - tail if t > 0 else tail
 
 
+@functools.lru_cache(maxsize=None)
 def t_ppf(q: float, df: float) -> float:
-    """The q-quantile of Student's t (bisection on t_cdf, to 1e-10)."""
+    """The q-quantile of Student's t (bisection on t_cdf, to 1e-10; remembered, since the seed
+    counts below ask for the same few quantiles many times)."""
     if not 0.0 < q < 1.0:
         raise ValueError(f"quantile level must be in (0, 1), got {q}")
     if q < 0.5:
@@ -187,10 +190,19 @@ def seeds_needed(diff: float, sd_a: float, sd_b: float, alpha: float = ALPHA, po
     None if even `most` do not suffice (a difference of 0 can never be detected)."""
     if diff == 0 or (sd_a == 0 and sd_b == 0):
         return None if diff == 0 else 2
-    for n in range(2, most + 1):
-        if mde(sd_a, sd_b, n, n, alpha, power) <= abs(diff):
-            return n
-    return None
+    return fewest(lambda n: mde(sd_a, sd_b, n, n, alpha, power) <= abs(diff), most)
+
+
+def fewest(enough, most: int) -> int | None:
+    """The least n in 2..most with enough(n), for an `enough` that stays true once true (an MDE
+    falls as seeds are added), by bisection; None when enough(most) is false."""
+    if not enough(most):
+        return None
+    lo, hi = 2, most                                       # enough(hi); the answer is in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid + 1, hi)
+    return lo
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -307,10 +319,7 @@ def paired_seeds_needed(diff: float, sd_d: float, alpha: float = ALPHA, power: f
         return None
     if sd_d == 0:
         return 2
-    for n in range(2, most + 1):
-        if paired_mde(sd_d, n, alpha, power) <= abs(diff):
-            return n
-    return None
+    return fewest(lambda n: paired_mde(sd_d, n, alpha, power) <= abs(diff), most)
 
 
 # --- one claim ---------------------------------------------------------------------------
