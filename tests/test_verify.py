@@ -359,3 +359,14 @@ def test_the_final_plan_lists_its_runs_counts_and_time(tmp_path, capsys):
     assert f"total: {total} runs, 0 finished, {total} to do: 0.0 h of training (not counting" in lines[-1]
     assert "mul7/grpo: 20 seeds, 0 finished, 20 to do; no finished run to time it by" in lines
     assert not (tmp_path / "r").exists()                                        # a listing writes nothing
+
+
+def test_the_report_says_what_one_evaluation_samples():
+    from rlsd_min.lab.report import _evaluation
+
+    same = {"settings": {"mul7/grpo": {"eval_samples": 4, "eval_problems": 256},
+                         "mul7/rlsd": {"eval_samples": 4, "eval_problems": 256}}}
+    assert _evaluation(same) == "4 sampled completions of each of 256 validation problems"
+    mixed = {"settings": {**same["settings"], "mul7/sdpg": {"eval_samples": 1, "eval_problems": 256}}}
+    assert _evaluation(mixed) == ("4 sampled completions of each of 256 validation problems for mul7/grpo, mul7/rlsd; "
+                                  "1 sampled completion of each of 256 validation problems for mul7/sdpg")

@@ -406,6 +406,19 @@ def _generated_by(summary: dict) -> str:
             + " (the command line the runs' provenance.json records; `__main__.py` is `python -m`), from")
 
 
+def _evaluation(summary: dict) -> str:
+    """What one evaluation samples, from the runs' settings: 'S completion(s) of each of P
+    validation problems', per label where they differ."""
+    kinds = {}
+    for key, s in summary.get("settings", {}).items():
+        if "eval_samples" in s:
+            kinds.setdefault((s["eval_samples"], s["eval_problems"]), []).append(key)
+    parts = [f"{n} sampled completion{'s' if n > 1 else ''} of each of {p} validation problems" for n, p in kinds]
+    if len(kinds) > 1:
+        parts = [f"{part} for {', '.join(keys)}" for part, keys in zip(parts, kinds.values())]
+    return "; ".join(parts) or "the evaluation's settings are not recorded in this summary"
+
+
 def write_report(out: str, summary: dict) -> str:
     """Figures and REPORT.md for a verification folder; returns the report's path."""
     figures = make_figures(out, load_runs(out, summary), summary.get("variants"))
@@ -419,8 +432,8 @@ def write_report(out: str, summary: dict) -> str:
         "is mean ± std over seeds." + _clock(summary),
         "",
         f"- **final acc**, the endpoint of every accuracy claim: {summary['endpoint']} (`results.final_window`), "
-        "held-out (validation) accuracy sampled at T=1; robust to one evaluation's noise. **last eval** is the "
-        "last evaluation alone, **best acc** the best one.",
+        f"held-out (validation) accuracy sampled at T=1 ({_evaluation(summary)}); robust to one evaluation's "
+        "noise. **last eval** is the last evaluation alone, **best acc** the best one.",
         "- **AUC**: area under the held-out accuracy curve divided by the run's steps (its mean accuracy over "
         "training; trapezoids between evaluations): the papers claim faster learning, not only a higher end.",
         f"- **steps to threshold** ({', '.join(f'{t} {v}' for t, v in thresholds.items())}): first evaluated step at "

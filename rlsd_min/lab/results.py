@@ -230,8 +230,9 @@ def run_summary(history: list[dict], threshold: float = THRESHOLD) -> dict:
 
 
 SETTINGS = ("method", "steps", "teacher_mode", "teacher_context", "distill_coef", "loss_agg", "sdpg_gate",
-            "rlsd_lam", "rlsd_lam_steps")
-"""the settings of each run label copied into the summary (what the report names a claim by)"""
+            "rlsd_lam", "rlsd_lam_steps", "eval_problems", "eval_samples")
+"""the settings of each run label copied into the summary (what the report names a claim by, and
+what each evaluation samples)"""
 
 
 def provenance_commands(paths: list[str]) -> list[str]:
