@@ -182,3 +182,17 @@ def test_phase_flops_add_the_parts_and_the_backward():
     f = phase_flops(cfg, n_prompts=2, group_size=3, prompt_len=4, completion_len=6)
     assert f["sample"] == forward_flops(cfg, 6 * 4, 2) + forward_flops(cfg, 6 * 6, 7)
     assert f["update"] == 3 * (forward_flops(cfg, 2 * 4, 2) + forward_flops(cfg, 6 * 6, 7))
+
+
+def test_the_vocab_bench_sees_the_chunked_step_hold_less_than_the_whole_logits(monkeypatch):
+    from rlsd_min.lab import bench_vocab
+
+    monkeypatch.setattr(bench_vocab, "VOCAB", 8192)                              # smaller, the same code
+    model = bench_vocab.vocab_model()
+    for method in ("grpo", "sdpg"):
+        chunked = bench_vocab.step_peak(model, method, 2 ** 23)                 # 8 MiB: 2 rows a chunk
+        whole = bench_vocab.step_peak(model, method, bench_vocab.WHOLE)
+        assert 0 < chunked < 0.6 * whole, (method, chunked, whole)
+    assert "| sdpg | 1 | 4 | 0.25 |" in bench_vocab.format_vocab({"sdpg": (1.0, 4.0)})
+    with pytest.raises(ValueError, match="unknown method"):
+        bench_vocab.vocab_peaks(("nope",))

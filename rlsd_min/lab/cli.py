@@ -185,9 +185,10 @@ def cmd_bench(args) -> None:
     from .bench import MEMORY_NOTE, format_limits, format_table, step_times, summarize
 
     fields = _parse_sets(args.set)
-    if fields and (args.scaling or args.trl_trainers):
+    if fields and (args.scaling or args.trl_trainers or args.vocab):
         which = "--scaling (its flags axis sets the speed flags itself)" if args.scaling else \
-            "--trl-trainers (each trainer runs its method's defaults)"
+            "--trl-trainers (each trainer runs its method's defaults)" if args.trl_trainers else \
+            "--vocab (each method at its defaults)"
         raise ValueError(f"--set is not taken by {which}")
     header = f"device {pick_device()}, torch threads {torch.get_num_threads()}"
     if fields:
@@ -203,6 +204,11 @@ def cmd_bench(args) -> None:
         times = trainer_comparison(args.profile, args.rounds, args.warmup, methods)
         print(f"\n{args.profile} profile, {args.rounds} rounds after {args.warmup} warm-up, interleaved, {header}")
         print(format_trainer_comparison(times))
+        return
+    if args.vocab:
+        from .bench_vocab import format_vocab, vocab_peaks
+
+        print(format_vocab(vocab_peaks(tuple(args.methods.split(",")) if args.methods else tuple(METHODS))))
         return
     if args.trl:
         import warnings
@@ -344,11 +350,13 @@ def main(argv=None) -> None:
     p.add_argument("--trl", action="store_true", help="rlsd_min GRPO against TRL's GRPOTrainer (needs .[bench])")
     p.add_argument("--trl-trainers", action="store_true", help="each rlsd_min TRL trainer against TRL's "
                    "GRPOTrainer on the same work (rlsd_min.integrations.trl; needs .[trl])")
+    p.add_argument("--vocab", action="store_true", help="peak memory of one step of each method at V = 151,936, "
+                   "the logits chunked against held whole (rlsd_min.lab.bench_vocab)")
     p.add_argument("--scaling", action="store_true", help="step time against each axis of --axes (rlsd_min.lab.bench_scaling)")
     p.add_argument("--axes", default="group,length,model", help="with --scaling: any of group, length, model, flags")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override TrainConfig fields of every timed step (the speed flags: compile_decoding, "
-                        "compile_scoring, bf16_autocast); not with --scaling or --trl-trainers")
+                        "compile_scoring, bf16_autocast); not with --scaling, --trl-trainers or --vocab")
     p.set_defaults(func=cmd_bench)
 
     p = command("verify", "every method on each task over several seeds -> results/ and REPORT.md")
