@@ -117,9 +117,10 @@ def score_rollout(policy, tokenizer, problems: list, rollout: Rollout, cfg, ref_
 
 def teacher_scores(teacher_model, prompt_ids, prompt_mask, rollout: Rollout, advantages, cfg,
                    prompt_index=None, context_rows=None):
-    """(log q_t(y_t) (N, T), full-vocabulary logits (N, T, V) or None, rows) of the teacher on
-    the rollout, after its prompts (U, P'): one per group, or row n's is prompt_index[n]
-    (teacher.encode_teacher_prompts). The rows scored are `scored_teacher_rows`'."""
+    """(log q_t(y_t) (N, T), full-vocabulary logits (n, T, V) of the n scored rows or None, rows)
+    of the teacher on the rollout, after its prompts (U, P'): one per group, or row n's is
+    prompt_index[n] (teacher.encode_teacher_prompts). The rows scored are `scored_teacher_rows`';
+    StepBatch.teacher_logits_of reads the logits by batch row."""
     full_vocab = METHODS[cfg.method].needs_logits(cfg)
 
     def score(rows):

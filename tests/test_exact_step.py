@@ -122,6 +122,7 @@ def test_skipping_sharing_and_chunking_leave_the_loss_and_gradient_exact(setup, 
     with monkeypatch.context() as mp:                      # one row per chunk (each recomputed in the backward)
         mp.setattr(sampling, "LOGITS_CHUNK_BYTES", 1)
         _assert_same(fast, _loss_and_grads(model, batch, cfg))
+    assert (batch.teacher_rows is not None) == (method in ("rlsd", "sdpg"))    # the gated teachers' rows
     if batch.teacher_logits is not None and batch.teacher_rows is not None:   # the scored rows' logits alone
         assert batch.teacher_logits.shape[0] == int(batch.teacher_rows.sum()) < batch.rollout.completion_ids.shape[0]
         every_row = batch.teacher_logits_of()                                  # (N, T, V), zeros elsewhere

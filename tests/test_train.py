@@ -432,6 +432,5 @@ def test_eval_samples_sets_how_many_completions_each_validation_problem_gets(tmp
     model, tok = model_io.load(str(BASE_CHECKPOINT))
     val = problems_of(load_splits(cfg.data_path())["validation"])[:cfg.eval_problems]
     assert history[0]["eval_acc"] == evaluate(model, tok, val, samples=3, seed=cfg.seed)   # the warm start's
-    assert history[0]["eval_acc"] * 3 * len(val) == round(history[0]["eval_acc"] * 3 * len(val))
     with pytest.raises(ValueError, match="eval_samples must be >= 1, got 0"):
         train_config("ci", method="grpo", eval_samples=0)

@@ -377,7 +377,7 @@ def main(argv=None) -> None:
                    "the plan (0 <= I < N) and write no report; the same command without --shard reports")
     p.add_argument("--final", action="store_true", help="the final experiment (rlsd_min.lab.design.FINAL: "
                    "20 paired seeds of the main labels, 5 or 10 of the others), in place of --seeds, --methods, "
-                   "--variants and --variant-seeds (its --out: results/final)")
+                   "--variants and --variant-seeds, with its settings design.FINAL_SETS (eval_samples=4; its --out: results/final)")
     p.add_argument("--list", action="store_true", help="print the plan (position, run, finished or not), the "
                    "seeds, finished runs and projected time of each label, and exit")
     p.set_defaults(func=cmd_verify)

@@ -100,14 +100,15 @@ FINAL = {
 """The final experiment on mul7: {run label: seeds 0..n-1}. Every label shares seed indices with
 its method and with GRPO, so each comparison is paired over the seeds both have. 20 seeds for the
 claims about GRPO, RLSD, SDPG, SDPG without distillation and GRPO+OPSD (paired MDE about 1.0 sd
-of the per-seed difference at the family's strictest Holm level); 5 for OPSD, the sensitivity
-variants and the positive controls; 10 for each context arm. Its runs are ordered seed-major
+of the per-seed difference at the family's strictest Holm level); 5 for OPSD and for 8 of the
+variants (one sensitivity setting per knob, OPSD's live teacher and 400 steps, the positive
+controls); 10 for each context arm. Its runs are ordered seed-major
 (rlsd_min.lab.results.plan), so a part of it holds whole paired seeds."""
 
 
 FINAL_SETS = {"eval_samples": 4}
 """TrainConfig settings of every run of the final experiment: 4 sampled completions of each of
-mul7's 256 validation problems at each evaluation. One evaluation of a trained GRPO checkpoint
+mul7's validation problems (the profile's eval_problems: cpu 256) at each evaluation. One evaluation of a trained GRPO checkpoint
 under 12 sampling seeds has sd 0.017 with 1 sample and 0.011 with 4 (`train --method grpo --task
 mul7 --set steps=200 --out runs/g`, then `eval --ckpt runs/g --split validation --samples 1
 --seeds 12`, and `--samples 4`), against 0.016-0.022 between a run's evaluations over its last 50

@@ -111,10 +111,10 @@ def t_cdf(t: float, df: float) -> float:
     return 1.0 - tail if t > 0 else tail
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=4096)
 def t_ppf(q: float, df: float) -> float:
-    """The q-quantile of Student's t (bisection on t_cdf, to 1e-10; remembered, since the seed
-    counts below ask for the same few quantiles many times)."""
+    """The q-quantile of Student's t (bisection on t_cdf, to 1e-10; the last 4096 remembered: the
+    seed counts below ask for the same quantiles at each seed count many times)."""
     if not 0.0 < q < 1.0:
         raise ValueError(f"quantile level must be in (0, 1), got {q}")
     if q < 0.5:
@@ -195,8 +195,8 @@ def seeds_needed(diff: float, sd_a: float, sd_b: float, alpha: float = ALPHA, po
 
 def fewest(enough, most: int) -> int | None:
     """The least n in 2..most with enough(n), for an `enough` that stays true once true (an MDE
-    falls as seeds are added), by bisection; None when enough(most) is false."""
-    if not enough(most):
+    falls as seeds are added), by bisection; None when enough(most) is false or most < 2."""
+    if most < 2 or not enough(most):
         return None
     lo, hi = 2, most                                       # enough(hi); the answer is in [lo, hi]
     while lo < hi:
