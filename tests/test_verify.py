@@ -370,3 +370,11 @@ def test_the_report_says_what_one_evaluation_samples():
     mixed = {"settings": {**same["settings"], "mul7/sdpg": {"eval_samples": 1, "eval_problems": 256}}}
     assert _evaluation(mixed) == ("4 sampled completions of each of 256 validation problems for mul7/grpo, mul7/rlsd; "
                                   "1 sampled completion of each of 256 validation problems for mul7/sdpg")
+
+
+def test_a_refused_folder_is_told_the_command_its_runs_record_with_its_own_out():
+    from rlsd_min.lab.experiment import _resume_command
+
+    assert _resume_command("__main__.py verify --profile cpu --out /scratch/v --jobs 2", "results") == \
+        "python -m rlsd_min verify --profile cpu --jobs 2 --out results"
+    assert _resume_command("__main__.py verify --seeds 3", "r") == "python -m rlsd_min verify --seeds 3 --out r"

@@ -50,7 +50,8 @@ from ..run_folder import RunFolderBusyError, RunFolderDamagedError, writing
 from ..tasks import TASKS, ensure_data, load_splits
 from .design import PLANS, VARIANT_TASKS, VARIANTS, VERIFY_METHODS, VERIFY_TASKS
 from .report import write_report
-from .results import extends, plan, read_experiment, run_dir, run_status, summarize, threshold_of, wall_s
+from .results import (extends, plan, provenance_commands, read_experiment, run_dir, run_status, summarize,
+                      threshold_of, wall_s)
 from .stability import COLLAPSE_MARGIN, COLLAPSE_PATIENCE
 
 # --- what the experiment runs -----------------------------------------------------------
@@ -139,12 +140,25 @@ def check_folder(out: str, exp: dict) -> dict | None:
         fields = sorted({f for key, cfg in old["configs"].items() if key in exp["configs"]
                          for f in cfg if cfg[f] != exp["configs"][key].get(f)})
         diff = diff + [f"run settings {fields}"] if fields else diff
+        made = provenance_commands([run_dir(out, t, label, s) for t, label, s in plan(old)])
+        made = (f"`{_resume_command(made[0], out)}` (as its runs record it)" if made else
+                f"(profile {old.get('profile')!r}, seeds {len(old.get('seeds', []))}, tasks {old.get('tasks')}, "
+                f"variants {list(old.get('variants', {}))})")
         raise ValueError(
             f"{out} holds runs of a different experiment ({diff} differ); to resume it, repeat the command "
-            f"that made it (profile {old.get('profile')!r}, seeds {len(old.get('seeds', []))}, tasks "
-            f"{old.get('tasks')}, variants {list(old.get('variants', {}))}); to start fresh, pass another "
-            f"--out (or delete {out} yourself)")
+            f"that made it {made}; to start fresh, pass another --out (or delete {out} yourself)")
     return old
+
+
+def _resume_command(recorded: str, out: str) -> str:
+    """A run's recorded command line (provenance.json: `__main__.py verify ...`) as the command that
+    resumes it in `out`: `python -m rlsd_min verify ... --out <out>`, whatever --out it had."""
+    words = recorded.split()
+    words = ["python -m rlsd_min" if w == "__main__.py" else w for w in words]
+    if "--out" in words:
+        i = words.index("--out")
+        del words[i:i + 2]
+    return " ".join(words + ["--out", out])
 
 
 def _open_folder(out: str, exp: dict) -> None:
