@@ -25,6 +25,7 @@ import trl
 
 from ..config import TrainConfig, field_docs
 from ..methods import METHODS
+from ..teacher import SUCCESS_REWARD
 
 TRL_NAMES = {"group_size": "num_generations", "max_new_tokens": "max_completion_length",
              "temperature": "temperature", "lr": "learning_rate", "max_grad_norm": "max_grad_norm",
@@ -169,7 +170,8 @@ class _TeacherFields(_RunFields):
     teacher_mode: str | None = _field("teacher_mode", None)
     teacher_context: str | None = dataclasses.field(default=None, metadata={"help": (
         "None: each row's privileged_context column is the teacher's context; sibling: the completion of the "
-        "first other row of the row's group whose reward is at least 1 (SDPO's teacher; no column needed), "
+        f"first other row of the row's group whose reward is at least {SUCCESS_REWARD:g} (SDPO's teacher; no "
+        "column needed), "
         "and a row whose group has no other success gets no teacher term")})
     privileged_template: str | None = _field("privileged_template", None)
     sync_every: int = _field("sync_every", 10)
