@@ -134,8 +134,8 @@ def teacher_scores(teacher_model, prompt_ids, prompt_mask, rollout: Rollout, adv
 
 def scored_teacher_rows(score, advantages, cfg, shape: tuple, vocab_size: int, context_rows=None,
                         compact: bool = False):
-    """(log q_t(y_t) (N, T), logits (N, T, V) or None, rows) from score(rows) -> ((n, T), (n, T, V)
-    or None), the teacher's forward over the rows asked for (None = all N): the tiny loop's
+    """(log q_t(y_t) (N, T), logits (N, T, V) or (n, T, V) or None, rows) from score(rows) -> ((n, T),
+    (n, T, V) or None), the teacher's forward over the rows asked for (None = all N): the tiny loop's
     (`teacher_scores`) and the TRL trainers'. compact=True returns the logits of the n scored
     rows alone, (n, T, V) (the tiny loop: StepBatch.teacher_logits_of reads them); the TRL
     trainers keep (N, T, V), since their micro-batches slice every tensor by batch row.
