@@ -173,7 +173,8 @@ def leakage_probes(model, tokenizer, train_problems: list, heldout_problems: lis
     fraction of correct answers that are the data's reference (chance = 1/10: the student
     never sees the reference, so above chance on training prompts only means it learned
     question-to-reference shortcuts); on the arith task disagree_* = the fraction of
-    completions whose final answer differs from the answer their own scratchpad implies;
+    completions whose final answer differs from the answer their own scratchpad implies; a
+    fraction with nothing to count (no correct answer, no parsed completion) is left out;
     logratio_<kind> = the mean teacher-student log-ratio Delta_t (the current model shown
     its context of kind `context_kind` vs not) over tokens of each kind, both sets pooled. An
     other_* context is drawn within each set (teacher.other_problems, seeded by `seed`); a
@@ -194,11 +195,13 @@ def leakage_probes(model, tokenizer, train_problems: list, heldout_problems: lis
             out[f"acc_{name}"] = sum(correct) / len(problems)
             if split:
                 hits = [p.chosen_digit(t) == p.ref for p, t, c in zip(problems, rollout.texts, correct) if c]
-                out[f"ref_match_{name}"] = sum(hits) / max(len(hits), 1)
+                if hits:  # a fraction of the correct answers: none, no value (not 0)
+                    out[f"ref_match_{name}"] = sum(hits) / len(hits)
             else:
                 pairs = [(parse_answer(t), scratchpad_answer(t)) for t in rollout.texts]
                 pairs = [(a, s) for a, s in pairs if a is not None and s is not None]
-                out[f"disagree_{name}"] = sum(a != s for a, s in pairs) / max(len(pairs), 1)
+                if pairs:  # a fraction of the parsed completions: none, no value (not 0)
+                    out[f"disagree_{name}"] = sum(a != s for a, s in pairs) / len(pairs)
             others = other_problems(problems, seed) if context_kind in OTHER_KINDS else None
             siblings = sibling_completions(rollout.texts, correct, 1) if context_kind == "sibling" else None
             delta = token_log_ratios(model, tokenizer, problems, rollout, context_kind, template,

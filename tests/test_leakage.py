@@ -145,3 +145,16 @@ def test_probes_on_both_tasks(base, splits):
     assert {"ref_match_train", "ref_match_heldout", "logratio_choice"} <= set(out)
     assert all(0 <= out[k] <= 1 for k in ("acc_train", "ref_match_train", "ref_match_heldout"))
     assert out["logratio_choice"] < 0  # the teacher, shown one reference, prefers its digit over the student's pick
+
+
+def test_a_fraction_with_nothing_to_count_is_left_out(tokenizer, splits):
+    """An untrained model parses no answer and scratchpad: disagree_* has no denominator, so it is
+    absent (not 0), while the accuracies are there."""
+    from rlsd_min import model as model_io
+    from rlsd_min.config import ModelConfig
+
+    model = model_io.build_model(ModelConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2),
+                                 tokenizer, seed=0)
+    out = leakage_probes(model, tokenizer, splits["train"][:8], splits["validation"][:8])
+    assert out["acc_train"] == 0 and out["acc_heldout"] == 0
+    assert "disagree_train" not in out and "disagree_heldout" not in out

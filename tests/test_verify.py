@@ -82,6 +82,8 @@ def test_a_probe_with_nothing_to_count_is_missing_not_zero():
     assert out["probe_disagree_train"] is None and out["probe_disagree_heldout"] is None   # no answer token
     parsed = missing_probes({**probes, "probe_logratio_answer": -0.2})
     assert parsed["probe_disagree_train"] == 0.0 and parsed["probe_disagree_heldout"] == 0.0
+    sibling = missing_probes({k: v for k, v in probes.items() if not k.startswith("probe_logratio_")})
+    assert sibling["probe_disagree_train"] == 0.0 and sibling["probe_disagree_heldout"] == 0.0  # no ratios to read
 
 
 def _cell(values):
@@ -129,6 +131,20 @@ def test_each_teacher_context_arm_is_judged_against_its_method_and_against_grpo(
         assert ("another problem's worked example" in own.text) == context.startswith("other")
         (off,) = [c for c in judged if c.parts[0][0] == f"final_acc: {name} − GRPO"]
         assert off.verdict == "contradicted" and f"with the {context} context" in off.text   # below GRPO
+
+
+def test_a_run_label_naming_steps_keeps_its_accuracies_decimals():
+    """Decimals follow the metric (whole steps for steps to the threshold), not a label such as
+    opsd_steps400."""
+    from rlsd_min.lab.report import claims_table
+
+    t = {"grpo": {"final_acc": _cell([0.70, 0.72, 0.69, 0.71, 0.73])},
+         "opsd_steps400": {"early_acc": _cell([0.60, 0.61, 0.62, 0.63, 0.64]),
+                           "final_acc": _cell([0.701, 0.722, 0.693, 0.714, 0.735])}}
+    settings = {"mul7/opsd_steps400": {"method": "opsd", "teacher_mode": "frozen", "steps": 400}}
+    (row,) = [line for line in claims_table(claims({"table": {"mul7": t}, "settings": settings}))
+              if "opsd_steps400 early_acc" in line]
+    assert "opsd_steps400 early_acc − final_acc: -0.093 [" in row and "-9.3e-02" not in row   # 3 decimals, not 0
 
 
 def test_the_final_experiment_runs_with_its_own_settings_and_plain_verify_without(tmp_path, monkeypatch):

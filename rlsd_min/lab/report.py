@@ -315,8 +315,14 @@ COMPARISON_HEAD = ["| claim | verdict | paired: difference [95 % CI] | n | p (t,
                    "|---" * 12 + "|"]
 
 
+def _digits(what: str) -> int:
+    """Decimals of a comparison's numbers: 0 for steps to the threshold (whole steps), else 3. Read
+    from the metric's name, never a run label's (`opsd_steps400`'s accuracies keep 3)."""
+    return 0 if "steps_to_threshold" in what else 3
+
+
 def _row(text: str, verdict: str, what: str, c) -> str:
-    digits = 0 if "steps" in what else 3
+    digits = _digits(what)
     if c is None:
         return f"| {text} | {verdict} | {what}: {_cmp(c)} | - | - | - | - | - | - | - | - | {to_settle(c)} |"
     unpaired = f"{_num(c.u_diff, digits)} [{_num(c.u_ci_low, digits)}, {_num(c.u_ci_high, digits)}]"
@@ -376,7 +382,7 @@ def judged_table(rows: list[tuple[str, tuple]], family: list[Claim] = ()) -> lis
     for text, (what, c) in rows:
         if what in tested:
             continue
-        digits = 0 if "steps" in what else 3
+        digits = _digits(what)
         if c is None:
             lines.append(f"| {text} | {what}: {_cmp(c)} | - | - | - | - | - |")
             continue

@@ -188,16 +188,20 @@ def final_window(total: int) -> tuple[float, float]:
 
 
 def missing_probes(probes: dict) -> dict:
-    """An evaluation's probes with the ones whose fraction has no denominator set to None:
-    ref_match_s (a fraction of the correct answers) where probe_acc_s is 0, and both disagree_s
-    (a fraction of the completions with a parsed answer and scratchpad) where no completion of
-    either probe sample has a final-answer token (probe_logratio_answer absent: no completion
-    ends on a line of digits after a newline, so none has both)."""
+    """An evaluation's probes with the ones whose fraction has no denominator set to None. Today's
+    probes leave such a fraction out (`leakage.leakage_probes`); runs of earlier code logged it as 0,
+    so it is set to None where the evaluation shows it had nothing to count: ref_match_s (a
+    fraction of the correct answers) where probe_acc_s is 0, and both disagree_s (a fraction of the
+    completions with a parsed answer and scratchpad) where the log-ratio probes ran but no
+    completion of either probe sample has a final-answer token (probe_logratio_answer absent: no
+    completion ends on a line of digits after a newline, so none has both). A sibling run has no
+    log-ratio probes at all (`leakage_probes`), so its disagree_s is kept as logged."""
     out = dict(probes)
+    ratios = any(k.startswith("probe_logratio_") for k in out)
     for split in ("train", "heldout"):
         if f"probe_ref_match_{split}" in out and out.get(f"probe_acc_{split}") == 0:
             out[f"probe_ref_match_{split}"] = None
-        if f"probe_disagree_{split}" in out and "probe_logratio_answer" not in out:
+        if f"probe_disagree_{split}" in out and ratios and "probe_logratio_answer" not in out:
             out[f"probe_disagree_{split}"] = None
     return out
 
@@ -222,8 +226,8 @@ def run_summary(history: list[dict], threshold: float = THRESHOLD) -> dict:
            "early_acc": window_acc(evals, 0, total / 4), "late_acc": final,
            "collapsed": collapsed(accs)}
     out.update(missing_probes({k: v for k, v in evals[-1].items() if k.startswith("probe_")}))
-    for key in ("entropy", "completion_len", "teacher_kl", "distill_loss", "distill_floor", "frac_zero_std",
-                "grad_norm", "reward_mean"):
+    for key in ("entropy", "completion_len", "teacher_kl", "teacher_frac", "distill_loss", "distill_floor",
+                "frac_zero_std", "grad_norm", "reward_mean"):
         if steps and key in steps[0]:
             out[f"tail_{key}"] = statistics.fmean(r[key] for r in steps)
     return out
