@@ -248,9 +248,11 @@ def test_every_results_section_is_generated():
 def _copy_of_the_sources(dest: Path) -> None:
     """What the blocks read and where they are, copied: the pages, the notebooks, the summaries and
     the split runs' metrics."""
+    from rlsd_min.lab.blocks import SOURCES
+
     for path in ["README.md", *[p.relative_to(ROOT) for p in (ROOT / "docs").glob("*.md")],
                  *[p.relative_to(ROOT) for p in (ROOT / "notebooks").glob("[0-9]*")],
-                 "results/summary.json", "results/arith_split/summary.json",
+                 *[f"{d}/summary.json" for d in SOURCES.values() if (ROOT / d / "summary.json").exists()],
                  *[p.relative_to(ROOT) for p in (ROOT / "results/arith_split/runs/split").glob("*/seed*/metrics.jsonl")]]:
         (dest / path).parent.mkdir(parents=True, exist_ok=True)
         (dest / path).write_bytes((ROOT / path).read_bytes())
@@ -289,3 +291,32 @@ def test_a_bad_block_is_named(tmp_path):
         rewrite("<!-- generated: clock -->\ntext\n", tmp_path, page)
     with pytest.raises(ValueError, match="unknown block source 'mul8'"):
         rewrite("<!-- generated: runs mul8 grpo -->\n<!-- end generated -->\n", tmp_path, page)
+
+
+def test_the_contexts_block_holds_the_context_arms_claims_as_judged(tmp_path):
+    """A summary with the context arms: the block lists each arm's two claims (against its method
+    at the default context, against GRPO) with the report's verdicts, and no other claim."""
+    from rlsd_min.lab.blocks import render
+    from rlsd_min.lab.design import CONTEXT_ARMS, VARIANTS
+
+    def cell(values):
+        return {"mean": sum(values) / len(values), "std": 0.0, "n": len(values), "values": values,
+                "seeds": list(range(len(values)))}
+
+    base = [0.70, 0.72, 0.69, 0.71, 0.73]
+    arms = [n for n, (_, sets) in VARIANTS.items() if sets.get("teacher_context") in CONTEXT_ARMS]
+    table = {label: {"final_acc": cell(base), "seeds": 5} for label in ("grpo", "rlsd", "grpo_opsd", "sdpg")}
+    table.update({a: {"final_acc": cell([x - 0.1 for x in base]), "seeds": 5} for a in arms})
+    (tmp_path / "results" / "final").mkdir(parents=True)
+    (tmp_path / "results" / "final" / "summary.json").write_text(json.dumps({"table": {"mul7": table}}))
+    body = render("contexts final", tmp_path, tmp_path / "docs" / "opsd.md")
+    rows = [line for line in body.splitlines() if line.startswith("| ") and "verdict" not in line]
+    assert len(rows) == 2 * len(arms)
+    for a in arms:
+        assert sum(f" − {a}: " in r or f": {a} − GRPO: " in r for r in rows) == 2, a
+    assert all("**reproduced**" in r for r in rows if " − GRPO: " not in r)       # the default context wins
+    assert all("**contradicted**" in r for r in rows if " − GRPO: " in r)         # every arm below GRPO
+    (tmp_path / "results" / "final" / "summary.json").write_text(json.dumps({"table": {"mul7": {
+        "grpo": table["grpo"], "rlsd": table["rlsd"]}}}))
+    with pytest.raises(ValueError, match="no run of a context arm"):
+        render("contexts final", tmp_path, tmp_path / "docs" / "opsd.md")

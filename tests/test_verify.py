@@ -195,6 +195,26 @@ def test_shards_are_disjoint_cover_the_plan_and_a_plain_call_reports(tmp_path):
     assert summary["runs"] == 4 and os.path.getmtime(metrics) == before and os.path.exists(os.path.join(out, "REPORT.md"))
 
 
+def test_an_interim_report_trains_nothing_and_names_the_runs_left_out(tmp_path):
+    from rlsd_min.lab.cli import main
+
+    out = str(tmp_path / "r")
+    args = ["verify", "--profile", "ci", "--seeds", "1", "--methods", "grpo,rlsd", "--tasks", "arith", "--out", out]
+    with pytest.raises(SystemExit, match="holds no experiment"):
+        main([*args, "--report"])                                  # nothing there yet: named, nothing written
+    assert not os.path.exists(out)
+    main([*args, "--shard", "0/2"])                                # trains grpo only
+    main([*args, "--report"])
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["runs"] == 1 and summary["missing"] == ["arith/rlsd/seed0"]
+    assert not os.path.exists(os.path.join(out, "runs", "arith", "rlsd"))            # nothing trained
+    report = open(os.path.join(out, "REPORT.md")).read()
+    assert "**An interim report**: 1 of the plan's 2 runs are not finished" in report and "arith/rlsd/seed0" in report
+    for extra in (["--list"], ["--shard", "1/2"]):
+        with pytest.raises(SystemExit, match="--report trains nothing"):
+            main([*args, "--report", *extra])
+
+
 def test_a_run_busy_in_another_process_is_skipped_named_and_left_out(tmp_path, capsys):
     out = tmp_path / "r"
     busy = out / "runs" / "arith" / "opsd" / "seed0"
@@ -394,3 +414,17 @@ def test_a_refused_folder_is_told_the_command_its_runs_record_with_its_own_out()
     assert _resume_command("__main__.py verify --profile cpu --out /scratch/v --jobs 2", "results") == \
         "python -m rlsd_min verify --profile cpu --jobs 2 --out results"
     assert _resume_command("__main__.py verify --seeds 3", "r") == "python -m rlsd_min verify --seeds 3 --out r"
+
+
+def test_the_teacher_kl_basis_names_the_rows_each_context_scores():
+    from rlsd_min.lab.report import teacher_kl_basis
+
+    def basis(method, context, agg="token-mean"):
+        return teacher_kl_basis({"method": method, "teacher_context": context, "loss_agg": agg,
+                                 "sdpg_gate": "positive"})
+
+    assert basis("grpo", None) == ""
+    assert basis("grpo_opsd", "solution") == "all rows, solution, token-mean"
+    assert basis("grpo_opsd", "sibling") == "all rows with a sibling, sibling, token-mean"
+    assert basis("rlsd", "other_answer") == "rows A≠0, other_answer, token-mean"
+    assert basis("sdpg", "solution", "group-token-mean") == "rows A>0, solution, group-token-mean"

@@ -13,6 +13,8 @@ whose text `render` makes from a committed file, never by hand:
     metrics SOURCE LABEL,... KEY,...   those summary keys (mean ± std over seeds), one row per task and label
     claims SOURCE LABEL       the report's claim rows that name the label, with their verdicts as the
                               report states them, and its exploratory rows of the label and its variants
+    contexts SOURCE           the claims of the teacher-context arms (sibling, other_*), as the report
+                              judges them
     verdicts SOURCE           one line per claim: its verdict and its first comparison
     clock                     the verification's time on the clock and its training time
     below-floor               per seed, the steps where OPSD's loss on `split` lay below its exact floor
@@ -122,6 +124,20 @@ def claims_block(root: Path, up: str, source: str, label: str) -> str:
     return "\n".join(lines)
 
 
+def contexts_block(root: Path, up: str, source: str) -> str:
+    """The teacher-context claims (design.CONTEXT_ARMS: each arm against its method at its default
+    context and against GRPO) as the report judges them, in the task's one Holm family."""
+    from .design import CONTEXT_ARMS, VARIANTS
+
+    arms = [n for n, (_, sets) in VARIANTS.items() if sets.get("teacher_context") in CONTEXT_ARMS]
+    judged = [c for c in _judged(_text_of(root, source))[0]
+              if any(re.search(rf"(?<![\w.]){re.escape(a)}(?![\w.])", what) for what, _ in c.parts for a in arms)]
+    if not judged:
+        raise ValueError(f"block contexts {source}: {SOURCES[source]}/summary.json has no run of a context arm "
+                         f"({', '.join(arms)})")
+    return "\n".join(report.claims_table(judged))
+
+
 def verdicts_block(root: Path, up: str, source: str) -> str:
     out = []
     for c in _judged(_text_of(root, source))[0]:
@@ -187,8 +203,9 @@ def course_times_block(root: Path, up: str) -> str:
             + ", ".join(times) + ".")
 
 
-KINDS = {"runs": runs_block, "metrics": metrics_block, "claims": claims_block, "verdicts": verdicts_block, "clock": clock_block,
-         "below-floor": below_floor_block, "course-times": course_times_block}
+KINDS = {"runs": runs_block, "metrics": metrics_block, "claims": claims_block, "contexts": contexts_block,
+         "verdicts": verdicts_block, "clock": clock_block, "below-floor": below_floor_block,
+         "course-times": course_times_block}
 
 
 # --- finding and rewriting the blocks ---------------------------------------------------------------

@@ -246,7 +246,8 @@ def cmd_verify(args) -> None:
     from .results import plan, run_dir, run_status
 
     from .design import FINAL_SETS, final_plan
-    from .results import plan_budget
+    from .report import write_report
+    from .results import plan_budget, summarize
 
     methods = tuple(m for m in args.methods.split(",") if m)
     variants = tuple(v for v in (args.variants or "").split(",") if v)
@@ -256,6 +257,9 @@ def cmd_verify(args) -> None:
         sets = {**FINAL_SETS, **sets}
     if args.out is None:
         args.out = os.path.join("results", "final") if args.final else "results"
+    if args.report and (args.list or args.shard):
+        raise ValueError("--report trains nothing and writes the report of the whole folder: it takes no "
+                         f"{'--list' if args.list else '--shard'}")
     if args.list:  # the plan, one run a line: what a scheduler fans out with --shard
         exp = experiment_config(args.profile, args.seeds, methods, tuple(args.tasks.split(",")), sets, variants,
                                 args.variant_seeds, label_seeds)
@@ -265,6 +269,18 @@ def cmd_verify(args) -> None:
             status = run_status(run_dir(args.out, t, label, s), exp["configs"][f"{t}/{label}"]["steps"])
             print(f"{i}\t{t}/{label}/seed{s}\t{status}")
         print("\n".join(plan_budget(args.out, exp)))
+        return
+    if args.report:  # the runs finished so far, training nothing: an interim look at a long experiment
+        exp = experiment_config(args.profile, args.seeds, methods, tuple(args.tasks.split(",")), sets, variants,
+                                args.variant_seeds, label_seeds)
+        if check_folder(args.out, exp) is None:
+            raise ValueError(f"{args.out} holds no experiment (no experiment.json): nothing to report; "
+                             "run the same command without --report to train it")
+        summary = summarize(args.out)
+        write_report(args.out, summary)
+        print(f"{summary['runs']} finished runs, {len(summary['missing'])} not finished -> "
+              f"{os.path.join(args.out, 'REPORT.md')}")
+        refresh_after_report(args.out)
         return
     t0 = time.time()
     summary = run_experiment(args.out, args.profile, args.seeds, methods, tuple(args.tasks.split(",")),
@@ -380,6 +396,9 @@ def main(argv=None) -> None:
                    "--variants and --variant-seeds, with its settings design.FINAL_SETS (eval_samples=4; its --out: results/final)")
     p.add_argument("--list", action="store_true", help="print the plan (position, run, finished or not), the "
                    "seeds, finished runs and projected time of each label, and exit")
+    p.add_argument("--report", action="store_true", help="write REPORT.md and summary.json of the runs "
+                   "finished in --out so far, training nothing (an interim report: the others are listed as not "
+                   "finished), and exit")
     p.set_defaults(func=cmd_verify)
 
     args = parser.parse_args(argv)

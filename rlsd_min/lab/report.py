@@ -133,7 +133,8 @@ def _fmt(row, key, digits=3):
 def teacher_kl_basis(settings: dict) -> str:
     """The rows, context and aggregation teacher_kl is computed on for a run's settings
     (rlsd_min.objective: the sampled-token KL(student || teacher) over the rows the method's
-    teacher scores, Method.teacher_rows, asked here of advantages -1, 0, +1)."""
+    teacher scores, Method.teacher_rows, asked here of advantages -1, 0, +1; with the sibling
+    context, those of them whose group has another success)."""
     import torch
 
     if settings["teacher_context"] is None:
@@ -141,6 +142,8 @@ def teacher_kl_basis(settings: dict) -> str:
     rows = METHODS[settings["method"]].teacher_rows(torch.tensor([-1.0, 0.0, 1.0]), SimpleNamespace(**settings))
     scored = "all rows" if rows is None else {(True, False, True): "rows A≠0", (False, False, True): "rows A>0"}.get(
         tuple(rows.tolist()), f"rows {rows.tolist()} of A = -1, 0, 1")
+    if settings["teacher_context"] == "sibling":  # a row whose group has no other success has no teacher
+        scored += " with a sibling"
     return f"{scored}, {settings['teacher_context']}, {settings['loss_agg']}"
 
 
@@ -458,7 +461,9 @@ def write_report(out: str, summary: dict) -> str:
         "",
     ]
     if summary.get("missing"):
-        lines += [f"Not finished, so left out: {', '.join(summary['missing'])}.", ""]
+        n = len(summary["missing"])
+        lines += [f"**An interim report**: {n} of the plan's {summary['runs'] + n} runs are not finished, so "
+                  f"left out (each claim pairs the seeds both its labels have): {', '.join(summary['missing'])}.", ""]
     for task, rows in summary["table"].items():
         lines += [f"## Task `{task}`", "", _table(task, rows, thresholds[task], summary.get("settings", {})), ""]
         lines += [f"![{name}]({name})" for name in figures if name.endswith(f"_{task}.png")] + [""]
