@@ -22,8 +22,9 @@ whose text `render` makes from a committed file, never by hand:
     course-times              the same for every notebook, one line
 
 SOURCE is a summary.json of a verification folder (SOURCES): `mul7` (results/), `arith_split`
-(results/arith_split/) or `final` (results/final/, the final experiment). `python -m rlsd_min verify --out results` rewrites the blocks after its
-report (`refresh_after_report`); by hand:
+(results/arith_split/) or `final` (results/final/, the final experiment). `python -m rlsd_min
+verify` rewrites the blocks after its report in one of these folders (`refresh_after_report`); by
+hand:
 
     python -m rlsd_min.lab.blocks            # rewrite every block in place
     python -m rlsd_min.lab.blocks --check    # name the blocks that differ from their source; exit 1 if any

@@ -260,10 +260,11 @@ def cmd_verify(args) -> None:
     if args.report and (args.list or args.shard):
         raise ValueError("--report trains nothing and writes the report of the whole folder: it takes no "
                          f"{'--list' if args.list else '--shard'}")
-    if args.list:  # the plan, one run a line: what a scheduler fans out with --shard
+    if args.list or args.report:
         exp = experiment_config(args.profile, args.seeds, methods, tuple(args.tasks.split(",")), sets, variants,
                                 args.variant_seeds, label_seeds)
-        check_folder(args.out, exp)  # as verify would: a folder of another experiment is refused
+        recorded = check_folder(args.out, exp)  # as verify would: a folder of another experiment is refused
+    if args.list:  # the plan, one run a line: what a scheduler fans out with --shard
         runs = plan(exp)
         for i, (t, label, s) in enumerate(runs):
             status = run_status(run_dir(args.out, t, label, s), exp["configs"][f"{t}/{label}"]["steps"])
@@ -271,9 +272,7 @@ def cmd_verify(args) -> None:
         print("\n".join(plan_budget(args.out, exp)))
         return
     if args.report:  # the runs finished so far, training nothing: an interim look at a long experiment
-        exp = experiment_config(args.profile, args.seeds, methods, tuple(args.tasks.split(",")), sets, variants,
-                                args.variant_seeds, label_seeds)
-        if check_folder(args.out, exp) is None:
+        if recorded is None:
             raise ValueError(f"{args.out} holds no experiment (no experiment.json): nothing to report; "
                              "run the same command without --report to train it")
         summary = summarize(args.out)
