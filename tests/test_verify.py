@@ -226,7 +226,9 @@ def test_a_run_busy_in_another_process_is_skipped_named_and_left_out(tmp_path, c
         assert summary["missing"] == ["arith/opsd/seed0"] and summary["runs"] == 1
         assert "skipped arith/opsd/seed0 busy" in capsys.readouterr().out
         assert (busy / "run.lock").read_text() == f"{holder.pid}@{socket.gethostname()}"   # not taken, not removed
-        assert "Not finished, so left out: arith/opsd/seed0" in (out / "REPORT.md").read_text()
+        report = (out / "REPORT.md").read_text()
+        assert "**An interim report**: 1 of the plan's 2 runs are not finished" in report
+        assert "arith/opsd/seed0" in report.split("**An interim report**")[1].split("\n")[0]
     finally:
         holder.kill()
         holder.wait()
