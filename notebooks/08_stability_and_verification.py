@@ -26,24 +26,27 @@
 #
 # One seed proves nothing, and a task that GRPO saturates cannot separate the methods (the first
 # verification, on `arith` and `split`, ended with every verifier method near 0.9 and the differences
-# inside the seed spread; it is kept in `results/arith_split/`). The verification trains every method
-# on `mul7` (7-digit by 1-digit multiplication with its digit-by-digit scratchpad: 71-token completions,
-# twice arith's; the warm start at 0.34; `data/mul7/level.json`) from the same warm start, 5 seeds each, plus one variant per knob with 3 seeds:
+# inside the seed spread; it is kept in `results/arith_split/`). The final experiment trains every
+# method on `mul7` (7-digit by 1-digit multiplication with its digit-by-digit scratchpad: 71-token
+# completions, twice arith's; the warm start at 0.34; `data/mul7/level.json`) from the same warm
+# start, 200 steps: 20 paired seeds of GRPO, GRPO+OPSD, RLSD, SDPG and SDPG without its distillation
+# term; 10 of each teacher context; 5 of OPSD and of the other variants (one setting per knob, OPSD's
+# live teacher and 400 steps, the positive controls); each evaluation 4 sampled completions per
+# validation problem (`rlsd_min.lab.design.FINAL`):
 #
-#     python -m rlsd_min verify --profile cpu --variants rlsd_epsw0.9,rlsd_lamconst,sdpg_beta1.0,opsd_live \
-#         --variant-seeds 3 --jobs 2
+#     python -m rlsd_min verify --profile cpu --final --jobs 2
 #
 # The committed run of that command:
-# <!-- generated: clock -->
-# 37 runs, **76.1 minutes on the clock** with at most 2 training at once (146.0 minutes of training summed over runs, 29.2 runs per hour; `clock` and `wall_s` in [`results/summary.json`](../results/summary.json)).
+# <!-- generated: clock final -->
+# 76 runs, **6.3 hours of training** summed over runs (`wall_s` in [`results/final/summary.json`](../results/final/summary.json)), trained over several sittings of the command their provenance records; a run cut off at a sitting's end resumed from its checkpoint, so the runs have no single span on the clock.
 # <!-- end generated -->
 #
-# It writes `results/`: one run folder per (task, run label, seed) with its `metrics.jsonl`,
+# It writes `results/final/`: one run folder per (task, run label, seed) with its `metrics.jsonl`,
 # `summary.json`, the figures, and `REPORT.md`. This notebook reads those committed files (it trains
 # nothing long), checks that the summary really is computed from the run folders, and goes through
 # the claims.
 #
-# **What it trains:** nothing long: it reads the committed `results/` and runs a tiny verification on the `ci` profile to show the mechanics.
+# **What it trains:** nothing long: it reads the committed `results/final/` and runs a tiny verification on the `ci` profile to show the mechanics.
 #
 # <!-- generated: notebook-time -->
 # **Time.** Its stored run, on the `cpu` profile: 38 s (the cells' times recorded in this notebook; the longest cell 17 s). A notebook run again reads its finished run folders back and trains nothing.
@@ -99,15 +102,17 @@ from rlsd_min.lab.results import summarize
 from rlsd_min.lab.stability import collapsed
 
 datasets.disable_progress_bars()
-RESULTS_DIR = ROOT / "results"  # the repository's results/
+RESULTS_DIR = ROOT / "results" / "final"  # the final experiment's folder in the repository
 experiment = json.load(open(RESULTS_DIR / "experiment.json"))
 summary = json.load(open(RESULTS_DIR / "summary.json"))
-print(f"results/: profile {experiment['profile']}, seeds {experiment['seeds']}, methods {experiment['methods']}, "
-      f"tasks {experiment['tasks']}; {summary['runs']} finished runs, {summary['wall_s'] / 60:.1f} min of training")
+print(f"results/final/: profile {experiment['profile']}, tasks {experiment['tasks']}; {summary['runs']} finished runs, "
+      f"{summary['wall_s'] / 3600:.1f} h of training")
+print("seeds per run label:", ", ".join(f"{label} {len(seeds)}" for label, seeds in experiment["label_seeds"].items()))
 for task in experiment["tasks"]:
     cfg = experiment["configs"][f"{task}/grpo"]
     print(f"  {task}: {cfg['steps']} steps x {cfg['prompts_per_step']} prompts x G={cfg['group_size']}, "
-          f"evaluation every {cfg['eval_every']} steps on {cfg['eval_problems']} validation problems")
+          f"evaluation every {cfg['eval_every']} steps: {cfg['eval_samples']} samples of each of "
+          f"{cfg['eval_problems']} validation problems")
 
 # %% [markdown]
 # ## 1. The summary is computed from the run folders
@@ -119,7 +124,7 @@ for task in experiment["tasks"]:
 # NBVAL_CHECK_OUTPUT
 recomputed = summarize(str(RESULTS_DIR), write=False)
 assert recomputed == summary
-print("summary.json == summarize(results/):", recomputed == summary)
+print("summary.json == summarize(results/final/):", recomputed == summary)
 
 # %% [markdown]
 # ## 2. When has a run collapsed?
@@ -182,12 +187,14 @@ plt.show()
 # %% [markdown]
 # ## 5. The claims, judged by a fixed rule
 #
-# `rlsd_min.lab.report.claims` judges each claim as a comparison over seeds (`rlsd_min.lab.stats`):
-# the difference of means with a 95 % bootstrap interval and Welch's test, Holm-corrected over the
-# comparisons of a task. *Reproduced* (or *contradicted*) when both exclude 0 on the claimed (or
-# the other) side, else *inconclusive*. **MDE** is the smallest true difference these seeds detect
-# with 80 % power; the last column the seeds per method that would detect the observed one. The
-# same table is in `results/REPORT.md`.
+# `rlsd_min.lab.report.claims` judges each claim as a paired comparison over seeds
+# (`rlsd_min.lab.stats`): seed k of every run label shares the warm start, the prompt order and the
+# evaluation's random stream, so the claim is about the per-seed differences: their mean with a 95 %
+# bootstrap interval over seeds, the paired t-test and the exact sign-flip test, Holm-corrected over
+# the claims of the task. *Reproduced* (or *contradicted*) when the interval lies on the claimed (or
+# the other) side of 0 and the corrected t-test's p < 0.05, else *inconclusive*. The **paired MDE**
+# is the smallest true difference these seeds detect with 80 % power; the last column the paired
+# seeds that would detect the observed one. The same table is in `results/final/REPORT.md`.
 
 # %%
 verdicts = claims(summary)
@@ -207,8 +214,10 @@ for task, t in summary["table"].items():
 # %% [markdown]
 # ## 6. How much can the teacher's token-level signal do here?
 #
-# Each knob moved to the value furthest from its default (`rlsd_min.lab.design.COMMITTED_VARIANTS`),
-# 3 seeds each, against the method at its defaults and against GRPO:
+# The final experiment's variants (`rlsd_min.lab.design.VARIANTS`), each against its method at its
+# defaults and against GRPO: one setting per knob, SDPG without its distillation term, the positive
+# controls (a teacher shown the worked solution) and the teacher contexts (a sibling's success,
+# another problem's reference):
 
 # %%
 variants = summary["variants"]
@@ -221,18 +230,19 @@ for task, by_label in runs.items():
         group = ["grpo", base] + [n for n, v in variants.items() if v["method"] == base]
         plot_seed_bands({LABELS.get(n, n): by_label[n] for n in group if n in by_label}, "eval_acc", ax,
                         ylabel="validation accuracy")
-        ax.set_title(f"{task}: {LABELS[base]} and its variant", fontsize=9)
+        ax.set_title(f"{task}: {LABELS[base]} and its variants", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     plt.show()
     print("\n".join(judged_table(sensitivity_rows(summary["table"][task], variants))))
 
 # %% [markdown]
-# OPSD's course over the run, with its default frozen teacher and with a live one (means over
-# seeds; the quarters are the first and last 50 of 200 steps), then each live-teacher seed:
+# OPSD's course over the run, with its default frozen teacher, with a live one, and frozen for 400
+# steps (means over seeds; the quarters are the first and last quarter of the run's steps), then
+# each live-teacher seed:
 
 # %%
-for label in ("opsd", "opsd_live"):
+for label in ("opsd", "opsd_live", "opsd_steps400"):
     r = summary["table"]["mul7"][label]
     print(f"{label:10s} step 0 {r['start_acc']['mean']:.2f}, first quarter {r['early_acc']['mean']:.2f}, "
           f"last quarter {r['late_acc']['mean']:.2f}, final {r['final_acc']['mean']:.2f}")

@@ -228,18 +228,18 @@ def test_the_generated_blocks_agree_with_their_sources():
     from rlsd_min.lab.blocks import stale_blocks
 
     stale = stale_blocks(ROOT)
-    assert stale == [], (f"generated blocks differ from results/summary.json, results/arith_split/summary.json or "
+    assert stale == [], (f"generated blocks differ from their sources (the summary.json of blocks.SOURCES) or "
                          f"the notebooks' stored runs in {stale}: run `python -m rlsd_min.lab.blocks`")
 
 
 def test_every_results_section_is_generated():
-    """The README and each method page quote the mul7 verification through blocks; every notebook
-    states its stored run's time through one."""
+    """The README and each method page quote the final experiment on mul7 through blocks; every
+    notebook states its stored run's time through one."""
     readme = _block_names(ROOT / "README.md")
-    assert {"verdicts mul7", "clock", "course-times"} <= set(readme) and any(n.startswith("metrics mul7") for n in readme)
+    assert {"verdicts final", "clock final", "course-times"} <= set(readme) and any(n.startswith("metrics final") for n in readme)
     for page in ("grpo", "opsd", "grpo_opsd", "rlsd", "sdpg"):
         names = _block_names(ROOT / "docs" / f"{page}.md")
-        assert f"claims mul7 {page}" in names and any(n.startswith("runs mul7") for n in names), page
+        assert f"claims final {page}" in names and any(n.startswith("runs final") for n in names), page
     assert "below-floor" in _block_names(ROOT / "docs" / "leakage.md")
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         assert "notebook-time" in _block_names(nb), f"{nb.name} does not state its stored run's time"
@@ -264,10 +264,10 @@ def test_a_changed_number_makes_the_blocks_stale(tmp_path):
     from rlsd_min.lab.blocks import stale_blocks, write_blocks
 
     _copy_of_the_sources(tmp_path)                 # in agreement: test_the_generated_blocks_agree_with_their_sources
-    summary = json.loads((tmp_path / "results/summary.json").read_text())
+    summary = json.loads((tmp_path / "results/final/summary.json").read_text())
     cell = summary["table"]["mul7"]["rlsd"]["final_acc"]
     cell["mean"] += 0.1
-    (tmp_path / "results/summary.json").write_text(json.dumps(summary))
+    (tmp_path / "results/final/summary.json").write_text(json.dumps(summary))
     stale = stale_blocks(tmp_path)
     assert "README.md" in stale and "docs/rlsd.md" in stale, stale
     nb = tmp_path / "notebooks" / "06_rlsd.ipynb"
@@ -288,7 +288,7 @@ def test_a_bad_block_is_named(tmp_path):
     with pytest.raises(ValueError, match="unknown block kind 'table'"):
         rewrite("<!-- generated: table mul7 -->\n<!-- end generated -->\n", tmp_path, page)
     with pytest.raises(ValueError, match="no line '<!-- end generated -->'"):
-        rewrite("<!-- generated: clock -->\ntext\n", tmp_path, page)
+        rewrite("<!-- generated: clock final -->\ntext\n", tmp_path, page)
     with pytest.raises(ValueError, match="unknown block source 'mul8'"):
         rewrite("<!-- generated: runs mul8 grpo -->\n<!-- end generated -->\n", tmp_path, page)
 

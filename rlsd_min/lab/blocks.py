@@ -16,7 +16,7 @@ whose text `render` makes from a committed file, never by hand:
     contexts SOURCE           the claims of the teacher-context arms (sibling, other_*), as the report
                               judges them
     verdicts SOURCE           one line per claim: its verdict and its first comparison
-    clock                     the verification's time on the clock and its training time
+    clock SOURCE              the verification's time on the clock and its training time
     below-floor               per seed, the steps where OPSD's loss on `split` lay below its exact floor
     notebook-time             this notebook's stored run: the cell times its .ipynb records
     course-times              the same for every notebook, one line
@@ -148,14 +148,18 @@ def verdicts_block(root: Path, up: str, source: str) -> str:
     return "\n".join(out)
 
 
-def clock_block(root: Path, up: str) -> str:
-    s = summary_of(root, "mul7")
+def clock_block(root: Path, up: str, source: str) -> str:
+    s = summary_of(root, source)
+    where = f"[`{SOURCES[source]}/summary.json`]({up}{SOURCES[source]}/summary.json)"
     clock = s["clock"]
+    if clock is None:  # results.clock_span: a run resumed, so its seconds are not one span
+        return (f"{s['runs']} runs, **{s['wall_s'] / 3600:.1f} hours of training** summed over runs (`wall_s` in "
+                f"{where}), trained over several sittings of the command their provenance records; a run cut off at "
+                "a sitting's end resumed from its checkpoint, so the runs have no single span on the clock.")
     hours = clock["elapsed_s"] / 3600
     return (f"{s['runs']} runs, **{clock['elapsed_s'] / 60:.1f} minutes on the clock** with at most "
             f"{clock['at_once']} training at once ({s['wall_s'] / 60:.1f} minutes of training summed over runs, "
-            f"{s['runs'] / hours:.1f} runs per hour; `clock` and `wall_s` in "
-            f"[`results/summary.json`]({up}results/summary.json)).")
+            f"{s['runs'] / hours:.1f} runs per hour; `clock` and `wall_s` in {where}).")
 
 
 def below_floor_block(root: Path, up: str) -> str:
