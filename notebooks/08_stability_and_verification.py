@@ -37,16 +37,16 @@
 #     python -m rlsd_min verify --profile cpu --final --jobs 2
 #
 # The committed run of that command:
-# <!-- generated: clock final -->
-# 76 runs, **6.3 hours of training** summed over runs (`wall_s` in [`results/final/summary.json`](../results/final/summary.json)), trained over several sittings of the command their provenance records; a run cut off at a sitting's end resumed from its checkpoint, so the runs have no single span on the clock.
+# <!-- generated: clock mul7 -->
+# 76 runs, **6.3 hours of training** summed over runs (`wall_s` in [`results/summary.json`](../results/summary.json)), trained over several sittings of the command their provenance records; a run cut off at a sitting's end resumed from its checkpoint, so the runs have no single span on the clock.
 # <!-- end generated -->
 #
-# It writes `results/final/`: one run folder per (task, run label, seed) with its `metrics.jsonl`,
+# It writes `results/`: one run folder per (task, run label, seed) with its `metrics.jsonl`,
 # `summary.json`, the figures, and `REPORT.md`. This notebook reads those committed files (it trains
 # nothing long), checks that the summary really is computed from the run folders, and goes through
 # the claims.
 #
-# **What it trains:** nothing long: it reads the committed `results/final/` and runs a tiny verification on the `ci` profile to show the mechanics.
+# **What it trains:** nothing long: it reads the committed `results/` and runs a tiny verification on the `ci` profile to show the mechanics.
 #
 # <!-- generated: notebook-time -->
 # **Time.** Its stored run, on the `cpu` profile: 38 s (the cells' times recorded in this notebook; the longest cell 17 s). A notebook run again reads its finished run folders back and trains nothing.
@@ -102,10 +102,10 @@ from rlsd_min.lab.results import summarize
 from rlsd_min.lab.stability import collapsed
 
 datasets.disable_progress_bars()
-RESULTS_DIR = ROOT / "results" / "final"  # the final experiment's folder in the repository
+RESULTS_DIR = ROOT / "results"  # the final experiment's folder in the repository
 experiment = json.load(open(RESULTS_DIR / "experiment.json"))
 summary = json.load(open(RESULTS_DIR / "summary.json"))
-print(f"results/final/: profile {experiment['profile']}, tasks {experiment['tasks']}; {summary['runs']} finished runs, "
+print(f"results/: profile {experiment['profile']}, tasks {experiment['tasks']}; {summary['runs']} finished runs, "
       f"{summary['wall_s'] / 3600:.1f} h of training")
 print("seeds per run label:", ", ".join(f"{label} {len(seeds)}" for label, seeds in experiment["label_seeds"].items()))
 for task in experiment["tasks"]:
@@ -124,7 +124,7 @@ for task in experiment["tasks"]:
 # NBVAL_CHECK_OUTPUT
 recomputed = summarize(str(RESULTS_DIR), write=False)
 assert recomputed == summary
-print("summary.json == summarize(results/final/):", recomputed == summary)
+print("summary.json == summarize(results/):", recomputed == summary)
 
 # %% [markdown]
 # ## 2. When has a run collapsed?
@@ -194,7 +194,7 @@ plt.show()
 # the claims of the task. *Reproduced* (or *contradicted*) when the interval lies on the claimed (or
 # the other) side of 0 and the corrected t-test's p < 0.05, else *inconclusive*. The **paired MDE**
 # is the smallest true difference these seeds detect with 80 % power; the last column the paired
-# seeds that would detect the observed one. The same table is in `results/final/REPORT.md`.
+# seeds that would detect the observed one. The same table is in `results/REPORT.md`.
 
 # %%
 verdicts = claims(summary)

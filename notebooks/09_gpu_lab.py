@@ -81,7 +81,7 @@ from rlsd_min.lab.bench import format_table, step_times, summarize
 from rlsd_min.lab.design import COMMITTED_VARIANT_SEEDS, COMMITTED_VARIANTS, PLANS, VERIFY_METHODS, VERIFY_SEEDS, VERIFY_TASKS
 
 datasets.disable_progress_bars()
-RESULTS_DIR = ROOT / "results"  # the repository's results/
+RESULTS_DIR = ROOT / "results" / "five_seeds"  # the repository's 5-seed verification
 DEVICE = pick_device()
 name = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"CPU, {torch.get_num_threads()} torch threads"
 print(f"profile: {PROFILE}; device: {DEVICE} ({name})")
@@ -127,8 +127,9 @@ assert rows[0]["method"] == "grpo" and all(r["median_s"] > 0 for r in rows)
 # ## 3. Budget for a lab
 #
 # A lab plans in minutes. From the medians just measured, the training steps alone of the course's
-# runs and of the verification experiment on this device take. Evaluations and probes come on top;
-# the committed verification run shows how much (its wall time against the sum of its step times):
+# runs and of the 5-seed verification experiment on this device take. Evaluations and probes come on
+# top; its committed run (`results/five_seeds/`) shows how much (its wall time against the sum of its
+# step times):
 
 # %%
 s_step = {r["method"]: r["median_s"] for r in rows}

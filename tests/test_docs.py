@@ -236,10 +236,10 @@ def test_every_results_section_is_generated():
     """The README and each method page quote the final experiment on mul7 through blocks; every
     notebook states its stored run's time through one."""
     readme = _block_names(ROOT / "README.md")
-    assert {"verdicts final", "clock final", "course-times"} <= set(readme) and any(n.startswith("metrics final") for n in readme)
+    assert {"verdicts mul7", "clock mul7", "course-times"} <= set(readme) and any(n.startswith("metrics mul7") for n in readme)
     for page in ("grpo", "opsd", "grpo_opsd", "rlsd", "sdpg"):
         names = _block_names(ROOT / "docs" / f"{page}.md")
-        assert f"claims final {page}" in names and any(n.startswith("runs final") for n in names), page
+        assert f"claims mul7 {page}" in names and any(n.startswith("runs mul7") for n in names), page
     assert "below-floor" in _block_names(ROOT / "docs" / "leakage.md")
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         assert "notebook-time" in _block_names(nb), f"{nb.name} does not state its stored run's time"
@@ -264,10 +264,10 @@ def test_a_changed_number_makes_the_blocks_stale(tmp_path):
     from rlsd_min.lab.blocks import stale_blocks, write_blocks
 
     _copy_of_the_sources(tmp_path)                 # in agreement: test_the_generated_blocks_agree_with_their_sources
-    summary = json.loads((tmp_path / "results/final/summary.json").read_text())
+    summary = json.loads((tmp_path / "results/summary.json").read_text())
     cell = summary["table"]["mul7"]["rlsd"]["final_acc"]
     cell["mean"] += 0.1
-    (tmp_path / "results/final/summary.json").write_text(json.dumps(summary))
+    (tmp_path / "results/summary.json").write_text(json.dumps(summary))
     stale = stale_blocks(tmp_path)
     assert "README.md" in stale and "docs/rlsd.md" in stale, stale
     nb = tmp_path / "notebooks" / "06_rlsd.ipynb"
@@ -288,7 +288,7 @@ def test_a_bad_block_is_named(tmp_path):
     with pytest.raises(ValueError, match="unknown block kind 'table'"):
         rewrite("<!-- generated: table mul7 -->\n<!-- end generated -->\n", tmp_path, page)
     with pytest.raises(ValueError, match="no line '<!-- end generated -->'"):
-        rewrite("<!-- generated: clock final -->\ntext\n", tmp_path, page)
+        rewrite("<!-- generated: clock mul7 -->\ntext\n", tmp_path, page)
     with pytest.raises(ValueError, match="unknown block source 'mul8'"):
         rewrite("<!-- generated: runs mul8 grpo -->\n<!-- end generated -->\n", tmp_path, page)
 
@@ -307,16 +307,16 @@ def test_the_contexts_block_holds_the_context_arms_claims_as_judged(tmp_path):
     arms = [n for n, (_, sets) in VARIANTS.items() if sets.get("teacher_context") in CONTEXT_ARMS]
     table = {label: {"final_acc": cell(base), "seeds": 5} for label in ("grpo", "rlsd", "grpo_opsd", "sdpg")}
     table.update({a: {"final_acc": cell([x - 0.1 for x in base]), "seeds": 5} for a in arms})
-    (tmp_path / "results" / "final").mkdir(parents=True)
-    (tmp_path / "results" / "final" / "summary.json").write_text(json.dumps({"table": {"mul7": table}}))
-    body = render("contexts final", tmp_path, tmp_path / "docs" / "opsd.md")
+    (tmp_path / "results").mkdir(parents=True)
+    (tmp_path / "results" / "summary.json").write_text(json.dumps({"table": {"mul7": table}}))
+    body = render("contexts mul7", tmp_path, tmp_path / "docs" / "opsd.md")
     rows = [line for line in body.splitlines() if line.startswith("| ") and "verdict" not in line]
     assert len(rows) == 2 * len(arms)
     for a in arms:
         assert sum(f" − {a}: " in r or f": {a} − GRPO: " in r for r in rows) == 2, a
     assert all("**reproduced**" in r for r in rows if " − GRPO: " not in r)       # the default context wins
     assert all("**contradicted**" in r for r in rows if " − GRPO: " in r)         # every arm below GRPO
-    (tmp_path / "results" / "final" / "summary.json").write_text(json.dumps({"table": {"mul7": {
+    (tmp_path / "results" / "summary.json").write_text(json.dumps({"table": {"mul7": {
         "grpo": table["grpo"], "rlsd": table["rlsd"]}}}))
     with pytest.raises(ValueError, match="no run of a context arm"):
-        render("contexts final", tmp_path, tmp_path / "docs" / "opsd.md")
+        render("contexts mul7", tmp_path, tmp_path / "docs" / "opsd.md")

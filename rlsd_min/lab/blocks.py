@@ -21,8 +21,8 @@ whose text `render` makes from a committed file, never by hand:
     notebook-time             this notebook's stored run: the cell times its .ipynb records
     course-times              the same for every notebook, one line
 
-SOURCE is a summary.json of a verification folder (SOURCES): `mul7` (results/), `arith_split`
-(results/arith_split/) or `final` (results/final/, the final experiment). `python -m rlsd_min
+SOURCE is a summary.json of a verification folder (SOURCES): `mul7` (results/, the final
+experiment) or `arith_split` (results/arith_split/, the first verification). `python -m rlsd_min
 verify` rewrites the blocks after its report in one of these folders (`refresh_after_report`); by
 hand:
 
@@ -42,7 +42,7 @@ from pathlib import Path
 from . import report
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = {"mul7": "results", "arith_split": "results/arith_split", "final": "results/final"}
+SOURCES = {"mul7": "results", "arith_split": "results/arith_split"}
 """A block's SOURCE -> the verification folder (under the checkout) whose summary.json it reads."""
 OPEN = re.compile(r"^(?P<prefix>#? ?)<!-- generated: (?P<name>[^>]*?) -->[ \t]*$", re.M)
 CLOSE = "<!-- end generated -->"

@@ -255,8 +255,6 @@ def cmd_verify(args) -> None:
     if args.final:  # design.FINAL in place of --seeds, --methods, --variants, --variant-seeds
         methods, variants, label_seeds = final_plan()
         sets = {**FINAL_SETS, **sets}
-    if args.out is None:
-        args.out = os.path.join("results", "final") if args.final else "results"
     if args.report and (args.list or args.shard):
         raise ValueError("--report trains nothing and writes the report of the whole folder: it takes no "
                          f"{'--list' if args.list else '--shard'}")
@@ -377,12 +375,12 @@ def main(argv=None) -> None:
     p = command("verify", "every method on each task over several seeds -> results/ and REPORT.md")
     p.add_argument("--profile", default="cpu", choices=tuple(PROFILES), help=profile_help)
     p.add_argument("--seeds", type=int, default=VERIFY_SEEDS, help="seeds 0..S-1 of each method")
-    p.add_argument("--out", default=None, help="results folder, resumed if it holds this experiment (default: "
-                   "results, or results/final with --final)")
+    p.add_argument("--out", default="results", help="results folder, resumed if it holds this experiment (the "
+                   "committed results/ holds the final experiment)")
     p.add_argument("--methods", default=",".join(VERIFY_METHODS), help="comma-separated")
     p.add_argument("--tasks", default=",".join(VERIFY_TASKS), help=f"comma-separated, from {tuple(TASKS)}")
     p.add_argument("--variants", default="", help=f"sensitivity variants, comma-separated, from {tuple(VARIANTS)}, "
-                   f"or 'all'; they run on {', '.join(VARIANT_TASKS)} (the committed results/: "
+                   f"or 'all'; they run on {', '.join(VARIANT_TASKS)} (the committed results/five_seeds: "
                    f"{','.join(COMMITTED_VARIANTS)})")
     p.add_argument("--variant-seeds", type=int, default=None, help="seeds of each variant (default: --seeds)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override TrainConfig fields of every run")
@@ -392,7 +390,7 @@ def main(argv=None) -> None:
                    "the plan (0 <= I < N) and write no report; the same command without --shard reports")
     p.add_argument("--final", action="store_true", help="the final experiment (rlsd_min.lab.design.FINAL: "
                    "20 paired seeds of the main labels, 5 or 10 of the others), in place of --seeds, --methods, "
-                   "--variants and --variant-seeds, with its settings design.FINAL_SETS (eval_samples=4; its --out: results/final)")
+                   "--variants and --variant-seeds, with its settings design.FINAL_SETS (eval_samples=4): the committed results/")
     p.add_argument("--list", action="store_true", help="print the plan (position, run, finished or not), the "
                    "seeds, finished runs and projected time of each label, and exit")
     p.add_argument("--report", action="store_true", help="write REPORT.md and summary.json of the runs "

@@ -2,17 +2,18 @@
 
 Torch-free, so the command line takes its defaults from here and checks a name in well under a
 second. Plain `verify` is every method on `mul7` (the task GRPO does not saturate) with 5 seeds;
-the committed results/ add four variants with 3 seeds each, one per knob:
+the committed results/five_seeds add four variants with 3 seeds each, one per knob:
 
     python -m rlsd_min verify --profile cpu --variants rlsd_epsw0.9,rlsd_lamconst,sdpg_beta1.0,opsd_live \\
-        --variant-seeds 3 --jobs 2
+        --variant-seeds 3 --jobs 2 --out results/five_seeds
 
-The final experiment (`FINAL`, `verify --final`) adds seeds, the baselines that isolate the
-teacher, the positive controls and the teacher contexts. It evaluates 4 samples per problem
-(`FINAL_SETS`; the committed 5-seed runs took 1), so it trains in a folder of its own, results/final:
+The final experiment (`FINAL`, `verify --final`), the committed results/, adds seeds, the
+baselines that isolate the teacher, the positive controls and the teacher contexts. It evaluates
+4 samples per problem (`FINAL_SETS`; the 5-seed runs took 1), so the two are different experiments
+and each has its folder:
 
     python -m rlsd_min verify --profile cpu --final --list            # the plan, run counts, projected time
-    python -m rlsd_min verify --profile cpu --final --jobs 2          # -> results/final, resumable
+    python -m rlsd_min verify --profile cpu --final --jobs 2          # -> results/, resumable
 """
 
 from __future__ import annotations
@@ -84,12 +85,12 @@ CONTEXT_ARMS = ("sibling", "other_answer", "other_solution")
 VARIANT_TASKS = ("mul7",)
 """the tasks the variants run on (those of the experiment's tasks that are listed here)"""
 COMMITTED_VARIANTS = ("rlsd_epsw0.9", "rlsd_lamconst", "sdpg_beta1.0", "opsd_live")
-"""the variants of the committed results/, 3 seeds each: one alternative per knob (RLSD's eps_w,
+"""the variants of the committed results/five_seeds, 3 seeds each: one alternative per knob (RLSD's eps_w,
 its lam schedule, SDPG's beta_base, OPSD's teacher mode), the one that moves it furthest from the
 default, so that a knob that does nothing at this scale shows as nothing; the other six fit a
 longer budget (`--variants all`)"""
 COMMITTED_VARIANT_SEEDS = 3
-"""seeds of each variant in the committed results/ (`--variant-seeds 3`)"""
+"""seeds of each variant in the committed results/five_seeds (`--variant-seeds 3`)"""
 
 FINAL = {
     **{m: 20 for m in VERIFY_METHODS}, "opsd": 5, "sdpg_nodistill": 20,
@@ -113,7 +114,7 @@ under 12 sampling seeds has sd 0.017 with 1 sample and 0.011 with 4 (`train --me
 mul7 --set steps=200 --out runs/g`, then `eval --ckpt runs/g --split validation --samples 1
 --seeds 12`, and `--samples 4`), against 0.016-0.022 between a run's evaluations over its last 50
 steps: with one sample, the evaluation's own noise is most of what moves the endpoint within a
-run. (The committed 5-seed results/ took 1.)"""
+run. (The committed 5-seed results/five_seeds took 1.)"""
 
 
 def final_plan() -> tuple[tuple, tuple, dict]:

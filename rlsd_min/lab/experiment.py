@@ -1,6 +1,7 @@
 """The small-scale verification of the papers' claims: every method, each task, several seeds.
 
-    python -m rlsd_min verify --profile cpu --jobs 2                  # 5 seeds x every method on mul7 -> results/
+    python -m rlsd_min verify --profile cpu --final --jobs 2          # the final experiment on mul7 -> results/
+    python -m rlsd_min verify --profile cpu --jobs 2 --out v          # 5 seeds x every method on mul7 -> v/
     python -m rlsd_min verify --tasks arith,split,mul7 --variants all --jobs 2   # + the other tasks, the variants
     python -m rlsd_min verify --shard 0/4 ...                         # a quarter of the runs, no report
 
