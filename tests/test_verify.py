@@ -147,6 +147,17 @@ def test_a_run_label_naming_steps_keeps_its_accuracies_decimals():
     assert "opsd_steps400 early_acc − final_acc: -0.093 [" in row and "-9.3e-02" not in row   # 3 decimals, not 0
 
 
+def test_steps_to_the_threshold_count_the_seeds_that_reached_it_once():
+    """A label whose seeds did not all reach the threshold reads its steps over those that did,
+    with (reached/seeds) once."""
+    from rlsd_min.lab.report import _table
+
+    row = {"final_acc": _cell([0.6, 0.7, 0.65]), "steps_to_threshold": _cell([120, 140]),
+           "reached": 2, "seeds": 3, "collapsed": 0}
+    (line,) = [x for x in _table("mul7", {"grpo": row}, 0.65, {}).splitlines() if x.startswith("| GRPO ")]
+    assert "| 130 ± 0 (2/3) |" in line and line.count("(2/3)") == 1
+
+
 def test_the_final_experiment_runs_with_its_own_settings_and_plain_verify_without(tmp_path, monkeypatch):
     from rlsd_min.lab import experiment as experiment_mod
     from rlsd_min.lab.cli import main

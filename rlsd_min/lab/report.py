@@ -303,7 +303,8 @@ def _table(task: str, rows: dict, threshold: float, settings: dict) -> str:
             f"collapses | entropy | teacher KL | its basis | train-heldout gap | {probe[0][6:]} | {probe[1][6:]} |")
     lines = [head, "|---" * 13 + "|"]
     for m, r in rows.items():
-        steps = _fmt(r, "steps_to_threshold", 0)
+        cell = _get(r, "steps_to_threshold")  # over the seeds that reached it; (reached/seeds) counts them
+        steps = "-" if cell is None else f"{cell['mean']:.0f} ± {cell['std']:.0f}"
         basis = teacher_kl_basis(settings[f"{task}/{m}"]) if f"{task}/{m}" in settings else ""
         lines.append(f"| {_label(m)} | {_fmt(r, 'final_acc')} | {_fmt(r, 'last_acc')} | {_fmt(r, 'best_acc')} | "
                      f"{_fmt(r, 'auc')} | {steps} ({r['reached']}/{r['seeds']}) | {r['collapsed']}/{r['seeds']} | "
