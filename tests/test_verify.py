@@ -167,7 +167,7 @@ def test_the_final_experiment_runs_with_its_own_settings_and_plain_verify_withou
     monkeypatch.setattr(experiment_mod, "run_experiment", lambda *a, **k: seen.append((a[0], a[5])))
     main(["verify", "--profile", "ci", "--final", "--shard", "0/2", "--set", "lr=0.001"])
     main(["verify", "--profile", "ci", "--shard", "0/2"])
-    assert seen == [("results", {**FINAL_SETS, "lr": 0.001}), ("results", {})]
+    assert seen == [("results", {**FINAL_SETS, "lr": 0.001}), (os.path.join("runs", "verify"), {})]
 
 
 def test_a_claim_with_one_seed_is_inconclusive_and_says_what_it_needs():

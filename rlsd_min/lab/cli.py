@@ -7,7 +7,8 @@
     python -m rlsd_min demo                       # what `make demo` runs
     python -m rlsd_min bench --rounds 5           # seconds per step of each method, same batch
     python -m rlsd_min bench --scaling            # step time against group size, length, model size
-    python -m rlsd_min verify --profile cpu --jobs 2    # every method x mul7 x 5 seeds -> results/
+    python -m rlsd_min verify --profile cpu --jobs 2    # every method x mul7 x 5 seeds -> runs/verify
+    python -m rlsd_min verify --profile cpu --final --jobs 2    # the final experiment -> results/
     python -m rlsd_min verify ... --jobs 2 / --shard 0/4 / --list   # parallel, a quarter of the runs, the plan
 """
 
@@ -242,16 +243,16 @@ def cmd_bench(args) -> None:
 
 def cmd_verify(args) -> None:
     from .blocks import refresh_after_report
-    from .experiment import check_folder, experiment_config, run_experiment
-    from .results import plan, run_dir, run_status
-
     from .design import FINAL_SETS, final_plan
+    from .experiment import check_folder, experiment_config, run_experiment
     from .report import write_report
-    from .results import plan_budget, summarize
+    from .results import plan, plan_budget, run_dir, run_status, summarize
 
     methods = tuple(m for m in args.methods.split(",") if m)
     variants = tuple(v for v in (args.variants or "").split(",") if v)
     label_seeds, sets = None, _parse_sets(args.set)
+    if args.out is None:  # the committed final experiment resumes in place; anything else is the user's own
+        args.out = "results" if args.final else os.path.join("runs", "verify")
     if args.final:  # design.FINAL in place of --seeds, --methods, --variants, --variant-seeds
         methods, variants, label_seeds = final_plan()
         sets = {**FINAL_SETS, **sets}
@@ -375,8 +376,8 @@ def main(argv=None) -> None:
     p = command("verify", "every method on each task over several seeds -> results/ and REPORT.md")
     p.add_argument("--profile", default="cpu", choices=tuple(PROFILES), help=profile_help)
     p.add_argument("--seeds", type=int, default=VERIFY_SEEDS, help="seeds 0..S-1 of each method")
-    p.add_argument("--out", default="results", help="results folder, resumed if it holds this experiment (the "
-                   "committed results/ holds the final experiment)")
+    p.add_argument("--out", default=None, help="results folder, resumed if it holds this experiment (default: "
+                   "results, the committed final experiment, with --final; runs/verify without)")
     p.add_argument("--methods", default=",".join(VERIFY_METHODS), help="comma-separated")
     p.add_argument("--tasks", default=",".join(VERIFY_TASKS), help=f"comma-separated, from {tuple(TASKS)}")
     p.add_argument("--variants", default="", help=f"sensitivity variants, comma-separated, from {tuple(VARIANTS)}, "
