@@ -293,6 +293,19 @@ def test_a_bad_block_is_named(tmp_path):
         rewrite("<!-- generated: runs mul8 grpo -->\n<!-- end generated -->\n", tmp_path, page)
 
 
+def test_the_clock_block_says_an_interim_report_is_one(tmp_path):
+    """A summary with runs not finished names itself interim, with the plan's count; a whole one does not."""
+    from rlsd_min.lab.blocks import render
+
+    (tmp_path / "results").mkdir(parents=True)
+    summary = {"runs": 3, "wall_s": 7200.0, "clock": None, "missing": ["mul7/grpo/seed3"]}
+    (tmp_path / "results" / "summary.json").write_text(json.dumps(summary))
+    body = render("clock mul7", tmp_path, tmp_path / "README.md")
+    assert body.startswith("**An interim report**: 3 of the plan's 4 runs finished so far, **2.0 hours of training**")
+    (tmp_path / "results" / "summary.json").write_text(json.dumps({**summary, "missing": []}))
+    assert render("clock mul7", tmp_path, tmp_path / "README.md").startswith("3 runs, **2.0 hours")
+
+
 def test_the_contexts_block_holds_the_context_arms_claims_as_judged(tmp_path):
     """A summary with the context arms: the block lists each arm's two claims (against its method
     at the default context, against GRPO) with the report's verdicts, and no other claim."""

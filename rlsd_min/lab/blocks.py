@@ -151,13 +151,15 @@ def verdicts_block(root: Path, up: str, source: str) -> str:
 def clock_block(root: Path, up: str, source: str) -> str:
     s = summary_of(root, source)
     where = f"[`{SOURCES[source]}/summary.json`]({up}{SOURCES[source]}/summary.json)"
-    clock = s["clock"]
+    clock, missing = s["clock"], s.get("missing") or []
+    runs = f"{s['runs']} runs" if not missing else \
+        f"**An interim report**: {s['runs']} of the plan's {s['runs'] + len(missing)} runs finished so far"
     if clock is None:  # results.clock_span: a run resumed, so its seconds are not one span
-        return (f"{s['runs']} runs, **{s['wall_s'] / 3600:.1f} hours of training** summed over runs (`wall_s` in "
+        return (f"{runs}, **{s['wall_s'] / 3600:.1f} hours of training** summed over runs (`wall_s` in "
                 f"{where}), trained over several sittings of the command their provenance records; a run cut off at "
                 "a sitting's end resumed from its checkpoint, so the runs have no single span on the clock.")
     hours = clock["elapsed_s"] / 3600
-    return (f"{s['runs']} runs, **{clock['elapsed_s'] / 60:.1f} minutes on the clock** with at most "
+    return (f"{runs}, **{clock['elapsed_s'] / 60:.1f} minutes on the clock** with at most "
             f"{clock['at_once']} training at once ({s['wall_s'] / 60:.1f} minutes of training summed over runs, "
             f"{s['runs'] / hours:.1f} runs per hour; `clock` and `wall_s` in {where}).")
 
