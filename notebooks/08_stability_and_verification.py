@@ -256,33 +256,35 @@ for seed, history in enumerate(runs["mul7"]["opsd_live"]):
     print(f"opsd_live seed {seed}: peak {peak:.2f} at step {peak_step}, accuracy 0 from step {zero}\n    {course}")
 
 # %% [markdown]
-# **What this scale shows** (5 seeds, 0.5M parameters, 200 steps; the numbers are the outputs above):
+# **What this scale shows** (0.5M parameters, 200 steps; the numbers are the outputs above; while the
+# experiment runs, a claim's `n` column is the paired seeds it rests on so far, and the claims of the
+# 5-seed arms, OPSD, the variants and the positive controls, have all theirs):
 #
-# - **OPSD against the verifier methods: reproduced.** OPSD gains fast (0.31 at step 0 → 0.48 on
-#   average over the first 50 steps) and ends at 0.57, below GRPO (0.71) and RLSD (0.71) in every seed. With the
-#   default frozen teacher it does **not** decline within 200 steps: its last quarter is *above* its
-#   first, so "rises early, then declines" is *contradicted* here. With a **live** teacher (the
-#   student itself, shown the solution) it does exactly what the RLSD paper describes, and worse: it
-#   peaks at 0.44-0.49 by step 10-20, then falls to 0 by step 70-110 in all three seeds, its
-#   completions running into the 80-token limit (truncated in 94-100 % of rows at step 200) while
-#   the teacher-student KL rises to 0.3-0.5 near step 100: the teacher is the student itself, so
-#   nothing holds the target still as the student drifts.
-# - **RLSD and SDPG against GRPO: inconclusive**, now with a task that leaves room (GRPO 0.706 ± 0.021
-#   over the last quarter of training, still rising at step 200). Paired by seed, RLSD ends +0.004
-#   and SDPG +0.011 above GRPO and neither learns faster (area under the curve +0.003 each); the
-#   paired intervals hold 0 and after Holm's correction none is significant. The smallest effect
-#   these 5 paired seeds could detect is about 0.05; the measured differences would need about 30
-#   paired seeds (SDPG) and over 200 (RLSD) to settle.
-# - **GRPO+OPSD** (the verifier plus a small distillation term) is the best of the five at the end
-#   (0.736 ± 0.014) and in area under the curve (+0.028 over GRPO, paired, in every seed).
-# - **How much can the teacher's token-level signal do?** Very little through RLSD's weights: moving
-#   eps_w from 0.2 to 0.9, or keeping lam at 0.5 for the whole run, changes RLSD's final accuracy by
-#   -0.010 and -0.004 (3 paired seeds, intervals within ±0.02). At this scale the teacher's
-#   per-token log-ratio is small (RLSD's teacher KL about 0.02 nats/token at the end), so w_t stays
-#   near 1 whatever the clip. SDPG with ten times the distillation weight (beta_base 1.0) ends
-#   highest of all runs (0.736 ± 0.015, +0.033 over GRPO paired, 3 seeds, an exploratory comparison
-#   without correction): where the teacher's signal enters as a full distribution rather than a
-#   per-token weight, it has room to act.
+# - **OPSD against the verifier methods.** OPSD ends below GRPO and RLSD in every seed. It does not
+#   rise *above GRPO* early either: at the same steps it is below. With its default frozen teacher
+#   it does **not** decline, in 200 steps or in 400 (its last quarter lies above its first:
+#   contradicted); with a **live** teacher (the student itself, shown the solution) it does what the
+#   RLSD paper describes, and worse: it peaks within its first tens of steps, then falls to 0 in
+#   every seed while the teacher-student KL rises: the teacher is the student, so nothing holds the
+#   target still as the student drifts.
+# - **RLSD and SDPG against GRPO: inconclusive.** Their paired differences from GRPO, at the end and
+#   in area under the curve, are small beside the paired MDE; the last column puts settling them at
+#   hundreds of paired seeds, or says no number of seeds would. The same holds for the claim that
+#   isolates SDPG's teacher (SDPG against itself with `distill_coef = 0`): at this scale these teacher
+#   terms change little.
+# - **GRPO+OPSD**, the verifier plus a small distillation term on the worked solution, has the
+#   largest gain over GRPO of the methods with a teacher, in most seeds (*seeds better*); its
+#   verdict says whether that survives Holm's correction.
+# - **The positive controls answer no**: a teacher shown the whole worked solution moves RLSD and
+#   SDPG no more than the answer-only one, with λ held at 0.5 or not. Through RLSD's per-token weights
+#   the teacher's log-ratio is too small to act (its teacher KL is a few hundredths of a nat per
+#   token, so w_t stays near 1 whatever the clip), and moving `eps_w` or `lam` changes little (the
+#   sensitivity table). SDPG with ten times the distillation weight (`sdpg_beta1.0`) ends above SDPG
+#   at its default (exploratory, without correction): where the teacher enters as a full
+#   distribution rather than a per-token weight, it has room to act.
+# - **The teacher's context** (docs/opsd.md): another problem's worked example turns GRPO+OPSD's
+#   teacher term harmful (it ends below GRPO), so there its gain needs the problem's own reference;
+#   for RLSD, whose teacher moves little, every context ends near RLSD.
 
 # %% [markdown]
 # ## 7. The command itself, in miniature
