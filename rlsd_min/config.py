@@ -180,7 +180,8 @@ class TrainConfig:
     compile_decoding: bool = False
     """sample with the decoding step's forward compiled by torch.compile (rlsd_min.decoding.
     compiled_forward, over transformers' StaticCache); the first step pays the compile, a batch of
-    another width one more"""
+    another width one more. Off in every profile: a whole 200-step run loses more to the compile
+    than it saves (2-core CPU and H200 measured, benchmarks/RESULTS.md)"""
     compile_scoring: bool = False
     """run the forwards that score completions (the student's in the update, its backward with it;
     the teacher's; the reference's) through torch.compile with dynamic shapes (rlsd_min.decoding.
