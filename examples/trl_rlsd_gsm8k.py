@@ -15,6 +15,8 @@ that the tests build, on a CPU, in seconds (CI runs this):
         --output_dir runs/tiny --use_cpu --bf16 false --activation_checkpointing false \\
         --per_device_train_batch_size 8 --num_generations 4 --max_completion_length 16
 
+(transformers before 5.23 names the checkpointing flag `--gradient_checkpointing`.)
+
 Every RLSDConfig field is a flag (`--help` lists them with TrainConfig's docs): the method's
 (`--rlsd_lam`, `--teacher_mode`, `--privileged_template`, ...) and TRL's. The dataset rows are
 conversational prompts with a `privileged_context` column holding the reference answer (RLSD's

@@ -109,7 +109,7 @@ def recording(trainer, name: str) -> list:
 COMMON = dict(per_device_train_batch_size=PROMPTS * G, num_generations=G, max_completion_length=T,
               optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
               max_grad_norm=1e9, temperature=1.0, epsilon=0.2, beta=0.0, report_to="none", use_cpu=True,
-              bf16=False, activation_checkpointing=False, logging_steps=1, save_strategy="no", disable_tqdm=True, shuffle_dataset=False, seed=0)
+              bf16=False, **rt.checkpointing(False), logging_steps=1, save_strategy="no", disable_tqdm=True, shuffle_dataset=False, seed=0)
 """The settings both trainers get. SGD, whose step is linear in the gradient (Adam's first step is
 sign(g), which float rounding flips where an entry is near 0), and no clipping (max_grad_norm 1e9;
 the clip is not linear in the loss either)"""

@@ -76,7 +76,7 @@ def config(method, tmp_path, **overrides):
     kw = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2 * G, num_generations=G,
               max_completion_length=T, max_steps=1, learning_rate=1e-3, lr_scheduler_type="constant",
               report_to="none", use_cpu=True,
-              bf16=False, activation_checkpointing=False, logging_steps=1, save_strategy="no",
+              bf16=False, **rt.checkpointing(False), logging_steps=1, save_strategy="no",
               disable_tqdm=True, shuffle_dataset=False, seed=0)
     if method == "grpo_opsd":
         kw["with_reward"] = True
@@ -343,7 +343,7 @@ EQUIVALENCE = [
     ("rlsd", dict(kl_coef=0.05, loss_agg="seq-mean"), {}),
     ("rlsd", {}, dict(per_device_train_batch_size=G, gradient_accumulation_steps=2)),   # token-mean over 2 micro-batches
     ("sdpg", dict(sdpg_schedule=False), dict(per_device_train_batch_size=G, gradient_accumulation_steps=2)),
-    ("rlsd", {}, dict(activation_checkpointing=True)),         # the one-pass student forward
+    ("rlsd", {}, rt.checkpointing(True)),         # the one-pass student forward
     ("rlsd", dict(num_iterations=2), dict(max_steps=2)),        # 2 updates of one batch: the ratio and clip act
 ]
 
@@ -476,7 +476,7 @@ def test_two_processes_under_torchrun_agree_with_each_other_and_with_one_process
 def test_example_script_runs_two_steps_on_the_tiny_model(tiny_path, tmp_path):
     out = tmp_path / "run"
     flags = dict(model=tiny_path, dataset="arith", max_steps="2", output_dir=str(out), bf16="false",
-                 activation_checkpointing="false", per_device_train_batch_size="8", num_generations="4",
+                 **{k: "false" for k in rt.checkpointing(False)}, per_device_train_batch_size="8", num_generations="4",
                  max_completion_length="16", train_rows="32")
     argv = [a for k, v in flags.items() for a in (f"--{k}", v)] + ["--use_cpu"]
     proc = subprocess.run([sys.executable, str(REPO / "examples" / "trl_rlsd_gsm8k.py"), *argv],
@@ -502,6 +502,29 @@ def test_trainer_comparison_table_ratio_is_the_median_of_per_round_ratios():
     assert "| O / S | 0.50 | 0.75 |" in paired and "O / S per round: 0.50 0.25 1.00" in paired
     assert format_trainer_comparison({**row("grpo", [1.0], 1.0), **row("grpo_opsd", [2.0], 1.0)}).count(
         "OPSDTrainer(with_reward=True)") == 1
+
+
+def test_checkpointing_switch_is_the_installed_transformers_name():
+    names = {f.name for f in dataclasses.fields(trl.GRPOConfig)}
+    (key, on), = rt.checkpointing(True).items()
+    assert on is True and key in names and (key == "activation_checkpointing") == ("activation_checkpointing" in names)
+    assert getattr(trl.GRPOConfig(output_dir="unused", use_cpu=True, **rt.checkpointing(False)), key) is False
+
+
+def test_trl_comparison_puts_our_model_where_trls_trainer_runs(monkeypatch):
+    import rlsd_min.lab.bench_trl as bench_trl
+
+    seen = []
+
+    def load(path, device="cpu"):            # stops the comparison at our model's loading
+        seen.append(torch.device(device))
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(bench_trl, "pick_device", lambda device=None: torch.device("cuda"))
+    monkeypatch.setattr(bench_trl, "load", load)
+    with pytest.raises(RuntimeError, match="stop"):
+        bench_trl.trl_comparison("ci", rounds=1)
+    assert seen == [torch.device("cuda")]    # not the CPU while TRL's trainer takes the GPU
 
 
 def test_trainer_comparison_interleaves_the_trainers_on_the_ci_profile():

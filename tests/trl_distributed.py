@@ -46,7 +46,7 @@ def main(path: str, out: str) -> None:
         method = "grpo_opsd" if name == "sibling" else name
         args = Config(**own, output_dir=os.path.join(out, name), per_device_train_batch_size=ROWS // world,
                       num_generations=G, max_completion_length=16, max_steps=2, learning_rate=0.1, optim="sgd",
-                      report_to="none", use_cpu=True, bf16=False, activation_checkpointing=False,
+                      report_to="none", use_cpu=True, bf16=False, **rt.checkpointing(False),
                       logging_steps=1, save_strategy="no", disable_tqdm=True, seed=0)
         trainer = rt.TRAINERS[method](model=path, reward_funcs=arith_reward, args=args,
                                       train_dataset=Dataset.from_list(rows))

@@ -58,7 +58,7 @@ from ..methods import METHODS
 from ..teacher import sibling_completions
 from . import trl_configs
 from .trl_configs import (LOSS_TYPES, TRL_ADV_EPS, TRL_CONTEXTS, TRL_NAMES, OPSDConfig, RLSDConfig,  # noqa: F401
-                          SDPGConfig, method_fields)
+                          SDPGConfig, checkpointing, method_fields)
 from .trl_metrics import StepMeans, weights
 from .trl_scoring import check_full_vocab_head, completion_scores
 from .trl_teacher import (CHAT_TEMPLATE, CONTEXT_COLUMN, check_dataset, check_teacher_sharding,  # noqa: F401

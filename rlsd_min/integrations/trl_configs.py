@@ -37,6 +37,17 @@ num_iterations: TRL counts optimiser steps, rlsd_min RL steps, one sampled batch
 kl_coef sets its beta."""
 TRL_ADV_EPS = 1e-4
 """the eps of TRL's group advantages (A_i = (R_i - mean) / (std + 1e-4)); TrainConfig.adv_eps"""
+
+
+def checkpointing(on: bool) -> dict:
+    """{name: on} for the Trainer's activation-checkpointing switch in the installed transformers:
+    `activation_checkpointing` where TrainingArguments has it (5.2x), else `gradient_checkpointing`
+    (the older name, an alias in the newer). GRPOConfig turns it on by default; the comparisons
+    and tests that want it off or on say so through this, so they run under either."""
+    names = {f.name for f in dataclasses.fields(trl.GRPOConfig)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
+
+
 LOSS_TYPES = {"dapo": "token-mean", "grpo": "seq-mean"}
 """TRL's loss_type -> the same aggregation in rlsd_min (rlsd_min.objective.aggregate): dapo divides
 the sum by the whole batch's token count (token-mean), grpo averages each sequence's mean over

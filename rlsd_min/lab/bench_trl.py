@@ -30,7 +30,7 @@ from typing import Callable
 
 import torch
 
-from ..config import train_config
+from ..config import pick_device, train_config
 from ..methods import METHODS
 from ..model import load
 from ..step import batch_problems, rl_step
@@ -55,8 +55,11 @@ def trl_comparison(profile: str = "cpu", rounds: int = 5, warmup: int = 1, field
     from datasets import Dataset
     from transformers import TrainerCallback
 
+    from ..integrations.trl_configs import checkpointing
+
     cfg = train_config(profile, method="grpo", **(fields or {}))
-    ours, tokenizer = load(cfg.base_path())
+    device = pick_device()                                 # TRL's trainer runs there too (use_cpu)
+    ours, tokenizer = load(cfg.base_path(), device)
     optimizer = torch.optim.AdamW(ours.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
     train_set = problems_of(load_splits(cfg.data_path())["train"])
     steps = warmup + rounds
@@ -86,8 +89,8 @@ def trl_comparison(profile: str = "cpu", rounds: int = 5, warmup: int = 1, field
             scale_rewards="group", epsilon=cfg.eps_low, num_iterations=1, learning_rate=cfg.lr,
             lr_scheduler_type="constant", warmup_steps=0, adam_beta2=0.98, weight_decay=0.0,
             max_grad_norm=cfg.max_grad_norm, max_steps=steps, logging_strategy="no", save_strategy="no",
-            report_to="none", use_cpu=not torch.cuda.is_available(), bf16=False,
-            gradient_checkpointing=False, seed=cfg.seed, shuffle_dataset=False, disable_tqdm=True)
+            report_to="none", use_cpu=device.type == "cpu", bf16=False,
+            **checkpointing(False), seed=cfg.seed, shuffle_dataset=False, disable_tqdm=True)
         trainer = trl.GRPOTrainer(model=cfg.base_path(), reward_funcs=reward, args=args,
                                   train_dataset=Dataset.from_list(rows), processing_class=copy.deepcopy(tokenizer),
                                   callbacks=[Interleave()])
@@ -228,8 +231,8 @@ def trainer_comparison(profile: str = "cpu", rounds: int = 5, warmup: int = 1,
         max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, top_k=0, top_p=1.0,
         epsilon=cfg.eps_low, num_iterations=1, learning_rate=cfg.lr, lr_scheduler_type="constant",
         warmup_steps=0, adam_beta2=0.98, weight_decay=0.0, max_grad_norm=cfg.max_grad_norm, max_steps=steps,
-        logging_strategy="no", save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
-        bf16=False, activation_checkpointing=False, seed=cfg.seed, shuffle_dataset=False, disable_tqdm=True)
+        logging_strategy="no", save_strategy="no", report_to="none", use_cpu=pick_device().type == "cpu",
+        bf16=False, **rt.checkpointing(False), seed=cfg.seed, shuffle_dataset=False, disable_tqdm=True)
 
     def grpo(folder, n, callbacks):
         args = trl.GRPOConfig(output_dir=folder, **{**common, "max_steps": n}, beta=0.0, loss_type="dapo",
