@@ -194,7 +194,10 @@ assert all(r["median_s"] > 0 for r in scaling)
 # float32 keys beside bfloat16 values, and the static cache holds one dtype), and says so.
 #
 # At 0.5M parameters a GPU is mostly waiting on kernel launches and Python; these flags matter as the
-# model grows (section 4). Measured GPU figures go in `benchmarks/RESULTS.md` with the device name.
+# model grows (section 4), and in long runs. On an H200 (`benchmarks/RESULTS.md`, section "GPU") the
+# compiled gpu-profile step took half as long (0.078 s against 0.150 s), but the compile cost about
+# 110 s in the first step, so a whole 200-step lab run was faster without the flags (53 s against
+# 148 s); they pay past about 1,500 steps. Measured GPU figures go in that file with the device name.
 #
 # ## 6. Where the path continues
 #
