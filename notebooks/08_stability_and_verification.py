@@ -49,7 +49,7 @@
 # **What it trains:** nothing long: it reads the committed `results/` and runs a tiny verification on the `ci` profile to show the mechanics.
 #
 # <!-- generated: notebook-time -->
-# **Time.** Its stored run, on the `cpu` profile: 38 s (the cells' times recorded in this notebook; the longest cell 17 s). A notebook run again reads its finished run folders back and trains nothing.
+# **Time.** Its stored run, on the `cpu` profile: 1.7 min (the cells' times recorded in this notebook; the longest cell 1.6 min). A notebook run again reads its finished run folders back and trains nothing.
 # <!-- end generated -->
 
 # %%
@@ -291,14 +291,17 @@ for seed, history in enumerate(runs["mul7"]["opsd_live"]):
 #
 # The same experiment on the `ci` profile (4 steps per run, one seed, two methods) takes seconds.
 # Running it again resumes: finished runs are kept. A folder holding a *different* experiment is
-# refused, with the way out in the message.
+# refused, with the way out in the message (more seeds of the same experiment are not different:
+# they extend it, and its finished runs are kept, as the final experiment grew from 5 seeds).
 
 # %%
 d = RUNS.parent / "ci" / "verify"  # a course run folder: run again, it resumes (trains nothing)
 small = run_experiment(str(d), "ci", 1, methods=("grpo", "rlsd"), tasks=("arith", "split"), progress=False)
 print(f"{small['runs']} runs; files: {sorted(f for f in os.listdir(d) if f != 'runs')}")
-try:
-    run_experiment(str(d), "ci", 2, methods=("grpo", "rlsd"), tasks=("arith", "split"), progress=False)
+refused = None
+try:  # the same folder, another profile: a different experiment, refused before anything trains
+    run_experiment(str(d), "cpu", 1, methods=("grpo", "rlsd"), tasks=("arith", "split"), progress=False)
 except ValueError as e:
-    print("refused:", str(e).replace(str(d), "runs/course/ci/verify")[:170], "...")
-assert small["runs"] == 4
+    refused = str(e)
+    print("refused:", refused.replace(str(d), "runs/course/ci/verify")[:170], "...")
+assert small["runs"] == 4 and refused is not None
