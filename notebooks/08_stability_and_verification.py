@@ -38,7 +38,7 @@
 #
 # The committed run of that command:
 # <!-- generated: clock mul7 -->
-# **An interim report**: 163 of the plan's 185 runs finished so far, **13.4 hours of training** summed over runs (`wall_s` in [`results/summary.json`](../results/summary.json)), trained over several sittings of the command their provenance records; a run cut off at a sitting's end resumed from its checkpoint, so the runs have no single span on the clock.
+# **An interim report**: 173 of the plan's 185 runs finished so far, **14.3 hours of training** summed over runs (`wall_s` in [`results/summary.json`](../results/summary.json)), trained over several sittings of the command their provenance records; a run cut off at a sitting's end resumed from its checkpoint, so the runs have no single span on the clock.
 # <!-- end generated -->
 #
 # It writes `results/`: one run folder per (task, run label, seed) with its `metrics.jsonl`,
