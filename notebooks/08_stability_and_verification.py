@@ -49,7 +49,7 @@
 # **What it trains:** nothing long: it reads the committed `results/` and runs a tiny verification on the `ci` profile to show the mechanics.
 #
 # <!-- generated: notebook-time -->
-# **Time.** Its stored run, on the `cpu` profile: 1.7 min (the cells' times recorded in this notebook; the longest cell 1.6 min). A notebook run again reads its finished run folders back and trains nothing.
+# **Time.** Its stored run, on the `cpu` profile: 55 s (the cells' times recorded in this notebook; the longest cell 48 s). A notebook run again reads its finished run folders back and trains nothing.
 # <!-- end generated -->
 
 # %%
