@@ -41,7 +41,7 @@ TRL_ADV_EPS = 1e-4
 
 def checkpointing(on: bool) -> dict:
     """{name: on} for the Trainer's activation-checkpointing switch in the installed transformers:
-    `activation_checkpointing` where TrainingArguments has it (5.2x), else `gradient_checkpointing`
+    `activation_checkpointing` where TrainingArguments has it (from 5.23), else `gradient_checkpointing`
     (the older name, an alias in the newer). GRPOConfig turns it on by default; the comparisons
     and tests that want it off or on say so through this, so they run under either."""
     names = {f.name for f in dataclasses.fields(trl.GRPOConfig)}
